@@ -1,0 +1,47 @@
+# Two commands on a fresh machine:
+#   make demo   set up, then convert the embedded Fashion-MNIST network and print ANN vs SNN
+#   make test   set up, then run the test suite
+# Also: make bench (speed/memory/accuracy tables), make clean.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+FMNIST := /usr/share/datasets/fashion-mnist
+# The tests run on both cores; each worker uses one torch thread.
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test bench data venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
+	touch $@
+
+# Debian's dataset-fashion-mnist puts the idx files in $(FMNIST). Installed when absent and
+# possible (root or password-less sudo); otherwise the tests that need it say so and skip.
+data:
+	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ]; then :; \
+	elif [ "$$(id -u)" = 0 ]; then apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q dataset-fashion-mnist >/dev/null) || \
+	  echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then \
+	  sudo -n apt-get install -y -q dataset-fashion-mnist >/dev/null || \
+	  echo "note: could not install dataset-fashion-mnist; Fashion-MNIST tests will skip"; \
+	else echo "note: $(FMNIST) is absent and apt is not available to this user; Fashion-MNIST tests will skip"; fi
+
+demo: venv
+	$(VENV)/bin/parasnn demo
+
+test: venv data
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
+
+bench: venv data
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,bench]'
+	$(PY) benchmarks/run_all.py --out runs/bench
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

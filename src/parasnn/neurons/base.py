@@ -1,0 +1,87 @@
+"""What every spiking layer of a converted network provides.
+
+A converted network runs in two forms (see :mod:`parasnn.simulate`):
+
+* **parallel** — one pass over *time-averaged* quantities. A synaptic layer fed the
+  average ``r = (1/T)·Σ_t x_t`` of its inputs outputs the average of its per-step outputs,
+  because it is affine. A neuron receives the time-averaged current ``z = U/T`` and returns
+  its time-averaged output. No ``(T, ...)`` tensor exists unless someone asks for a train.
+* **serial** — ``T`` passes, one per step, as hardware would run the network. Stateful
+  layers get their state passed in and return it; nothing is hidden in the module.
+
+:class:`SerialOp` is the serial contract (``initial_state`` / ``step``); every
+:class:`SpikingNeuron` is one, and so is the rate max-pool of :mod:`parasnn.convert`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["SerialOp", "SpikingNeuron", "per_channel", "load_resizable"]
+
+
+def per_channel(parameter: Tensor, like: Tensor) -> Tensor:
+    """View a scalar or per-channel ``(C,)`` parameter so it broadcasts against ``like``
+    of shape ``(B, C, *spatial)`` (channel axis 1), i.e. as ``(C, 1, ..., 1)``."""
+    if parameter.dim() == 0:
+        return parameter
+    if parameter.dim() != 1 or like.dim() < 2 or like.shape[1] != parameter.shape[0]:
+        raise ValueError(
+            f"per-channel parameter of shape {tuple(parameter.shape)} does not match input of shape "
+            f"{tuple(like.shape)}: expected (C,) with C = input.shape[1]"
+        )
+    return parameter.view(-1, *([1] * (like.dim() - 2)))  # (C, 1, ..., 1)
+
+
+class SerialOp(nn.Module):
+    """A layer with state in the serial simulation. State is any pytree of tensors."""
+
+    def initial_state(self, current: Tensor, *, time_steps: int) -> Any:
+        """State before step 1 for an input shaped like ``current`` ``(B, ...)``."""
+        raise NotImplementedError
+
+    def step(self, state: Any, current: Tensor, *, time_steps: int) -> tuple[Any, Tensor]:
+        """One step: ``(state, input at t)`` → ``(state, output at t)``."""
+        raise NotImplementedError
+
+
+class SpikingNeuron(SerialOp):
+    """Base class of neuron layers. Subclasses implement four pure-maths methods.
+
+    ``forward(current, *, time_steps)``
+        parallel form: time-averaged input current ``(B, ...)`` → time-averaged output.
+    ``spike_count(current, *, time_steps)``
+        spikes per neuron over the window, ``(B, ...)`` (signed for neurons that emit
+        negative spikes; a multi-spike counts as its number of spikes).
+    ``initial_state`` / ``step``
+        the serial form (:class:`SerialOp`); ``step`` returns the layer's output value at
+        step t (spikes times their amplitude).
+    ``spike_train(current, *, time_steps)``
+        the parallel form's spikes, ``(T, B, ...)``, materialised on demand.
+    """
+
+    def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
+        raise NotImplementedError
+
+    def spike_train(self, current: Tensor, *, time_steps: int) -> Tensor:
+        raise NotImplementedError
+
+
+def load_resizable(module: nn.Module, state_dict: dict, prefix: str, names: tuple[str, ...]) -> None:
+    """Let ``module``'s tensors ``names`` take the shape stored in ``state_dict``.
+
+    Neurons start with scalar calibration terms and become per-channel ``(C,)`` once
+    calibrated; a freshly converted network must still load a calibrated checkpoint.
+    Call from ``_load_from_state_dict`` before the default loading.
+    """
+    for name in names:
+        key = prefix + name
+        current = getattr(module, name)
+        if key in state_dict and state_dict[key].shape != current.shape:
+            value = torch.zeros_like(state_dict[key], dtype=current.dtype, device=current.device)
+            if isinstance(current, nn.Parameter):
+                setattr(module, name, nn.Parameter(value, requires_grad=current.requires_grad))
+            else:
+                setattr(module, name, value)

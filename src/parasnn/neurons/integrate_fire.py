@@ -1,0 +1,298 @@
+"""Integrate-and-fire neurons as pure functions: serial (step by step) and parallel
+(all T steps in one shot). MATH.md §2–3; papers 000 (FS-PC) and 003 §3–4.
+
+Symbols and argument names
+--------------------------
+==================  ============  ==========================================================
+argument            paper         meaning
+==================  ============  ==========================================================
+``threshold``       θ (θ_pre)     firing threshold; also the soft-reset amount
+``shift``           ψ = v⁰        initial membrane potential (θ/2 for lossless QCFS mapping)
+``time_steps``      T             simulation window
+``cumulative_current``  U = Σ_t I_t   total input current over the window
+``temporal_bias``   Δb_c          paper 003 eq. 17: learnable per-channel bias added to the
+                                  potential before the threshold at every step
+``step``            t ∈ 1..T      one-based time index, as in the papers
+==================  ============  ==========================================================
+
+Shapes: time is the first axis. A spike train is ``(T, *S)``; counts, potentials and
+cumulative currents are ``(*S)``. Parameters (``threshold``, ``shift``, ``temporal_bias``)
+broadcast against ``S`` (scalars, or per-channel tensors already viewed as
+``(C, 1, 1)`` for ``(B, C, H, W)`` inputs, see :func:`parasnn.neurons.base.per_channel`).
+
+The parallel rule
+-----------------
+A neuron fires at step ``t`` iff (paper 003 eq. 8, with eq. 17's bias)::
+
+    (U + ψ) / (T − t + 1) + Δb  ≥  θ
+
+The left side grows with ``t`` (for ``U + ψ ≥ 0``), so once the neuron fires it fires at
+every later step: the spikes occupy the last ``k`` slots and ``k`` has the closed form::
+
+    k = clip(floor((U + ψ) / (θ − Δb)), 0, T)          (θ − Δb > 0)
+
+Three implementations of this one rule are given and tested against each other:
+:func:`spike_count` (closed form, O(1)), :func:`spike_count_by_search` (binary search for
+the first firing step, O(log T), paper 000, usable for any rule monotone in ``t``) and
+:func:`spike_train_by_matrix` (the paper's ``Λ_PC·I + b ≥ θ``, O(T²), the readable
+reference). In exact arithmetic they agree; in floating point the closed form divides once
+where the others divide by ``T − t + 1``, so they agree bit for bit whenever those
+quotients are exact or stay away from the threshold by more than a rounding error — the
+tests draw inputs on dyadic grids to pin exact agreement.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from .surrogate import floor_ste, triangle
+
+__all__ = [
+    "spike_count",
+    "spike_train",
+    "fires",
+    "first_spike_step",
+    "spike_count_by_search",
+    "parallel_conversion_matrix",
+    "parallel_bias",
+    "spike_train_by_matrix",
+    "if_step",
+    "simulate_if",
+    "parallel_if_count",
+    "MIN_THRESHOLD_FRACTION",
+]
+
+# The temporal bias may lower the effective threshold θ − Δb but never to zero or below:
+# the rule would stop being monotone in t (spikes would move to the *first* steps).
+# Decision (the paper is silent): clamp θ − Δb at this fraction of θ.
+MIN_THRESHOLD_FRACTION = 1e-3
+
+
+def _check_time_steps(time_steps: int) -> int:
+    if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
+        raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
+    return time_steps
+
+
+def _effective_threshold(threshold: Tensor | float, temporal_bias: Tensor | float | None):
+    if temporal_bias is None:
+        return threshold
+    threshold = torch.as_tensor(threshold)
+    return torch.maximum(threshold - temporal_bias, threshold * MIN_THRESHOLD_FRACTION)
+
+
+def spike_count(
+    cumulative_current: Tensor,
+    *,
+    threshold: Tensor | float,
+    shift: Tensor | float,
+    time_steps: int,
+) -> Tensor:
+    """Closed-form spike count of a parallel IF neuron: ``k = clip(floor((U + ψ)/θ), 0, T)``.
+
+    With ``U = L·x`` and ``time_steps = L`` this *is* the QCFS level of MATH.md §1; the
+    QCFS activation calls this function, so the lossless T = L mapping holds bit for bit.
+    ``floor`` carries a straight-through gradient (used when training QCFS networks).
+    Returns a float tensor of integer values in ``0..T``, shape of ``cumulative_current``.
+    """
+    _check_time_steps(time_steps)
+    return torch.clamp(floor_ste((cumulative_current + shift) / threshold), 0, time_steps)
+
+
+def spike_train(count: Tensor, *, time_steps: int) -> Tensor:
+    """Materialise the train ``(T, *S)`` of a parallel neuron from its counts ``(*S)``:
+    the ``k`` spikes occupy the last ``k`` steps, ``s_t = [t ≥ T − k + 1]``."""
+    _check_time_steps(time_steps)
+    steps = torch.arange(1, time_steps + 1, device=count.device, dtype=count.dtype)
+    steps = steps.view(time_steps, *([1] * count.dim()))  # (T, 1, ..., 1)
+    return (steps >= (time_steps + 1) - count.unsqueeze(0)).to(count.dtype)
+
+
+def fires(
+    cumulative_current: Tensor,
+    step: Tensor | int,
+    *,
+    threshold: Tensor | float,
+    shift: Tensor | float,
+    time_steps: int,
+    temporal_bias: Tensor | float = 0.0,
+) -> Tensor:
+    """The parallel firing rule at one-based ``step`` t, written as in paper 003 eq. 8/17:
+    ``(U + ψ)/(T − t + 1) + Δb ≥ θ``. ``step`` may be a tensor broadcasting with ``U``."""
+    return (cumulative_current + shift) / (time_steps - step + 1) + temporal_bias >= threshold
+
+
+def first_spike_step(rule: Callable[[Tensor], Tensor], *, time_steps: int, shape, device=None) -> Tensor:
+    """Binary search (paper 000) for the first step ``t ∈ 1..T`` at which ``rule(t)`` holds.
+
+    ``rule`` maps a long tensor of steps (shape ``shape``) to a bool tensor of the same
+    shape and must be monotone in ``t`` (false … false true … true) for every element.
+    Returns ``T + 1`` where the rule never holds. ``⌈log2(T+1)⌉`` evaluations of ``rule``.
+    """
+    _check_time_steps(time_steps)
+    low = torch.ones(shape, dtype=torch.long, device=device)  # first candidate
+    high = torch.full(shape, time_steps + 1, dtype=torch.long, device=device)  # "never"
+    # Invariant: the first firing step lies in [low, high]; high = T + 1 means "never".
+    # A fixed number of rounds (not "until converged") keeps the loop free of host syncs.
+    for _ in range(max(1, (time_steps).bit_length())):
+        middle = (low + high) // 2  # < high wherever low < high, so middle <= T there
+        holds = rule(middle.clamp(max=time_steps))
+        active = low < high
+        high = torch.where(active & holds, middle, high)
+        low = torch.where(active & ~holds, middle + 1, low)
+    return low
+
+
+def spike_count_by_search(
+    cumulative_current: Tensor,
+    *,
+    threshold: Tensor | float,
+    shift: Tensor | float,
+    time_steps: int,
+    temporal_bias: Tensor | float = 0.0,
+) -> Tensor:
+    """Spike count ``T − t_first + 1`` from :func:`first_spike_step` on :func:`fires`."""
+
+    def rule(step: Tensor) -> Tensor:
+        return fires(cumulative_current, step.to(cumulative_current.dtype), threshold=threshold,
+                     shift=shift, time_steps=time_steps, temporal_bias=temporal_bias)
+
+    first = first_spike_step(rule, time_steps=time_steps, shape=cumulative_current.shape,
+                             device=cumulative_current.device)
+    return (time_steps + 1 - first).to(cumulative_current.dtype)
+
+
+def parallel_conversion_matrix(time_steps: int, *, dtype=torch.float32, device=None) -> Tensor:
+    """``Λ_PC`` of paper 003 eq. 6, shape ``(T, T)``: row ``t`` is ``1/(T − t + 1)`` everywhere,
+    so ``(Λ_PC · I)_t = U / (T − t + 1)`` for a current sequence ``I`` of shape ``(T, *S)``."""
+    _check_time_steps(time_steps)
+    rows = 1.0 / torch.arange(time_steps, 0, -1, dtype=dtype, device=device)  # 1/T ... 1/1
+    return rows.view(time_steps, 1).expand(time_steps, time_steps).clone()
+
+
+def parallel_bias(shift: Tensor | float, *, time_steps: int, dtype=torch.float32, device=None) -> Tensor:
+    """The bias vector ``b`` of paper 003 eq. 7, ``b_t = ψ/(T − t + 1)``; shape ``(T, *ψ.shape)``."""
+    _check_time_steps(time_steps)
+    shift = torch.as_tensor(shift, dtype=dtype, device=device)
+    denominators = torch.arange(time_steps, 0, -1, dtype=dtype, device=device)
+    return shift.unsqueeze(0) / denominators.view(time_steps, *([1] * shift.dim()))
+
+
+def spike_train_by_matrix(
+    currents: Tensor,
+    *,
+    threshold: Tensor | float,
+    shift: Tensor | float,
+    temporal_bias: Tensor | float = 0.0,
+) -> Tensor:
+    """The paper's matrix form: ``s = H(Λ_PC · I + b + Δb − θ)``, currents ``(T, *S)`` → spikes
+    ``(T, *S)``. The readable O(T²) reference for :func:`spike_count` and :func:`spike_train`.
+
+    The product is written as ``Σ_j Λ[t, j]·I_j`` would be, but evaluated as
+    ``(Σ_j I_j) / (T − t + 1)`` — the same number, without the rounding of ``T`` separate
+    multiplications by ``1/(T − t + 1)``.
+    """
+    time_steps = currents.shape[0]
+    total = currents.sum(dim=0, keepdim=True)  # (1, *S): Λ's rows are constant
+    denominators = torch.arange(time_steps, 0, -1, dtype=currents.dtype, device=currents.device)
+    denominators = denominators.view(time_steps, *([1] * (currents.dim() - 1)))  # (T, 1, ...)
+    potential = (total + shift) / denominators + temporal_bias  # (T, *S)
+    return (potential >= threshold).to(currents.dtype)
+
+
+def if_step(potential: Tensor, current: Tensor, *, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
+    """One step of the serial IF neuron with soft reset (MATH.md §2)::
+
+        v ← v + I_t ;  s_t = [v ≥ θ] ;  v ← v − s_t·θ
+
+    Returns ``(new_potential, spikes)``; spikes are 0/1 floats. No state is kept anywhere
+    else: the caller passes the potential in and gets it back.
+    """
+    potential = potential + current
+    spikes = (potential >= threshold).to(potential.dtype)
+    return potential - spikes * threshold, spikes
+
+
+def simulate_if(currents: Tensor, *, threshold: Tensor | float, shift: Tensor | float) -> Tensor:
+    """Run :func:`if_step` over currents ``(T, *S)`` from ``v_0 = ψ``; returns spikes ``(T, *S)``."""
+    potential = torch.zeros_like(currents[0]) + shift
+    trains = []
+    for current in currents:
+        potential, spikes = if_step(potential, current, threshold=threshold)
+        trains.append(spikes)
+    return torch.stack(trains)
+
+
+class _ParallelIFCount(torch.autograd.Function):
+    """Closed-form count forward; triangle-surrogate backward of ``Σ_t H(v_t − θ)``.
+
+    ``v_t = (U + ψ)/(T − t + 1) + Δb``. The backward pass loops over the T steps on tensors
+    of the neuron's own shape, so it stores only ``U`` — never a ``(T, ...)`` copy — and
+    the memory of training through a parallel neuron stays that of one activation.
+    The surrogate acts on ``(v_t − θ)/θ``: the band is relative to the threshold, so
+    layers with different θ see the same sharpness (decision; paper 003 does not say).
+    """
+
+    @staticmethod
+    def forward(ctx, cumulative, shift, threshold, temporal_bias, time_steps, width):
+        effective = _effective_threshold(threshold, temporal_bias)
+        count = torch.clamp(torch.floor((cumulative + shift) / effective), 0, time_steps)
+        ctx.save_for_backward(cumulative, shift, threshold, temporal_bias)
+        ctx.time_steps, ctx.width = time_steps, width
+        return count
+
+    @staticmethod
+    def backward(ctx, grad):
+        cumulative, shift, threshold, temporal_bias = ctx.saved_tensors
+        charge = cumulative + shift
+        d_charge = torch.zeros_like(charge)  # Σ_t g_t/(T−t+1)
+        d_bias = torch.zeros_like(charge)  # Σ_t g_t
+        for remaining in range(1, ctx.time_steps + 1):  # T − t + 1
+            slope = triangle((charge / remaining + temporal_bias - threshold) / threshold,
+                             width=ctx.width) / threshold
+            d_charge += slope / remaining
+            d_bias += slope
+        d_charge, d_bias = grad * d_charge, grad * d_bias
+        return (
+            _sum_to(d_charge, cumulative) if ctx.needs_input_grad[0] else None,
+            _sum_to(d_charge, shift) if ctx.needs_input_grad[1] else None,
+            _sum_to(-d_bias, threshold) if ctx.needs_input_grad[2] else None,
+            _sum_to(d_bias, temporal_bias) if ctx.needs_input_grad[3] else None,
+            None,
+            None,
+        )
+
+
+def _sum_to(gradient: Tensor, like: Tensor) -> Tensor:
+    """Reduce a broadcast gradient back to the shape of ``like``."""
+    if gradient.shape == like.shape:
+        return gradient
+    extra = gradient.dim() - like.dim()
+    gradient = gradient.sum(dim=tuple(range(extra))) if extra > 0 else gradient
+    dims = tuple(i for i, n in enumerate(like.shape) if n == 1 and gradient.shape[i] != 1)
+    return gradient.sum(dim=dims, keepdim=True) if dims else gradient
+
+
+def parallel_if_count(
+    cumulative_current: Tensor,
+    *,
+    threshold: Tensor,
+    shift: Tensor,
+    time_steps: int,
+    temporal_bias: Tensor | None = None,
+    surrogate_width: float = 1.0,
+) -> Tensor:
+    """Spike count of the parallel IF neuron with the temporal bias of paper 003 §4.3,
+    ``clip(floor((U + ψ)/(θ − Δb)), 0, T)``, differentiable through the triangle surrogate
+    of ``Σ_t H((U + ψ)/(T − t + 1) + Δb − θ)`` with respect to ``U``, ``ψ``, ``θ`` and ``Δb``.
+
+    Without a temporal bias the value is exactly :func:`spike_count`'s.
+    """
+    _check_time_steps(time_steps)
+    dtype, device = cumulative_current.dtype, cumulative_current.device
+    threshold = torch.as_tensor(threshold, dtype=dtype, device=device)
+    shift = torch.as_tensor(shift, dtype=dtype, device=device)
+    bias = torch.zeros((), dtype=dtype, device=device) if temporal_bias is None else temporal_bias
+    return _ParallelIFCount.apply(cumulative_current, shift, threshold, bias, time_steps, surrogate_width)

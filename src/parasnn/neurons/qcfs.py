@@ -1,0 +1,88 @@
+"""QCFS — the quantization-clip-floor-shift activation of the ANN side (MATH.md §1).
+
+::
+
+    q(x) = clip(floor((L·x + ψ)/θ), 0, L)         integer level in {0..L}
+    a(x) = q(x) · (θ/L)
+
+``levels`` is the paper's L (T̃), ``threshold`` θ (learnable, per layer), ``shift`` ψ
+(θ/2: mid-bin rounding). ``q`` is computed by :func:`~parasnn.neurons.integrate_fire.spike_count`
+with ``U = L·x`` and ``T = L`` — the parallel IF neuron's own count — and ``a`` by
+:func:`level_value`, the same function the IF neuron uses for its output. That is why a
+converted QCFS network at ``T = L`` reproduces the ANN bit for bit: both sides evaluate
+the same floating-point expressions.
+
+Training uses the straight-through estimator for ``floor`` (so ``∂a/∂x = 1`` inside the
+clipping range, 0 outside) and learns θ; θ is clamped at :data:`MIN_THRESHOLD` so it
+stays > 0.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .integrate_fire import spike_count
+
+__all__ = ["qcfs", "qcfs_level", "level_value", "QCFS", "MIN_THRESHOLD"]
+
+MIN_THRESHOLD = 1e-3
+
+
+def level_value(count: Tensor, *, amplitude: Tensor | float, time_steps: int) -> Tensor:
+    """Time-averaged output of ``count`` spikes of size ``amplitude`` over ``time_steps``
+    steps: ``count · (amplitude / T)``. Shared by QCFS (``T = L``) and the IF neuron."""
+    return count * (amplitude / time_steps)
+
+
+def qcfs_level(x: Tensor, *, threshold: Tensor | float, levels: int, shift: Tensor | float) -> Tensor:
+    """Integer QCFS level ``clip(floor((L·x + ψ)/θ), 0, L)`` (float tensor)."""
+    return spike_count(levels * x, threshold=threshold, shift=shift, time_steps=levels)
+
+
+def qcfs(x: Tensor, *, threshold: Tensor | float, levels: int, shift: Tensor | float) -> Tensor:
+    """QCFS activation ``(θ/L)·q(x)``; shapes follow ``x``, parameters broadcast."""
+    return level_value(qcfs_level(x, threshold=threshold, levels=levels, shift=shift),
+                       amplitude=threshold, time_steps=levels)
+
+
+class QCFS(nn.Module):
+    """QCFS activation with a learnable per-layer threshold.
+
+    Args:
+        levels: quantization levels L (per layer; PASCAL's adaptive layerwise activation
+            gives different layers different L).
+        threshold: initial θ (paper: 8, or a high percentile of ReLU activations).
+
+    ``levels`` is kept in the state dict (extra state), so a checkpoint restores per-layer
+    L on its own.
+    """
+
+    def __init__(self, *, levels: int = 8, threshold: float = 8.0):
+        super().__init__()
+        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+            raise ValueError(f"QCFS: levels must be an integer >= 1, got {levels!r}")
+        if not threshold > 0:
+            raise ValueError(f"QCFS: threshold must be > 0, got {threshold!r}")
+        self.levels = levels
+        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+
+    def effective_threshold(self) -> Tensor:
+        """θ as used in the forward pass (clamped at :data:`MIN_THRESHOLD`)."""
+        return self.threshold.clamp(min=MIN_THRESHOLD)
+
+    def shift(self) -> Tensor:
+        """ψ = θ/2."""
+        return self.effective_threshold() * 0.5
+
+    def forward(self, x: Tensor) -> Tensor:
+        threshold = self.effective_threshold()
+        return qcfs(x, threshold=threshold, levels=self.levels, shift=threshold * 0.5)
+
+    def get_extra_state(self):
+        return {"levels": self.levels}
+
+    def set_extra_state(self, state):
+        self.levels = int(state["levels"])
+
+    def extra_repr(self) -> str:
+        return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
