@@ -65,6 +65,11 @@ class SpikingNeuron(SerialOp):
     def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
         raise NotImplementedError
 
+    def spikes_in(self, output: Tensor) -> Tensor:
+        """Number of spikes per neuron in one serial step's ``output`` (default: a spike is
+        any non-zero output). Multi-spike neurons override this."""
+        return output.ne(0).to(output.dtype)
+
     def spike_train(self, current: Tensor, *, time_steps: int) -> Tensor:
         raise NotImplementedError
 

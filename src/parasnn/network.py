@@ -1,0 +1,72 @@
+"""The converted network: a torch.fx graph whose activations are spiking neurons.
+
+:class:`SpikingNetwork` holds the graph and what it was made from. Calling it runs the
+**parallel** form (:func:`parasnn.simulate.parallel_forward`); the serial form and spike
+trains are functions in :mod:`parasnn.simulate`.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from .neurons.base import SerialOp, SpikingNeuron
+from .neurons.integrate_fire import _check_time_steps
+
+__all__ = ["SpikingNetwork", "check_input"]
+
+
+def check_input(inputs: tuple[Tensor, ...], *, where: str) -> None:
+    """Reject non-tensor, NaN or infinite inputs with a message that says where."""
+    for index, x in enumerate(inputs):
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{where}: input {index} must be a tensor, got {type(x).__name__}")
+        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{where}: input {index} contains NaN or infinite values; clean the data first")
+
+
+class SpikingNetwork(nn.Module):
+    """A spiking network produced by :func:`parasnn.convert.convert`.
+
+    ``network(x, time_steps=T)`` runs the parallel form: one pass, input ``(B, ...)``,
+    output the time-averaged network output ``(B, ...)`` (e.g. logits averaged over the
+    T steps). Memory and cost do not grow with T.
+
+    Attributes:
+        graph_module: the converted torch.fx graph; its first input is ``time_steps``.
+        source: class name of the converted model.
+        config: the :class:`~parasnn.convert.ConversionConfig` used.
+    """
+
+    def __init__(self, graph_module: fx.GraphModule, *, source: str, config=None):
+        super().__init__()
+        self.graph_module = graph_module
+        self.source = source
+        self.config = config
+        self.eval()
+
+    def forward(self, *inputs: Tensor, time_steps: int) -> Tensor:
+        _check_time_steps(time_steps)
+        check_input(inputs, where=f"SpikingNetwork({self.source})")
+        return self.graph_module(time_steps, *inputs)
+
+    def neurons(self) -> Iterator[tuple[str, SpikingNeuron]]:
+        """``(path, neuron)`` for every neuron layer, in graph order."""
+        for node in self.graph_module.graph.nodes:
+            if node.op == "call_module":
+                module = self.graph_module.get_submodule(node.target)
+                if isinstance(module, SpikingNeuron):
+                    yield node.target, module
+
+    def serial_ops(self) -> Iterator[tuple[str, SerialOp]]:
+        """``(path, op)`` for every layer with serial state (neurons, rate max-pools)."""
+        for node in self.graph_module.graph.nodes:
+            if node.op == "call_module":
+                module = self.graph_module.get_submodule(node.target)
+                if isinstance(module, SerialOp):
+                    yield node.target, module
+
+    def extra_repr(self) -> str:
+        return f"source={self.source}, neurons={sum(1 for _ in self.neurons())}"
