@@ -184,7 +184,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
             loss.backward()
             optimizer.step()
             schedule.step()
-            loss_sum += float(loss) * labels.numel()
+            loss_sum += float(loss.detach()) * labels.numel()
             seen += labels.numel()
         record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "seconds": time.time() - start,
                   "learning_rate": schedule.get_last_lr()[0]}
