@@ -14,8 +14,7 @@ Every command that writes a file also writes the resolved configuration next to 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
+import importlib
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,12 @@ import torch
 
 from . import __version__
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+# Modules that contribute subcommands: each defines ``add_command(commands)``, which adds its
+# parser to the ``argparse`` sub-parsers and sets ``handler=`` (a function of the parsed
+# arguments returning an exit status) with ``set_defaults``.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "fashion_mnist_vgg_small_qcfs.pt"
@@ -145,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--time-steps", type=_int_list, default=[1, 2, 4, 8])
     demo.add_argument("--json", type=Path, help="also write the report as JSON")
     demo.add_argument("--device", type=_device, default="auto")
+
+    train.set_defaults(handler=_command_train)
+    convert.set_defaults(handler=_command_convert)
+    evaluate.set_defaults(handler=_command_evaluate)
+    demo.set_defaults(handler=_command_demo)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_command(commands)
     return parser
 
 
@@ -287,10 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .data import DataError
     from .graph import ConversionError
-    handlers = {"train": _command_train, "convert": _command_convert, "evaluate": _command_evaluate,
-                "demo": _command_demo}
     try:
-        return handlers[args.command](args)
+        return args.handler(args)
     except (CheckpointError, DataError, ConversionError, ValueError) as error:
         print(f"parasnn {args.command}: error: {error}", file=sys.stderr)
         return 2
