@@ -25,8 +25,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from .neurons.base import SerialOp
-from .neurons.qcfs import QCFS
+from .neurons.base import ActivationQuantizer, SerialOp
 
 __all__ = ["ConversionError", "NodeKind", "trace", "classify", "check_convertible", "data_dependent_nodes",
            "describe", "QUANTIZER_TYPES", "SYNAPTIC_TYPES", "module_path"]
@@ -46,9 +45,9 @@ class NodeKind(enum.Enum):
     UNSUPPORTED = "unsupported"
 
 
-# Activation modules that quantize (the ANN side of a neuron). Extended by other neuron
-# families (e.g. signed quantizers) through :func:`register_quantizer`.
-QUANTIZER_TYPES: list[type] = [QCFS]
+# Activation modules that quantize (the ANN side of a neuron): QCFS and every other
+# subclass of ActivationQuantizer.
+QUANTIZER_TYPES: tuple[type, ...] = (ActivationQuantizer,)
 
 SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d, nn.Linear)
@@ -94,7 +93,7 @@ class _Tracer(fx.Tracer):
 
     def __init__(self, leaf_modules: tuple[type, ...] = ()):
         super().__init__()
-        self._extra_leaves = tuple(leaf_modules) + tuple(QUANTIZER_TYPES) + (SerialOp,)
+        self._extra_leaves = tuple(leaf_modules) + QUANTIZER_TYPES + (SerialOp,)
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
         return isinstance(module, self._extra_leaves) or super().is_leaf_module(module, qualified_name)
@@ -161,7 +160,7 @@ def classify(gm: fx.GraphModule, node: fx.Node, dependent: set[fx.Node]) -> Node
         module = gm.get_submodule(node.target)
         if isinstance(module, SerialOp):
             return NodeKind.SERIAL_OP
-        if isinstance(module, tuple(QUANTIZER_TYPES)):
+        if isinstance(module, QUANTIZER_TYPES):
             return NodeKind.QUANTIZER
         if isinstance(module, nn.ReLU):
             return NodeKind.RELU

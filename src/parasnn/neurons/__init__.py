@@ -1,5 +1,5 @@
 """Neuron maths (pure functions) and the thin layers that hold their parameters."""
-from .base import SerialOp, SpikingNeuron, per_channel
+from .base import ActivationQuantizer, SerialOp, SpikingNeuron, per_channel
 from .if_neuron import IFNeuron
 from .integrate_fire import (first_spike_step, fires, if_step, parallel_bias, parallel_conversion_matrix,
                              parallel_if_count, simulate_if, spike_count, spike_count_by_search,
@@ -8,7 +8,7 @@ from .qcfs import QCFS, level_value, qcfs, qcfs_level
 from .surrogate import floor_ste, heaviside, smoothed_heaviside, triangle
 
 __all__ = [
-    "SerialOp", "SpikingNeuron", "per_channel", "IFNeuron", "QCFS", "qcfs", "qcfs_level", "level_value",
+    "ActivationQuantizer", "SerialOp", "SpikingNeuron", "per_channel", "IFNeuron", "QCFS", "qcfs", "qcfs_level", "level_value",
     "spike_count", "spike_train", "fires", "first_spike_step", "spike_count_by_search",
     "parallel_conversion_matrix", "parallel_bias", "spike_train_by_matrix", "if_step", "simulate_if",
     "parallel_if_count", "floor_ste", "heaviside", "smoothed_heaviside", "triangle",

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-__all__ = ["SerialOp", "SpikingNeuron", "per_channel", "load_resizable"]
+__all__ = ["SerialOp", "SpikingNeuron", "ActivationQuantizer", "per_channel", "load_resizable"]
 
 
 def per_channel(parameter: Tensor, like: Tensor) -> Tensor:
@@ -33,6 +33,15 @@ def per_channel(parameter: Tensor, like: Tensor) -> Tensor:
             f"{tuple(like.shape)}: expected (C,) with C = input.shape[1]"
         )
     return parameter.view(-1, *([1] * (like.dim() - 2)))  # (C, 1, ..., 1)
+
+
+class ActivationQuantizer(nn.Module):
+    """Base class of ANN-side quantized activations (QCFS and its relatives).
+
+    The converter treats every instance as an activation site that a neuron factory turns
+    into a :class:`SpikingNeuron` (e.g. :meth:`parasnn.neurons.IFNeuron.from_qcfs`), and
+    torch.fx keeps it as one graph node.
+    """
 
 
 class SerialOp(nn.Module):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .base import ActivationQuantizer
 from .integrate_fire import spike_count
 
 __all__ = ["qcfs", "qcfs_level", "level_value", "QCFS", "MIN_THRESHOLD"]
@@ -45,7 +46,7 @@ def qcfs(x: Tensor, *, threshold: Tensor | float, levels: int, shift: Tensor | f
                        amplitude=threshold, time_steps=levels)
 
 
-class QCFS(nn.Module):
+class QCFS(ActivationQuantizer):
     """QCFS activation with a learnable per-layer threshold.
 
     Args:
