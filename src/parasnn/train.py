@@ -96,6 +96,14 @@ class TrainConfig:
                          width=self.width)
 
 
+def _augmentation(dataset: str) -> dict:
+    """Random shifts for every dataset; mirror images only where the classes are mirror-symmetric
+    (clothes, CIFAR objects) — not for digits, where a mirrored 2 is no longer a 2."""
+    if dataset == "digits":
+        return {"padding": 1, "flip": False}
+    return {"padding": 2, "flip": True}
+
+
 def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """Weight decay on weight matrices/kernels only: not on biases, BN affine terms or
     QCFS thresholds (decaying θ would shrink the activation range for no reason)."""
@@ -177,7 +185,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
             if index >= steps_per_epoch:
                 break
             if config.augment:
-                images = augment(images, generator=generator)
+                images = augment(images, generator=generator, **_augmentation(splits.info.name))
             images, labels = images.to(device), labels.to(device)
             loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)

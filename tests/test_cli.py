@@ -1,0 +1,83 @@
+"""The command line end to end on scikit-learn's digits with a tiny network."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from parasnn.cli import main
+
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    status = main(["train", "--dataset", "digits", "--model", "vgg-small", "--width", "8", "--levels", "4",
+                   "--threshold", "2", "--epochs", "8", "--batch-size", "32", "--lr", "0.1", "--holdout", "200",
+                   "--out", str(out)])
+    assert status == 0
+    return out
+
+
+def test_train_writes_checkpoint_config_and_metrics(trained):
+    for name in ("model.pt", "last.pt", "config.json", "metrics.json"):
+        assert (trained / name).exists(), name
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert metrics["holdout_images"] == 200 and len(metrics["history"]) == 8
+    assert metrics["test_accuracy"] > 0.5  # digits are easy; a broken loop stays at ~0.1
+
+
+def test_train_resumes_instead_of_starting_over(trained, capsys):
+    assert main(["train", "--dataset", "digits", "--model", "vgg-small", "--width", "8", "--levels", "4",
+                 "--threshold", "2", "--epochs", "8", "--batch-size", "32", "--lr", "0.1", "--holdout", "200",
+                 "--out", str(trained)]) == 0
+    assert "epoch 1:" not in capsys.readouterr().out  # all epochs were done already
+    # A different configuration in the same directory is refused, not silently mixed.
+    assert main(["train", "--dataset", "digits", "--model", "vgg-small", "--width", "8", "--epochs", "4",
+                 "--out", str(trained)]) == 2
+
+
+def test_evaluate_t_equal_l_parallel_matches_ann_exactly(trained, tmp_path):
+    report_path = tmp_path / "report.json"
+    assert main(["evaluate", str(trained / "model.pt"), "--time-steps", "2,4", "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert (tmp_path / "report.config.json").exists()
+    by_key = {(r["form"], r["time_steps"]): r for r in report["snn"]}
+    assert set(by_key) == {("parallel", 2), ("serial", 2), ("parallel", 4), ("serial", 4)}
+    assert by_key[("parallel", 4)]["accuracy"] == report["ann"]["accuracy"]  # T = L: lossless
+    activity = by_key[("parallel", 4)]["activity"]
+    assert activity["neurons"] and activity["synapses"][0]["analog_input"]
+    assert all(0 <= layer["firing_rate"] <= 1 for layer in activity["neurons"])
+
+
+def test_convert_then_evaluate_saved_snn(trained, tmp_path):
+    snn = tmp_path / "snn.pt"
+    assert main(["convert", str(trained / "model.pt"), "--out", str(snn)]) == 0
+    assert snn.exists() and (tmp_path / "snn.config.json").exists()
+    assert main(["evaluate", str(trained / "model.pt"), "--snn", str(snn), "--time-steps", "4",
+                 "--forms", "parallel", "--no-activity"]) == 0
+
+
+def test_relu_network_trains_converts_and_evaluates(tmp_path):
+    out = tmp_path / "relu"
+    assert main(["train", "--dataset", "digits", "--model", "vgg-small", "--width", "8", "--activation", "relu",
+                 "--epochs", "2", "--batch-size", "64", "--lr", "0.1", "--holdout", "200", "--out", str(out)]) == 0
+    assert main(["convert", str(out / "model.pt"), "--out", str(tmp_path / "snn.pt"), "--calibration-size", "100"]) == 0
+    assert main(["evaluate", str(out / "model.pt"), "--snn", str(tmp_path / "snn.pt"), "--time-steps", "8",
+                 "--forms", "parallel,serial"]) == 0
+
+
+def test_user_errors_are_reported_not_raised(trained, tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "missing.pt")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["train", "--dataset", "fashion-mnist", "--data-dir", str(tmp_path / "nowhere"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", str(trained / "model.pt"), "--time-steps", "0"])
+
+
+def test_entry_point_help():
+    result = subprocess.run([sys.executable, "-m", "parasnn.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "demo" in result.stdout
