@@ -32,7 +32,8 @@ from .graph import (ConversionError, NodeKind, check_convertible, classify, data
 from .neurons.base import SerialOp, SpikingNeuron
 from .neurons.if_neuron import IFNeuron
 from .neurons.qcfs import QCFS
-from .network import SpikingNetwork
+from .network import SpikingNetwork, device_of
+from .progress import progress
 
 __all__ = ["BatchNormMode", "ThresholdStatistic", "ConversionConfig", "convert", "quantize_relus",
            "isolate_activations", "fold_batchnorm", "RateMaxPool", "ConversionError",
@@ -126,12 +127,14 @@ def _fresh_name(gm: fx.GraphModule, base: str) -> str:
     return name
 
 
-def _has_path(gm: nn.Module, path: str) -> bool:
+def _has_path(root: nn.Module, path: str) -> bool:
+    """Whether ``path`` (dotted) names any attribute of ``root`` — a module, parameter or other."""
+    parent_path, _, leaf = path.rpartition(".")
     try:
-        gm.get_submodule(path)
-        return True
+        parent = root.get_submodule(parent_path) if parent_path else root
     except AttributeError:
-        return hasattr(gm, path) if "." not in path else False
+        return False
+    return hasattr(parent, leaf)
 
 
 def _replace_with_module(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Module,
@@ -210,12 +213,13 @@ def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: I
 
     handles = [gm.get_submodule(site).register_forward_hook(make_hook(site)) for site in sites]
     was_training = gm.training
+    device = device_of(gm)
     gm.eval()
     try:
         with torch.no_grad():
-            for batch in batches:
+            for batch in progress(batches, description="recording activation ranges"):
                 inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-                gm(inputs)
+                gm(inputs.to(device))
     finally:
         for handle in handles:
             handle.remove()

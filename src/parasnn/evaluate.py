@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .distributed import all_reduce_sum
 from .energy import ActivityMeter, ActivityReport
-from .network import SpikingNetwork
+from .network import SpikingNetwork, device_of
 from .progress import progress
 from .simulate import SimulationResult, parallel_simulation, serial_simulation
 
@@ -64,14 +64,6 @@ class EvaluationReport:
                 "snn": [r.to_dict() for r in self.results]}
 
 
-def _device_of(module: nn.Module) -> torch.device:
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
 def _split(batch) -> tuple[Tensor, Tensor]:
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise ValueError("evaluation needs (inputs, labels) batches")
@@ -85,7 +77,7 @@ def _synchronize(device: torch.device) -> None:
 
 def ann_accuracy(model: nn.Module, batches: Iterable, *, description: str = "ANN") -> tuple[float, float, int]:
     """``(accuracy, seconds, samples)`` of ``model`` in eval mode (summed over processes)."""
-    device = _device_of(model)
+    device = device_of(model)
     model.eval()
     correct = total = 0
     seconds = 0.0
@@ -107,7 +99,7 @@ def snn_accuracy(network: SpikingNetwork, batches: Iterable, *, time_steps: int,
     """Accuracy of ``network`` run in ``form`` at ``time_steps``; firing rates and costs
     from the same runs when ``activity``. ``seconds`` counts the network runs only."""
     simulation = SIMULATIONS[Form(form)]
-    device = _device_of(network)
+    device = device_of(network)
     meter = ActivityMeter(network, time_steps=time_steps) if activity else None
     correct = total = 0
     seconds = 0.0

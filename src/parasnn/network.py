@@ -15,7 +15,16 @@ from torch import Tensor, nn
 from .neurons.base import SerialOp, SpikingNeuron
 from .neurons.integrate_fire import _check_time_steps
 
-__all__ = ["SpikingNetwork", "check_input"]
+__all__ = ["SpikingNetwork", "check_input", "device_of"]
+
+
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer (CPU for a module without tensors)."""
+    for tensor in module.parameters():
+        return tensor.device
+    for tensor in module.buffers():
+        return tensor.device
+    return torch.device("cpu")
 
 
 def check_input(inputs: tuple[Tensor, ...], *, where: str) -> None:
