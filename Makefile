@@ -40,7 +40,6 @@ test: venv data
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: venv data
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[all,bench]'
 	$(PY) benchmarks/run_all.py --out runs/bench
 
 clean:

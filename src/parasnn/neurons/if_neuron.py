@@ -22,6 +22,12 @@ reset ``θ − Δb``, spikes of size ``θ_post``. For a constant input current i
 exactly the parallel count (the temporal bias is a uniform lowering of the firing ladder,
 so its serial counterpart is the lowered threshold); for currents that vary in time the
 two differ — that is the serial conversion error this library reports.
+
+Inference (no autograd graph needed, e.g. under ``torch.no_grad()``) takes an in-place path:
+one fresh buffer, the same floating-point operations in the same order (so the same bits
+as the differentiable path), the derived constants cached until a parameter changes, and
+the ``+ ψ_DA`` pass skipped while ``pre_shift`` is zero. It keeps the parallel network's
+per-neuron cost at that of the QCFS activation it replaces.
 """
 from __future__ import annotations
 
@@ -29,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import SpikingNeuron, load_resizable, per_channel
-from .integrate_fire import (_check_time_steps, _effective_threshold, if_step, parallel_if_count,
+from .integrate_fire import (ParameterCache, _check_time_steps, _effective_threshold, if_step, parallel_if_count,
                              spike_train)
 from .qcfs import QCFS, level_value
 
@@ -71,8 +77,8 @@ class IFNeuron(SpikingNeuron):
         # Adding a zero pre-shift is exact, so an uncalibrated neuron stays bit-equal to QCFS.
         return time_steps * (current + per_channel(self.pre_shift, current))
 
-    def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
-        _check_time_steps(time_steps)
+    def _count(self, current: Tensor, time_steps: int) -> Tensor:
+        """The differentiable count (surrogate gradients for U, ψ, θ and Δb)."""
         return parallel_if_count(
             self._cumulative(current, time_steps),
             threshold=per_channel(self.threshold, current),
@@ -82,8 +88,64 @@ class IFNeuron(SpikingNeuron):
             surrogate_width=self.surrogate_width,
         )
 
+    def _parameters_tuple(self) -> tuple[Tensor, ...]:
+        # Straight from the registries (cheaper than five nn.Module.__getattr__ calls).
+        try:
+            buffers = self._buffers
+            return (buffers["threshold"], buffers["shift"], buffers["amplitude"], buffers["pre_shift"],
+                    self._parameters["temporal_bias"])
+        except KeyError:  # re-registered under another kind: the slow, general lookup
+            return tuple(getattr(self, name) for name in self._resizable)
+
+    def _inference_constants(self, current: Tensor, time_steps: int):
+        """``(pre_shift or None, shift, θ − Δb, θ_post/T)`` viewed for ``current``, or ``None``
+        where the in-place path does not apply (a graph is needed, or dtypes differ and the
+        out-of-place type promotion must be kept)."""
+        if not isinstance(current, Tensor):  # e.g. a torch.fx proxy
+            return None
+        tensors = self._parameters_tuple()
+        if torch.is_grad_enabled() and (current.requires_grad or any(t.requires_grad for t in tensors)):
+            return None
+        # type(time_steps): True == 1 in Python, but True is not a valid number of steps.
+        key = (time_steps, type(time_steps), current.dim(), current.shape[1] if current.dim() > 1 else None,
+               current.dtype, current.device)
+
+        def compute():
+            _check_time_steps(time_steps)
+            if any(t.dtype != current.dtype for t in tensors):
+                return None
+            # The same tensors, in the same order of operations, as _count and level_value,
+            # so both paths give the same bits.
+            threshold, shift, amplitude, pre_shift, temporal_bias = (per_channel(t, current) for t in tensors)
+            skip = not bool((pre_shift != 0).any())  # adding zero is exact: skip the pass
+            return (None if skip else pre_shift, shift, _effective_threshold(threshold, temporal_bias),
+                    amplitude / time_steps)
+
+        cache = self.__dict__.get("_parameter_cache")
+        if cache is None:
+            cache = self.__dict__["_parameter_cache"] = ParameterCache()
+        return cache.get(tensors, key, compute)
+
+    @staticmethod
+    def _count_in_place(current: Tensor, time_steps: int, constants) -> Tensor:
+        """``clip(floor((T·(z + ψ_DA) + ψ)/(θ − Δb)), 0, T)`` in one fresh buffer (no autograd)."""
+        pre_shift, shift, threshold, _ = constants
+        charge = current * time_steps if pre_shift is None else (current + pre_shift).mul_(time_steps)
+        return charge.add_(shift).div_(threshold).floor_().clamp_(0, time_steps)
+
+    def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
+        constants = self._inference_constants(current, time_steps)  # checks time_steps when not cached
+        if constants is not None:
+            return self._count_in_place(current, time_steps, constants)
+        _check_time_steps(time_steps)
+        return self._count(current, time_steps)
+
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
-        count = self.spike_count(current, time_steps=time_steps)
+        constants = self._inference_constants(current, time_steps)  # checks time_steps when not cached
+        if constants is not None:  # inference: one buffer, updated in place
+            return self._count_in_place(current, time_steps, constants).mul_(constants[3])
+        _check_time_steps(time_steps)
+        count = self._count(current, time_steps)
         return level_value(count, amplitude=per_channel(self.amplitude, current), time_steps=time_steps)
 
     def spike_train(self, current: Tensor, *, time_steps: int) -> Tensor:

@@ -62,6 +62,7 @@ __all__ = [
     "simulate_if",
     "parallel_if_count",
     "MIN_THRESHOLD_FRACTION",
+    "ParameterCache",
 ]
 
 # The temporal bias may lower the effective threshold θ − Δb but never to zero or below:
@@ -74,6 +75,47 @@ def _check_time_steps(time_steps: int) -> int:
     if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
         raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
     return time_steps
+
+
+class ParameterCache:
+    """Constants a layer derives from its parameters for inference (views, quotients),
+    computed once and reused until a parameter is replaced (a new tensor object, e.g. by
+    ``load_state_dict`` resizing or ``.to(device)``) or modified in place (its version
+    counter moves, e.g. ``copy_`` or an optimiser step), or ``key`` (time steps, input
+    rank, …) changes.
+
+    Why: at batch 1 the handful of tiny tensor ops that derive these constants cost as
+    much as the neuron's own elementwise work; caching them keeps the parallel network's
+    per-layer overhead at that of the ANN's activation.
+    """
+
+    __slots__ = ("_tensors", "_versions", "_key", "_value")
+
+    def __init__(self):
+        self._tensors: tuple = ()
+        self._versions: tuple | None = None
+        self._key = None
+        self._value = None
+
+    def get(self, tensors: tuple[Tensor, ...], key, compute: Callable[[], object]):
+        """The cached value for ``(tensors, key)``, calling ``compute()`` when stale."""
+        cached = self._tensors
+        if key == self._key and len(cached) == len(tensors):
+            # A plain loop: this runs once per layer per forward pass, so it must stay cheap.
+            for tensor, old, version in zip(tensors, cached, self._versions):
+                if tensor is not old or tensor._version != version:
+                    break
+            else:
+                return self._value
+        with torch.no_grad():
+            value = compute()
+        try:
+            versions = tuple(t._version for t in tensors)
+        except RuntimeError:  # inference tensors have no version counter: never cache them
+            return value
+        # Holding the tensors keeps their ids from being reused by new tensors.
+        self._tensors, self._versions, self._key, self._value = tensors, versions, key, value
+        return value
 
 
 def _effective_threshold(threshold: Tensor | float, temporal_bias: Tensor | float | None):

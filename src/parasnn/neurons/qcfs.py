@@ -12,6 +12,9 @@ with ``U = L·x`` and ``T = L`` — the parallel IF neuron's own count — and `
 converted QCFS network at ``T = L`` reproduces the ANN bit for bit: both sides evaluate
 the same floating-point expressions.
 
+Inference (no autograd graph needed) evaluates the same operations in place on one buffer,
+so it gives the same bits as the differentiable path at a fraction of the memory traffic.
+
 Training uses the straight-through estimator for ``floor`` (so ``∂a/∂x = 1`` inside the
 clipping range, 0 outside) and learns θ; θ is clamped at :data:`MIN_THRESHOLD` so it
 stays > 0.
@@ -22,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import ActivationQuantizer
-from .integrate_fire import spike_count
+from .integrate_fire import ParameterCache, spike_count
 
 __all__ = ["qcfs", "qcfs_level", "level_value", "QCFS", "MIN_THRESHOLD"]
 
@@ -76,8 +79,28 @@ class QCFS(ActivationQuantizer):
         return self.effective_threshold() * 0.5
 
     def forward(self, x: Tensor) -> Tensor:
+        threshold = self._parameters.get("threshold")
+        if threshold is None:  # re-registered as a buffer (frozen): the general lookup
+            threshold = self.threshold
+        if (isinstance(x, Tensor) and x.dtype == threshold.dtype
+                and not (torch.is_grad_enabled() and (x.requires_grad or threshold.requires_grad))):
+            # Inference: qcfs()'s operations, in its order, on one buffer updated in place.
+            shift, threshold, scale = self._inference_constants()
+            return (x * self.levels).add_(shift).div_(threshold).floor_().clamp_(0, self.levels).mul_(scale)
         threshold = self.effective_threshold()
         return qcfs(x, threshold=threshold, levels=self.levels, shift=threshold * 0.5)
+
+    def _inference_constants(self) -> tuple[Tensor, Tensor, Tensor]:
+        """``(ψ, θ, θ/L)`` as :meth:`forward`'s differentiable path computes them, cached until
+        θ or L changes."""
+        def compute():
+            threshold = self.effective_threshold()
+            return threshold * 0.5, threshold, threshold / self.levels
+
+        cache = self.__dict__.get("_parameter_cache")
+        if cache is None:
+            cache = self.__dict__["_parameter_cache"] = ParameterCache()
+        return cache.get((self.threshold,), self.levels, compute)
 
     def get_extra_state(self):
         return {"levels": self.levels}

@@ -1,0 +1,385 @@
+"""Method × T accuracy on the Fashion-MNIST backbones, with the ANN's accuracy, each
+method's loss against it, firing rates and an energy estimate (MATH.md §8).
+
+    python benchmarks/accuracy_table.py --out runs/bench/accuracy           # every backbone present
+    python benchmarks/accuracy_table.py --train                              # train missing backbones first
+    python benchmarks/accuracy_table.py --methods sj-default,sj-corrected --limit 2000
+
+Backbones are trained with ``parasnn train`` (resumable) into ``runs/<name>/model.pt``, or
+loaded when present. Test accuracy is measured on the test split; conversion and every
+calibration use the held-apart slice of the training set ``parasnn train`` recorded, never
+the test set.
+
+Rows are a registry: a **row** is a function ``(context, T) -> RowResult`` registered with
+:func:`row`. Adding a method is a few lines, e.g. for the main paper's calibration::
+
+    @row("full", description="main paper: DA + BN recalibration + temporal bias (parallel)")
+    def full(context, time_steps):
+        from parasnn.calibrate import CalibrationConfig, calibrate
+        network = calibrate(context.model, context.calibration_batches,
+                            config=CalibrationConfig(time_steps=time_steps))
+        return evaluate_network(context, network, time_steps=time_steps, form=Form.PARALLEL)
+
+and adding its name to :data:`DEFAULT_METHODS`. Writes ``accuracy.json`` and
+``accuracy.md``; ``benchmarks/update_readme.py`` turns the JSON into the README's results.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling baselines module
+
+from parasnn.checkpoint import load_ann  # noqa: E402
+from parasnn.convert import convert  # noqa: E402
+from parasnn.energy import ActivityReport  # noqa: E402
+from parasnn.evaluate import Form, ann_accuracy, snn_accuracy  # noqa: E402
+from parasnn.models import ActivationKind, ModelSpec  # noqa: E402
+from parasnn.network import SpikingNetwork  # noqa: E402
+
+__all__ = ["Backbone", "BACKBONES", "Context", "RowResult", "Row", "ROWS", "DEFAULT_METHODS", "row",
+           "evaluate_network", "build_table", "markdown_table", "main"]
+
+
+# --------------------------------------------------------------------------- backbones
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    """A trained ANN the table converts: where its checkpoint lives, how to train it."""
+
+    name: str
+    checkpoint: Path
+    train_arguments: tuple[str, ...]  # for `parasnn train` (without --out)
+    description: str
+
+
+BACKBONES: dict[str, Backbone] = {
+    "vgg-small-qcfs-l4": Backbone(
+        "vgg-small-qcfs-l4", Path("runs/fmnist-vgg-small-qcfs-l4/model.pt"),
+        ("--model", "vgg-small", "--dataset", "fashion-mnist", "--activation", "qcfs", "--levels", "4",
+         "--epochs", "30"),
+        "small VGG, QCFS L = 4, Fashion-MNIST"),
+    "vgg-small-relu": Backbone(
+        "vgg-small-relu", Path("runs/fmnist-vgg-small-relu/model.pt"),
+        ("--model", "vgg-small", "--dataset", "fashion-mnist", "--activation", "relu", "--epochs", "15"),
+        "small VGG, ReLU (training-free conversion), Fashion-MNIST"),
+}
+
+
+def ensure_backbone(backbone: Backbone, *, train: bool, root: Path) -> Path | None:
+    """The checkpoint path, training it with ``parasnn train`` first when missing and
+    ``train`` (resumable: an interrupted run continues); ``None`` when missing."""
+    path = root / backbone.checkpoint
+    if path.is_file():
+        return path
+    if not train:
+        return None
+    command = [sys.executable, "-m", "parasnn.cli", "train", *backbone.train_arguments, "--out", str(path.parent)]
+    print("training " + " ".join(shlex.quote(c) for c in command), file=sys.stderr, flush=True)
+    subprocess.run(command, check=True)
+    return path if path.is_file() else None
+
+
+# --------------------------------------------------------------------------- rows
+
+
+@dataclasses.dataclass
+class Context:
+    """What every row function gets for one backbone.
+
+    ``test_batches`` and ``calibration_batches`` are lists of ``(images (B, C, H, W),
+    labels (B,))`` on ``device``; calibration batches come from the training set only.
+    ``cache`` lets rows share work (e.g. one converted network for all T)."""
+
+    backbone: str
+    model: nn.Module
+    spec: ModelSpec
+    test_batches: list
+    calibration_batches: list
+    device: torch.device
+    cache: dict = dataclasses.field(default_factory=dict)
+
+    @property
+    def from_relu(self) -> bool:
+        return self.spec.activation.kind is ActivationKind.RELU
+
+
+@dataclasses.dataclass
+class RowResult:
+    """One method at one T. ``activity`` (firing rates, SOPs, energy) where the method's
+    network reports spike counts; ``note`` says anything a reader must know."""
+
+    accuracy: float
+    samples: int
+    seconds: float
+    activity: ActivityReport | None = None
+    note: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    name: str
+    function: Callable[[Context, int], RowResult]
+    description: str
+    applies_to: tuple[ActivationKind, ...]
+
+
+ROWS: dict[str, Row] = {}
+# The rows the table shows unless --methods says otherwise (SpikingJelly rows are a check).
+DEFAULT_METHODS: list[str] = ["qcfs-serial", "fs-pc-parallel"]
+
+
+def row(name: str, *, description: str,
+        applies_to: tuple[ActivationKind, ...] = (ActivationKind.QCFS, ActivationKind.RELU)):
+    """Register ``function(context, time_steps) -> RowResult`` as the table row ``name``."""
+    def register(function: Callable[[Context, int], RowResult]):
+        ROWS[name] = Row(name, function, description, tuple(applies_to))
+        return function
+    return register
+
+
+def evaluate_network(context: Context, network: SpikingNetwork, *, time_steps: int, form: Form,
+                     note: str = "") -> RowResult:
+    """Accuracy, spike activity and energy of ``network`` on the test batches."""
+    result = snn_accuracy(network.to(context.device), context.test_batches, time_steps=time_steps, form=form)
+    return RowResult(result.accuracy, result.samples, result.seconds, result.activity, note)
+
+
+def converted(context: Context) -> SpikingNetwork:
+    """The backbone converted with parasnn's defaults (parallel IF neurons; ReLU backbones
+    get θ = the 99.9th percentile on the calibration slice, QCFS proxy L = 8)."""
+    if "converted" not in context.cache:
+        data = context.calibration_batches if context.from_relu else None
+        context.cache["converted"] = convert(context.model, calibration_data=data).to(context.device)
+    return context.cache["converted"]
+
+
+@row("qcfs-serial", description="IF neurons run serially (T steps, soft reset, v₀ = θ/2): the classic conversion")
+def qcfs_serial(context: Context, time_steps: int) -> RowResult:
+    return evaluate_network(context, converted(context), time_steps=time_steps, form=Form.SERIAL)
+
+
+@row("fs-pc-parallel", description="FS-PC parallel IF neurons, one pass (papers 000/003, no calibration)")
+def fs_pc_parallel(context: Context, time_steps: int) -> RowResult:
+    return evaluate_network(context, converted(context), time_steps=time_steps, form=Form.PARALLEL)
+
+
+def _spikingjelly_row(*, qcfs_thresholds: bool, half_start: bool, mode: str = "max"):
+    def function(context: Context, time_steps: int) -> RowResult:
+        from baselines import run_spikingjelly, spikingjelly_network
+        key = ("spikingjelly", qcfs_thresholds, half_start, mode)
+        if key not in context.cache:
+            calibration = [(x, y) for x, y in context.calibration_batches]
+            context.cache[key] = spikingjelly_network(context.model, calibration, mode=mode,
+                                                      qcfs_thresholds=qcfs_thresholds,
+                                                      half_threshold_start=half_start)
+        network = context.cache[key]
+        correct = total = 0
+        start = time.perf_counter()
+        with torch.no_grad():
+            for x, y in context.test_batches:
+                logits = run_spikingjelly(network, x, time_steps=time_steps)
+                correct += int((logits.argmax(dim=1) == y).sum())
+                total += y.numel()
+        return RowResult(correct / max(total, 1), total, time.perf_counter() - start, None,
+                         note="spike counts not recorded")
+    return function
+
+
+row("sj-default", description="SpikingJelly ann2snn.Converter as shipped (ReLU twin, max-norm scales, v₀ = 0)")(
+    _spikingjelly_row(qcfs_thresholds=False, half_start=False))
+row("sj-half-start", description="SpikingJelly, max-norm scales, v₀ = θ/2")(
+    _spikingjelly_row(qcfs_thresholds=False, half_start=True))
+row("sj-qcfs-theta", description="SpikingJelly with the QCFS thresholds, v₀ = 0",
+    applies_to=(ActivationKind.QCFS,))(_spikingjelly_row(qcfs_thresholds=True, half_start=False))
+row("sj-corrected", description="SpikingJelly with the QCFS thresholds and v₀ = θ/2 (≡ qcfs-serial)",
+    applies_to=(ActivationKind.QCFS,))(_spikingjelly_row(qcfs_thresholds=True, half_start=True))
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def _activity_fields(activity: ActivityReport | None, time_steps: int) -> dict:
+    if activity is None:
+        return {"firing_rate": None, "snn_energy_uj": None, "ann_energy_uj": None, "energy_ratio": None,
+                "sops": None}
+    neurons = sum(layer.neurons for layer in activity.layers)
+    spikes = sum(layer.spikes for layer in activity.layers)
+    return {"firing_rate": spikes / max(neurons, 1) / time_steps,  # spikes per neuron per step
+            "snn_energy_uj": activity.snn_energy_pj * 1e-6, "ann_energy_uj": activity.ann_energy_pj * 1e-6,
+            "energy_ratio": activity.snn_energy_pj / max(activity.ann_energy_pj, 1e-12),
+            "sops": activity.total_sops}
+
+
+def build_table(context: Context, *, methods: Sequence[str], time_steps: Sequence[int],
+                log: Callable[[str], None] = lambda line: None) -> dict:
+    """Run the ANN and every applicable method at every T on one backbone.
+
+    Returns ``{"backbone", "model", "ann": {"accuracy", "samples"}, "rows": [...]}`` with one
+    row entry per method × T: accuracy, loss (ANN − SNN, in accuracy units), firing rate
+    (spikes per neuron per step), energy per image in µJ and its ratio to the ANN's, or
+    ``skipped`` with the reason.
+    """
+    ann, _, samples = ann_accuracy(context.model.to(context.device), context.test_batches,
+                                   description=f"{context.backbone} ANN")
+    log(f"{context.backbone}: ANN {100 * ann:.2f}% on {samples} images")
+    rows = []
+    for name in methods:
+        entry = ROWS[name]
+        for t in time_steps:
+            base = {"method": name, "description": entry.description, "time_steps": t}
+            if context.spec.activation.kind not in entry.applies_to:
+                rows.append(dict(base, skipped=f"applies to {[k.value for k in entry.applies_to]} backbones only"))
+                continue
+            try:
+                result = entry.function(context, t)
+            except ImportError as error:  # an optional baseline that is not installed
+                rows.append(dict(base, skipped=str(error)))
+                log(f"  {name} T={t}: skipped ({error})")
+                continue
+            rows.append(dict(base, accuracy=result.accuracy, loss=ann - result.accuracy, samples=result.samples,
+                             seconds=result.seconds, note=result.note,
+                             **_activity_fields(result.activity, t)))
+            log(f"  {name} T={t}: {100 * result.accuracy:.2f}% ({result.seconds:.1f} s)")
+    return {"backbone": context.backbone, "model": context.spec.to_dict(),
+            "ann": {"accuracy": ann, "samples": samples}, "rows": rows}
+
+
+def markdown_table(table: dict, *, description: str = "") -> str:
+    """Two Markdown tables for one backbone: accuracy (% and loss against the ANN in
+    percentage points) per method × T; firing rate and energy per image per method × T."""
+    rows = table["rows"]
+    steps = sorted({r["time_steps"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    find = {(r["method"], r["time_steps"]): r for r in rows}
+    ann = table["ann"]["accuracy"]
+    header = "| method | " + " | ".join(f"T={t}" for t in steps) + " |"
+    rule = "|---|" + "---:|" * len(steps)
+    title = f"### {table['backbone']}" + (f" — {description}" if description else "")
+    lines = [title, "", f"ANN accuracy {100 * ann:.2f}% on {table['ann']['samples']} test images. "
+             "Cells: SNN accuracy % (loss against the ANN, percentage points).", "", header, rule]
+    for method in methods:
+        cells = []
+        for t in steps:
+            r = find.get((method, t))
+            if r is None or "skipped" in r:
+                cells.append("–")
+            else:
+                cells.append(f"{100 * r['accuracy']:.2f} ({100 * r['loss']:+.2f})")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    lines += ["", "Firing rate (spikes per neuron per step) / energy per image in µJ (× the ANN's).", "",
+              header, rule]
+    for method in methods:
+        cells = []
+        for t in steps:
+            r = find.get((method, t))
+            if r is None or "skipped" in r or r.get("firing_rate") is None:
+                cells.append("–")
+            else:
+                cells.append(f"{r['firing_rate']:.3f} / {r['snn_energy_uj']:.3g} ({r['energy_ratio']:.2f}×)")
+        if any(c != "–" for c in cells):
+            lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    described = [f"- `{m}`: {find[(m, steps[0])]['description']}" for m in methods if (m, steps[0]) in find]
+    skipped = sorted({(r["method"], r["skipped"]) for r in rows if "skipped" in r})
+    lines += ["", *described]
+    if skipped:
+        lines += [f"- `{m}` not run: {reason}" for m, reason in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def _load_context(backbone: Backbone, path: Path, *, device: torch.device, limit: int | None,
+                  calibration_size: int, batch_size: int) -> Context:
+    from parasnn.data import calibration_split, load_dataset, make_loader
+    model, spec, checkpoint = load_ann(path)
+    config = checkpoint.get("config", {})
+    splits = load_dataset(config.get("dataset", "fashion-mnist"), data_dir=config.get("data_dir"))
+    test = splits.test
+    if limit:
+        test = torch.utils.data.TensorDataset(*(t[:limit] for t in test.tensors))
+    holdout, seed = int(config.get("holdout", 0)), int(config.get("seed", 0))
+    if holdout < 1:  # trained on everything: any seeded training slice is as good
+        holdout = min(calibration_size, len(splits.train) - 1)
+    _, held_apart = calibration_split(splits.train, size=holdout, seed=seed)
+    size = min(calibration_size, len(held_apart))
+    calibration = torch.utils.data.TensorDataset(*(t[:size] for t in held_apart.tensors))
+
+    def batches(dataset):
+        return [(x.to(device), y.to(device)) for x, y in make_loader(dataset, batch_size=batch_size, shuffle=False)]
+
+    return Context(backbone.name, model.to(device).eval(), spec, batches(test), batches(calibration), device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--backbones", default=",".join(BACKBONES),
+                        help=f"registered backbones, comma-separated (default {','.join(BACKBONES)}; '' for none)")
+    parser.add_argument("--checkpoint", type=Path, action="append", default=[],
+                        help="also evaluate this ANN checkpoint (repeatable; named after its file)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"rows, comma-separated; known: {', '.join(ROWS)} (default {','.join(DEFAULT_METHODS)})")
+    parser.add_argument("--time-steps", default="1,2,4,8", help="default 1,2,4,8")
+    parser.add_argument("--limit", type=int, help="first N test images only")
+    parser.add_argument("--calibration-size", type=int, default=1024,
+                        help="images of the held-apart training slice used for conversion (default 1024)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--train", action="store_true", help="train missing backbones with parasnn train")
+    parser.add_argument("--root", type=Path, default=Path("."), help="where runs/ lives (default .)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/accuracy"))
+    args = parser.parse_args(argv)
+    from parasnn import bench
+    from parasnn.files import write_json, write_text
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
+        else torch.device(args.device)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in ROWS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; known: {list(ROWS)}")
+    time_steps = [int(t) for t in args.time_steps.split(",") if t.strip()]
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    tables, missing = [], []
+    unknown = [b.strip() for b in args.backbones.split(",") if b.strip() and b.strip() not in BACKBONES]
+    if unknown:
+        raise SystemExit(f"unknown backbone(s) {unknown}; registered: {list(BACKBONES)} (or pass --checkpoint)")
+    selected = [BACKBONES[b.strip()] for b in args.backbones.split(",") if b.strip()]
+    # Named after the file, or after its run directory for the usual runs/<name>/model.pt.
+    selected += [Backbone(path.parent.name if path.stem == "model" else path.stem, path.resolve(), (),
+                          f"checkpoint {path}") for path in args.checkpoint]
+    for backbone in selected:
+        name = backbone.name
+        path = ensure_backbone(backbone, train=args.train and bool(backbone.train_arguments), root=args.root)
+        if path is None:
+            missing.append({"backbone": name, "checkpoint": str(args.root / backbone.checkpoint),
+                            "reason": "checkpoint missing (run with --train to train it)"})
+            log(f"{name}: {missing[-1]['reason']}")
+            continue
+        context = _load_context(backbone, path, device=device, limit=args.limit,
+                                calibration_size=args.calibration_size, batch_size=args.batch_size)
+        table = build_table(context, methods=methods, time_steps=time_steps, log=log)
+        table.update(checkpoint=str(path), description=backbone.description)
+        tables.append(table)
+    command = "python " + shlex.join([f"benchmarks/{Path(__file__).name}", *(sys.argv[1:] if argv is None else argv)])
+    payload = {"machine": bench.machine_info(device, torch.get_num_threads()), "command": command,
+               "tables": tables, "missing": missing}
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_json(args.out / "accuracy.json", payload)
+    text = "\n".join(markdown_table(t, description=t["description"]) for t in tables)
+    text += "".join(f"\n{m['backbone']}: {m['reason']} ({m['checkpoint']})\n" for m in missing)
+    write_text(args.out / "accuracy.md", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

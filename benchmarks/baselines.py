@@ -1,0 +1,209 @@
+"""The baselines parasnn is measured against, built from the same QCFS network.
+
+* :func:`folded_network` — the FS-PC reference implementation's way of running a parallel
+  SNN (Hao et al., ICML 2025, ``ParaInfNeuron`` in the authors' ``modules.py``): the input
+  is repeated T times along the batch axis, ``(T·B, ...)``, every layer processes all T
+  copies, and each parallel neuron views its input as ``(T, B·N)``, averages the current
+  over the T copies and materialises its spike train ``(T, ...)`` in one shot::
+
+      s_t = [ (T/t)·mean_τ(I_τ) + ψ/t ≥ θ ],  t = 1..T     (TxT and bias buffers, shape (T, 1))
+
+  output ``s_t·θ``; the logits of the T copies are averaged. Cost and memory grow with T.
+* :func:`spikingjelly_network` — SpikingJelly 0.0.0.0.14's ``ann2snn.Converter`` in
+  multi-step IF mode (the optional ``bench`` extra). See its docstring for what its
+  converter gets wrong on QCFS networks and the configuration used here.
+
+Shapes: inputs ``(B, C, H, W)``; every ``run_*`` returns time-averaged logits ``(B, classes)``.
+"""
+from __future__ import annotations
+
+import copy
+import operator
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+from torch import Tensor, nn
+
+from parasnn.bench import relu_twin
+from parasnn.neurons import QCFS
+
+__all__ = ["FoldedParallelNeuron", "folded_network", "run_folded", "require_spikingjelly", "spikingjelly_network",
+           "run_spikingjelly", "quantizer_thresholds"]
+
+
+# --------------------------------------------------------------------------- FS-PC, time folded into the batch
+
+
+class FoldedParallelNeuron(nn.Module):
+    """FS-PC's parallel IF neuron on a time-folded batch (the reference ``ParaInfNeuron``).
+
+    Input ``(T·B, ...)`` (T copies of the batch, copy-major); output the same shape, each
+    element the spike ``0`` or ``θ`` of its step. ``threshold`` θ is a scalar (as in the
+    reference); ``shift`` ψ the initial membrane potential (θ/2).
+    """
+
+    def __init__(self, *, threshold: float, shift: float, time_steps: int):
+        super().__init__()
+        self.time_steps = time_steps
+        self.threshold = float(threshold)
+        steps = torch.arange(1, time_steps + 1, dtype=torch.float32).unsqueeze(-1)  # (T, 1)
+        self.register_buffer("weight", time_steps / steps)  # the reference's TxT: T/t
+        self.register_buffer("bias", shift / steps)  # ψ/t
+
+    def forward(self, x: Tensor) -> Tensor:
+        steps = self.time_steps
+        flat = x.view(steps, -1)  # (T, B·N): the reference's x.view(T, -1)
+        spikes = (self.weight * flat.mean(dim=0) + self.bias >= self.threshold).float() * self.threshold
+        return spikes.view(x.shape)
+
+
+def quantizer_thresholds(model: nn.Module) -> dict[str, float]:
+    """θ of every QCFS module, by module path."""
+    values = {}
+    for name, module in model.named_modules():
+        if isinstance(module, QCFS):
+            theta = module.effective_threshold().detach()
+            if theta.dim() != 0:
+                raise ValueError(f"{name}: the baselines take scalar thresholds, got shape {tuple(theta.shape)}")
+            values[name] = float(theta)
+    if not values:
+        raise ValueError("the baselines are built from a QCFS network; this model has no QCFS activation")
+    return values
+
+
+def folded_network(model: nn.Module, *, time_steps: int) -> nn.Module:
+    """A copy of the QCFS ``model`` whose QCFS modules are :class:`FoldedParallelNeuron`
+    (θ from QCFS, ψ = θ/2): the network the FS-PC reference code evaluates."""
+    thresholds = quantizer_thresholds(model)
+    folded = copy.deepcopy(model).eval()
+    for path, theta in thresholds.items():
+        parent_path, _, leaf = path.rpartition(".")
+        parent = folded.get_submodule(parent_path) if parent_path else folded
+        setattr(parent, leaf, FoldedParallelNeuron(threshold=theta, shift=0.5 * theta, time_steps=time_steps))
+    return folded
+
+
+def run_folded(network: nn.Module, x: Tensor, *, time_steps: int) -> Tensor:
+    """T copies of ``x`` ``(B, ...)`` through the folded network; logits averaged over the copies."""
+    batch = x.shape[0]
+    repeated = x.unsqueeze(0).repeat(time_steps, *([1] * x.dim())).flatten(0, 1)  # (T·B, ...), as the reference
+    return network(repeated).view(time_steps, batch, -1).mean(dim=0)
+
+
+# --------------------------------------------------------------------------- SpikingJelly
+
+
+def require_spikingjelly():
+    """Import SpikingJelly lazily; a clear error names the extra that provides it."""
+    try:
+        from spikingjelly.activation_based import ann2snn, functional, layer, neuron
+    except ImportError as error:
+        raise ImportError(
+            "the SpikingJelly baseline needs spikingjelly==0.0.0.0.14: install the bench extra, "
+            "pip install -c constraints.txt -e '.[bench]' (or pip install spikingjelly==0.0.0.0.14)") from error
+    return ann2snn, functional, layer, neuron
+
+
+# Operations SpikingJelly's multi-step graph may apply to (T, B, ...) tensors directly:
+# elementwise ones (residual additions). Anything else must be wrapped per step.
+_ELEMENTWISE = {operator.add, operator.iadd, torch.add}
+
+
+def _relu_order(model: nn.Module) -> list[str]:
+    """Paths of the ReLU modules in graph order — the order SpikingJelly numbers them in."""
+    graph = fx.symbolic_trace(model).graph
+    return [node.target for node in graph.nodes
+            if node.op == "call_module" and type(model.get_submodule(node.target)) is nn.ReLU]
+
+
+def spikingjelly_network(model: nn.Module, calibration: Iterable, *, mode: str = "max",
+                         qcfs_thresholds: bool = True, half_threshold_start: bool = True) -> nn.Module:
+    """SpikingJelly's converter applied to ``model``, run in multi-step IF mode.
+
+    What SpikingJelly 0.0.0.0.14's ``ann2snn.Converter`` does, and why a QCFS network needs
+    the corrections below (found by reading ``ann2snn/converter.py`` and by the accuracy
+    check in ``benchmarks/spikingjelly_check.py``):
+
+    1. It only converts modules whose type *is* ``nn.ReLU``: a QCFS network comes back with
+       its QCFS activations untouched — an ANN, no neuron at all. So the QCFS network is
+       handed over as its ReLU twin (same weights, QCFS → ReLU).
+    2. Each ReLU becomes ``VoltageScaler(1/s) → IFNode(v_threshold=1, v_reset=None) →
+       VoltageScaler(s)`` with ``s`` the running (momentum 0.1) mean of per-batch maxima
+       (``mode="max"``) or percentiles of the ReLU output on ``calibration`` — not the
+       QCFS threshold θ the network was trained with. With ``qcfs_thresholds`` the scales
+       are set to θ of the corresponding QCFS layer.
+    3. ``IFNode`` starts from ``v = 0``, not θ/2: every neuron rounds *down* instead of to
+       the nearest level (the classic quantisation error of conversion, Bu et al. 2022);
+       at low T this costs most of the accuracy. With ``half_threshold_start`` the reset
+       value of ``v`` is 0.5 (θ/2 after the 1/θ scaling).
+    4. The converted graph holds plain ``nn.Conv2d`` / ``nn.Flatten`` / pooling modules that
+       take ``(B, ...)``, so the documented multi-step mode cannot run it as returned;
+       here every such module is wrapped in ``layer.SeqToANNContainer`` (time folded into
+       the batch for stateless layers, SpikingJelly's own idiom) and the IF nodes are set to
+       ``step_mode="m"``.
+
+    It also folds each conv → BN pair into the conv (its ``fuse_flag`` default), one layer
+    fewer than parasnn's networks, which keep BN as a frozen layer.
+
+    Args:
+        model: a QCFS network (handed to SpikingJelly as its ReLU twin) or a ReLU network
+            (then ``qcfs_thresholds`` must be False).
+        qcfs_thresholds: correction 2 (scales = QCFS θ); half_threshold_start: correction 3.
+        calibration: ``(inputs, labels)`` batches for SpikingJelly's voltage hooks.
+        mode: SpikingJelly's normalisation mode ("max", "99.9%", or a float in (0, 1]).
+    Returns:
+        an ``fx.GraphModule`` in eval mode; run it with :func:`run_spikingjelly`.
+    """
+    ann2snn, functional, layer, neuron = require_spikingjelly()
+    has_qcfs = any(isinstance(m, QCFS) for m in model.modules())
+    thresholds = quantizer_thresholds(model) if qcfs_thresholds else None
+    relu = relu_twin(model) if has_qcfs else copy.deepcopy(model).eval()
+    order = _relu_order(relu)
+    device = next(relu.parameters()).device
+    converter = ann2snn.Converter(dataloader=list(calibration), mode=mode, device=device)
+    import contextlib
+    import io
+    with contextlib.redirect_stderr(io.StringIO()):  # its tqdm progress bar
+        snn = converter(relu)
+    snn.eval()
+    for index, path in enumerate(order):
+        scaler_in = snn.get_submodule(f"snn tailor.{index}.0")
+        node = snn.get_submodule(f"snn tailor.{index}.1")
+        scaler_out = snn.get_submodule(f"snn tailor.{index}.2")
+        if thresholds is not None:
+            theta = thresholds[path]
+            scaler_in.scale = torch.tensor(1.0 / theta, device=device)
+            scaler_out.scale = torch.tensor(theta, device=device)
+        if half_threshold_start:
+            node.set_reset_value("v", 0.5)
+    _wrap_stateless(snn, layer, neuron, ann2snn)
+    functional.set_step_mode(snn, "m")
+    functional.reset_net(snn)
+    return snn
+
+
+def _wrap_stateless(snn: fx.GraphModule, layer, neuron, ann2snn) -> None:
+    """Wrap every module that is not a neuron or a voltage scaler in SeqToANNContainer."""
+    scaler = ann2snn.modules.VoltageScaler
+    for node in snn.graph.nodes:
+        if node.op == "call_module":
+            module = snn.get_submodule(node.target)
+            if isinstance(module, (neuron.BaseNode, scaler, layer.SeqToANNContainer)):
+                continue
+            parent_path, _, leaf = node.target.rpartition(".")
+            parent = snn.get_submodule(parent_path) if parent_path else snn
+            setattr(parent, leaf, layer.SeqToANNContainer(module))
+        elif node.op in ("call_function", "call_method") and node.target not in _ELEMENTWISE:
+            raise NotImplementedError(f"SpikingJelly multi-step baseline: operation {node.target} of node "
+                                      f"{node.name} would need a per-step wrapper; use modules")
+    snn.recompile()
+
+
+def run_spikingjelly(network: nn.Module, x: Tensor, *, time_steps: int) -> Tensor:
+    """Reset the network, feed ``x`` ``(B, ...)`` at every one of T steps ``(T, B, ...)``,
+    and return the logits averaged over the steps."""
+    from spikingjelly.activation_based import functional  # imported by spikingjelly_network already
+    functional.reset_net(network)
+    sequence = x.unsqueeze(0).repeat(time_steps, *([1] * x.dim()))  # (T, B, ...), SpikingJelly's usage
+    return network(sequence).mean(dim=0)

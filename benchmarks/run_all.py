@@ -1,0 +1,73 @@
+"""Everything ``make bench`` produces, into one directory:
+
+    OUT/speed/        speed.json, speed.md, PNG plots       (benchmarks/speed.py)
+    OUT/speed-keep-memory/   the same with glibc malloc keeping freed memory
+    OUT/accuracy/     accuracy.json, accuracy.md            (benchmarks/accuracy_table.py)
+    OUT/spikingjelly/ accuracy.json, accuracy.md            SpikingJelly's converter against
+                                                            parasnn's serial SNN (the check)
+
+then the README's results section is regenerated when README.md has the markers
+(benchmarks/update_readme.py). Missing Fashion-MNIST backbones are trained first
+(``parasnn train``, resumable; ``--no-train`` skips them instead).
+
+    python benchmarks/run_all.py --out runs/bench
+    python benchmarks/run_all.py --out /tmp/bench --quick     # a few minutes: small grid
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import accuracy_table  # noqa: E402
+import speed  # noqa: E402
+import update_readme  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/bench"))
+    parser.add_argument("--quick", action="store_true",
+                        help="small grid: vgg-small and resnet20, batch 1 and 32, T = 1, 4, 16, 64, 3 rounds; "
+                             "accuracy on 1000 test images")
+    parser.add_argument("--threads", type=int, help="torch threads for the speed benchmark (default: all)")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="speed benchmark clock: wall (default) or cpu (process CPU time, for a shared machine; "
+                             "use with --threads 1)")
+    parser.add_argument("--no-train", action="store_true", help="do not train missing backbones")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    args = parser.parse_args(argv)
+
+    threads = (["--threads", str(args.threads)] if args.threads else []) + ["--clock", args.clock]
+    if not args.skip_speed:
+        grid = ["--models", "vgg-small,resnet20", "--batch-sizes", "1,32", "--batch-sizes-for", "vgg-small=1,8,32",
+                "--time-steps", "1,4,16,64", "--rounds", "3"] if args.quick else []
+        speed.main(grid + threads + ["--out", str(args.out / "speed")])
+        # Again with glibc keeping freed memory (process-wide and irreversible, so second):
+        # separates the parallel network's own cost from the allocator's page faults.
+        speed.main(grid + threads + ["--keep-freed-memory", "--out", str(args.out / "speed-keep-memory")])
+    if not args.skip_accuracy:
+        limit = ["--limit", "1000"] if args.quick else []
+        train = [] if args.no_train else ["--train"]
+        accuracy_table.main(limit + train + ["--out", str(args.out / "accuracy")])
+        # The SpikingJelly check: its converter as shipped, and what each correction restores.
+        accuracy_table.main(["--methods", "qcfs-serial,sj-default,sj-half-start,sj-qcfs-theta,sj-corrected",
+                             "--limit", "1000" if args.quick else "2000", "--time-steps", "1,2,4,8",
+                             "--out", str(args.out / "spikingjelly")])
+    readme = args.readme
+    if readme.is_file() and update_readme.START in readme.read_text():
+        update_readme.main(["--accuracy", str(args.out / "accuracy" / "accuracy.json"),
+                            "--speed", str(args.out / "speed" / "speed.json"),
+                            "--speed", str(args.out / "speed-keep-memory" / "speed.json"), "--readme", str(readme)])
+    else:
+        print(f"{readme} has no {update_readme.START} marker: results section not written "
+              "(add the markers, or run benchmarks/update_readme.py --append)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The benchmark code at a tiny size, so it cannot rot: memory accounting, interleaved timing
+with skips and reasons, the baselines' agreement with parasnn, the reports, the README
+regeneration, the accuracy-table registry and ``parasnn bench``. Real timings only in
+``make bench``."""
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from parasnn import bench
+from parasnn.checkpoint import save_ann
+from parasnn.cli import main as cli_main
+from parasnn.convert import convert
+from parasnn.models import ActivationSpec, ModelSpec, build_model
+from parasnn.simulate import serial_forward
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import accuracy_table  # noqa: E402
+import baselines  # noqa: E402
+import speed  # noqa: E402
+import update_readme  # noqa: E402
+
+
+def tiny_model(kind="qcfs", seed=0):
+    spec = ModelSpec(name="vgg-small", input_shape=(1, 28, 28), num_classes=10, width=4,
+                     activation=ActivationSpec(kind=kind, levels=4, threshold=1.0))
+    torch.manual_seed(seed)
+    return build_model(spec).eval(), spec
+
+
+def test_peak_memory_counts_live_tensors_only():
+    def run():
+        a = torch.ones(256, 256)  # 256 KiB
+        b = a * 2  # 512 KiB live
+        del a
+        b.add_(1)  # in place: no new storage
+        view = b.view(-1)  # a view: no new storage
+        c = view + 1  # 512 KiB live again (b and c)
+        del b, view
+        return c.sum()
+
+    assert bench.peak_memory(run, device="cpu") == 2 * 256 * 256 * 4
+    weights = torch.ones(1024, 1024)  # allocated before: never counted
+    assert bench.peak_memory(lambda: weights.sum(), device="cpu") == 4
+
+
+def test_summary_and_paired_ratio():
+    summary = bench.summarize([4.0, 1.0, 3.0, 2.0, 5.0])
+    assert (summary.median, summary.q1, summary.q3, summary.count) == (3.0, 2.0, 4.0, 5)
+    result = bench.ConfigResult({}, [bench.Measurement("a", None, [1.0, 2.0, 4.0], 1, 10),
+                                     bench.Measurement("b", 2, [2.0, 2.0, 2.0], 1, 30)], [],
+                                (bench.RatioSpec("b", "a"),))
+    ratio = result.ratio(bench.RatioSpec("b", "a"), 2)
+    assert ratio.median == 1.0 and ratio.q1 == 0.75 and ratio.q3 == 1.5  # per round: 2, 1, 0.5
+    assert result.memory_ratio(bench.RatioSpec("b", "a"), 2) == 3.0
+
+
+def test_growing_engines_are_skipped_with_a_reason_and_parallel_never():
+    model, _ = tiny_model()
+    network = convert(model)
+    x = torch.randn(2, 1, 28, 28)
+    cases = bench.parasnn_cases(ann=model, relu_ann=bench.relu_twin(model), network=network, inputs=x,
+                                time_steps=[1, 2, 4])
+    result = bench.measure(cases, config={"model": "tiny", "batch_size": 2}, device="cpu", threads=1, rounds=2,
+                           min_block_seconds=0.0, cap_seconds=1e-9, clock="cpu")
+    skipped = {(s.engine, s.time_steps): s.reason for s in result.skipped}
+    for engine in (bench.SERIAL, bench.TRAINS):
+        assert result.find(engine, 1) is not None  # the first T is always measured
+        for t in (2, 4):
+            assert "cap" in skipped[(engine, t)] and f"T=1" in skipped[(engine, t)]
+        assert skipped[(engine, 2)] != skipped[(engine, 4)]  # each T its own estimate
+    assert all(result.find(bench.PARALLEL, t) is not None for t in (1, 2, 4))
+    assert all(len(m.rounds) == 2 for m in result.measurements)
+    data = result.to_dict()
+    assert {s["engine"] for s in data["skipped"]} == {bench.SERIAL, bench.TRAINS}
+    assert all(s["reason"] for s in data["skipped"])
+    assert data["config"]["clock"] == "cpu"
+    with pytest.raises(ValueError, match="clock"):
+        bench.measure(cases, config={}, device="cpu", threads=1, clock="sundial")
+
+
+def test_baselines_agree_with_parasnn():
+    model, _ = tiny_model()
+    network = convert(model)
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        for t in (1, 3):
+            folded = baselines.run_folded(baselines.folded_network(model, time_steps=t), x, time_steps=t)
+            assert torch.allclose(folded, network(x, time_steps=t), atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script inside SpikingJelly
+def test_spikingjelly_corrected_equals_serial_and_as_shipped_does_not():
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("requests")  # spikingjelly 0.0.0.0.14's ann2snn imports it without declaring it
+    model, _ = tiny_model()
+    network = convert(model)
+    x = torch.randn(16, 1, 28, 28)
+    corrected = baselines.spikingjelly_network(model, [(x, None)])
+    shipped = baselines.spikingjelly_network(model, [(x, None)], qcfs_thresholds=False, half_threshold_start=False)
+    with torch.no_grad():
+        serial = serial_forward(network, x, time_steps=4)
+        assert torch.allclose(baselines.run_spikingjelly(corrected, x, time_steps=4), serial, atol=1e-4)
+        assert not torch.allclose(baselines.run_spikingjelly(shipped, x, time_steps=4), serial, atol=1e-2)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")
+def test_speed_benchmark_writes_every_engine_ratio_and_plot(tmp_path):
+    has_sj = True
+    try:
+        baselines.require_spikingjelly()
+    except ImportError:
+        has_sj = False
+    speed.main(["--models", "vgg-small", "--width", "4", "--batch-sizes", "2", "--batch-sizes-for", "vgg-small=1,2",
+                "--time-steps", "2", "--rounds", "2", "--min-block-seconds", "0", "--threads", "1",
+                "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "speed.json").read_text())
+    assert report["machine"]["threads"] == 1 and report["command"].startswith("python benchmarks/speed.py")
+    assert [r["config"]["batch_size"] for r in report["results"]] == [1, 2]
+    engines = {"ann", "ann-relu", "parallel", "parallel+trains", "serial", "folded"} | ({"spikingjelly"} if has_sj
+                                                                                       else set())
+    for result in report["results"]:
+        measured = {(m["engine"], m["time_steps"]) for m in result["measurements"]}
+        assert {e for e, _ in measured} == engines
+        assert all(m["peak_bytes"] > 0 and m["seconds"]["median"] > 0 for m in result["measurements"])
+        ratios = {r["name"] for r in result["ratios"]}
+        expected = {"parallel/ann", "parallel/ann-relu", "serial/parallel", "parallel+trains/parallel",
+                    "folded/parallel"} | ({"spikingjelly/parallel", "spikingjelly/serial"} if has_sj else set())
+        assert ratios == expected
+        assert {g["goal"] for g in result["goals"]} == {"parallel/ann time", "serial/parallel time",
+                                                        "parallel/ann memory"}
+    markdown = (tmp_path / "speed.md").read_text()
+    assert "parallel/ann" in markdown and "T=2" in markdown
+    pngs = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert pngs == ["vgg-small-b1-vs-T.png", "vgg-small-b2-vs-T.png", "vgg-small-vs-batch-T2.png"]
+
+
+def test_readme_section_is_replaced_between_markers_only():
+    text = f"# title\n\nintro\n{update_readme.START}\nold\n{update_readme.END}\nafter\n"
+    new = update_readme.replace_section(text, "new\n")
+    assert new == f"# title\n\nintro\n{update_readme.START}\nnew\n{update_readme.END}\nafter\n"
+    assert update_readme.replace_section(new, "new\n") == new
+    with pytest.raises(ValueError, match="markers"):
+        update_readme.replace_section("# no markers\n", "x\n")
+    assert update_readme.replace_section("# t\n", "x\n", append=True).endswith(
+        f"{update_readme.START}\nx\n{update_readme.END}\n")
+
+
+def test_accuracy_table_runs_every_registered_default_row():
+    model, spec = tiny_model()
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator))
+               for _ in range(2)]
+    context = accuracy_table.Context("tiny", model, spec, batches, batches, torch.device("cpu"))
+    table = accuracy_table.build_table(context, methods=accuracy_table.DEFAULT_METHODS, time_steps=[1, 4])
+    rows = {(r["method"], r["time_steps"]): r for r in table["rows"]}
+    assert set(rows) == {(m, t) for m in accuracy_table.DEFAULT_METHODS for t in (1, 4)}
+    for r in rows.values():
+        assert 0 <= r["accuracy"] <= 1 and r["samples"] == 32
+        assert r["loss"] == pytest.approx(table["ann"]["accuracy"] - r["accuracy"])
+        assert r["firing_rate"] is not None and r["energy_ratio"] > 0
+    # At T = L the parallel network is the QCFS ANN itself.
+    assert rows[("fs-pc-parallel", 4)]["loss"] == 0
+    markdown = accuracy_table.markdown_table(table)
+    assert "qcfs-serial" in markdown and "fs-pc-parallel" in markdown and "T=4" in markdown
+    section = update_readme.results_section(accuracy={"tables": [table], "machine": {}, "command": "x"}, speed=None)
+    assert "## Results" in section and "fs-pc-parallel" in section
+
+
+def test_parasnn_bench_command(tmp_path):
+    model, spec = tiny_model()
+    checkpoint = save_ann(tmp_path / "model.pt", model, spec)
+    out = tmp_path / "bench"
+    assert cli_main(["bench", str(checkpoint), "--time-steps", "2", "--batch-sizes", "2", "--rounds", "1",
+                     "--min-block-seconds", "0", "--threads", "1", "--no-plots", "--out", str(out)]) == 0
+    report = json.loads((out / "speed.json").read_text())
+    (result,) = report["results"]
+    assert {m["engine"] for m in result["measurements"]} == set(bench.PARASNN_ENGINES)
+    assert result["config"]["checkpoint"] == str(checkpoint)
