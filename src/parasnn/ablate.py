@@ -1,0 +1,242 @@
+"""The ablation of paper 003 (its Table 3, with the "†" rows of Table 1): for each T, the
+FS-PC baseline, + spatial recalibration (stage 1, ``bn``), + temporal correction (stage 2,
+``bias``) and the full method (``bn`` + ``bias``) — each without and with DA-QCFS error
+calibration (``da``, the "†") — evaluated on the test set against the ANN.
+
+The calibrations share work: per T and per † variant, stage 1 runs once and feeds both
+"spatial" and "full"; stage 2 runs from the baseline ("temporal") and from stage 1
+("full"). The thresholds of a ReLU backbone are recorded once for all T.
+
+Optionally (``plots``) the distributions of ANN activations and SNN time-averaged outputs
+of chosen layers are drawn per configuration (paper 003 Figures 1 and 4), see
+:mod:`parasnn.plots`.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from . import distributed
+from .calibrate import (CalibrationConfig, Stage, _materialise, _on_device, calibrate_distribution, convert_for_calibration,
+                        correct_temporal_bias, evaluate_loss, recalibrate_batchnorm, split_batches)
+from .convert import isolate_activations
+from .graph import trace
+from .network import SpikingNetwork
+from .progress import progress
+
+__all__ = ["VARIANTS", "AblationCell", "AblationReport", "PlotRequest", "run_ablation", "format_markdown"]
+
+# (name, stages without da) in the column order of paper 003 Table 3.
+VARIANTS: tuple[tuple[str, tuple[Stage, ...]], ...] = (
+    ("baseline", ()),
+    ("spatial", (Stage.BN,)),
+    ("temporal", (Stage.BIAS,)),
+    ("full", (Stage.BN, Stage.BIAS)),
+)
+_COLUMN_TITLES = {"baseline": "Baseline (FS-PC)", "spatial": "+ Spatial (bn)", "temporal": "+ Temporal (bias)",
+                  "full": "Full (bn+bias)"}
+
+
+@dataclasses.dataclass
+class AblationCell:
+    """One configuration at one T: test accuracy, its loss against the ANN, test cross-entropy."""
+
+    time_steps: int
+    da: bool
+    variant: str
+    stages: list[str]
+    accuracy: float
+    delta_vs_ann: float  # accuracy − ANN accuracy (negative: a loss)
+    gain_vs_baseline: float  # accuracy − the same row's baseline
+    test_loss: float
+    validation: dict[str, float] | None
+    seconds: float  # calibration time of the stages this configuration adds
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class AblationReport:
+    model: str
+    dataset: str
+    from_relu: bool
+    ann_accuracy: float
+    ann_loss: float
+    samples: int
+    config: CalibrationConfig
+    cells: list[AblationCell] = dataclasses.field(default_factory=list)
+    plots: list[str] = dataclasses.field(default_factory=list)
+    plot_statistics: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def cell(self, time_steps: int, variant: str, *, da: bool) -> AblationCell:
+        for cell in self.cells:
+            if cell.time_steps == time_steps and cell.variant == variant and cell.da == da:
+                return cell
+        raise KeyError((time_steps, variant, da))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"model": self.model, "dataset": self.dataset, "from_relu": self.from_relu,
+                "ann": {"accuracy": self.ann_accuracy, "loss": self.ann_loss, "samples": self.samples},
+                "config": self.config.to_dict(), "cells": [c.to_dict() for c in self.cells],
+                "plots": self.plots, "plot_statistics": self.plot_statistics}
+
+
+@dataclasses.dataclass(frozen=True)
+class PlotRequest:
+    """What to draw: ``layers`` (paths or 1-based positions; ``None``: 2nd, middle, last),
+    into ``directory``, from the first ``images`` test images."""
+
+    directory: Path
+    layers: tuple[str, ...] | None = None
+    images: int = 256
+
+
+def _accuracy_and_loss(forward, batches: Sequence, *, description: str) -> tuple[float, float, int]:
+    totals = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for inputs, labels in progress(batches, description=description):
+            logits = forward(inputs)
+            totals += torch.tensor([float((logits.argmax(1) == labels).sum()),
+                                    float(F.cross_entropy(logits, labels, reduction="sum")), float(labels.numel())],
+                                   dtype=torch.float64)
+    totals = distributed.all_reduce_sum(totals)
+    samples = max(float(totals[2]), 1.0)
+    return float(totals[0]) / samples, float(totals[1]) / samples, int(totals[2])
+
+
+def _ann_sites(model: nn.Module):
+    """The ANN as a graph whose activation sites carry the neuron paths of the conversion."""
+    return isolate_activations(trace(copy.deepcopy(model).eval()))
+
+
+def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterable, *, time_steps: Sequence[int],
+                 config: CalibrationConfig = CalibrationConfig(), dagger: Sequence[bool] = (False, True),
+                 plots: PlotRequest | None = None, model_name: str | None = None, dataset: str = "") -> AblationReport:
+    """Run the ablation grid (``time_steps`` × ``dagger`` × :data:`VARIANTS`) for ``model``.
+
+    ``calibration_data``: labelled batches of the held-apart training slice (the last
+    ``config.validation_fraction`` of them are stage 2's early-stopping set); ``test_data``:
+    labelled test batches. ``config.stages`` and ``config.time_steps`` are ignored (the grid
+    sets them). Under torchrun each process passes its shards; every process returns the
+    same report and the caller writes it once. Plots are drawn by rank 0 only.
+    """
+    if not time_steps:
+        raise ValueError("run_ablation: time_steps must list at least one T")
+    batches = _materialise(calibration_data, where="ablation")
+    test = _materialise(test_data, where="ablation test data")
+    device = next(iter(list(model.parameters()) + list(model.buffers())), torch.zeros(())).device
+    batches, test = _on_device(batches, device), _on_device(test, device)
+    training, validation = split_batches(batches, validation_fraction=config.validation_fraction)
+    has_validation = int(distributed.all_reduce_sum(torch.tensor([float(len(validation))]))[0]) > 0
+    base, originals = convert_for_calibration(model, training, config=config.replace(time_steps=time_steps[0]))
+    from_relu = any(o.levels is None for o in originals.values())
+    model = model.eval()
+    ann_accuracy, ann_loss, samples = _accuracy_and_loss(lambda x: model(x.to(device)), test, description="ANN")
+    report = AblationReport(model=model_name or type(model).__name__, dataset=dataset, from_relu=from_relu,
+                            ann_accuracy=ann_accuracy, ann_loss=ann_loss, samples=samples, config=config)
+    plot_inputs, ann_values, layers = None, None, None
+    if plots is not None:
+        from .plots import collect_outputs, resolve_layers
+        layers = resolve_layers([path for path, _ in base.neurons()], plots.layers)
+        plot_inputs = _first_images(test, plots.images)
+        ann_graph = _ann_sites(model)
+        ann_values = collect_outputs(lambda x: ann_graph(x.to(device)), ann_graph, layers, plot_inputs)
+
+    for T in time_steps:
+        step_config = config.replace(time_steps=T)
+        for with_da in dagger:
+            start_time = time.perf_counter()
+            start = base
+            if with_da:
+                start, _ = calibrate_distribution(base, training, originals=originals, config=step_config)
+            da_seconds = time.perf_counter() - start_time
+            networks: dict[str, SpikingNetwork] = {"baseline": start}
+            seconds: dict[str, float] = {"baseline": da_seconds}
+            stamp = time.perf_counter()
+            networks["spatial"], _ = recalibrate_batchnorm(start, training, config=step_config)
+            seconds["spatial"] = da_seconds + time.perf_counter() - stamp
+            stamp = time.perf_counter()
+            networks["temporal"], _ = correct_temporal_bias(start, training, config=step_config, validation=validation)
+            seconds["temporal"] = da_seconds + time.perf_counter() - stamp
+            stamp = time.perf_counter()
+            networks["full"], _ = correct_temporal_bias(networks["spatial"], training, config=step_config,
+                                                        validation=validation)
+            seconds["full"] = seconds["spatial"] + time.perf_counter() - stamp
+            baseline_accuracy = None
+            for name, stages in VARIANTS:
+                network = networks[name]
+                accuracy, loss, _ = _accuracy_and_loss(lambda x: network(x.to(device), time_steps=T), test,
+                                                       description=f"SNN T={T} {'†' if with_da else ''}{name}")
+                if baseline_accuracy is None:
+                    baseline_accuracy = accuracy
+                held = evaluate_loss(network, validation, time_steps=T) if has_validation else None
+                report.cells.append(AblationCell(
+                    time_steps=T, da=with_da, variant=name,
+                    stages=[s.value for s in ((Stage.DA,) if with_da else ()) + stages], accuracy=accuracy,
+                    delta_vs_ann=accuracy - ann_accuracy, gain_vs_baseline=accuracy - baseline_accuracy,
+                    test_loss=loss, validation=held, seconds=seconds[name]))
+            if plots is not None and distributed.is_main_process():
+                report.plots.append(str(_plot(plots, networks, ann_values, plot_inputs, layers, T=T, da=with_da,
+                                              report=report, device=device)))
+    return report
+
+
+def _first_images(batches: Sequence, count: int) -> list[Tensor]:
+    chosen, total = [], 0
+    for inputs, _ in batches:
+        if total >= count:
+            break
+        chosen.append(inputs[: count - total])
+        total += chosen[-1].shape[0]
+    return chosen
+
+
+def _plot(request: PlotRequest, networks: dict[str, SpikingNetwork], ann_values: dict[str, Tensor],
+          inputs: list[Tensor], layers: list[str], *, T: int, da: bool, report: AblationReport, device) -> Path:
+    from .plots import collect_outputs, distribution_figure, summarize
+    snn_values = {}
+    for name, _ in VARIANTS:
+        network = networks[name]
+        label = f"{'†' if da else ''}{name}"
+        snn_values[label] = collect_outputs(lambda x: network(x.to(device), time_steps=T), network.graph_module,
+                                            layers, inputs)
+        report.plot_statistics[f"T={T} {label}"] = {
+            layer: {"ann": summarize(ann_values[layer]), "snn": summarize(snn_values[label][layer],
+                                                                         reference=ann_values[layer])}
+            for layer in layers}
+    suffix = "_da" if da else ""
+    title = (f"{report.model} on {report.dataset or 'test data'}: ANN activations (blue) vs SNN time-averaged "
+             f"outputs (red), T = {T}{' with DA (†)' if da else ''}")
+    return distribution_figure(ann_values, snn_values, path=request.directory / f"distributions_T{T}{suffix}.png",
+                               title=title)
+
+
+def _cell_text(cell: AblationCell) -> str:
+    return f"{100 * cell.accuracy:.2f} ({100 * cell.delta_vs_ann:+.2f})"
+
+
+def format_markdown(report: AblationReport) -> str:
+    """Paper 003 Table 3 layout: one row per (T, †), columns baseline / + spatial /
+    + temporal / full; each cell ``accuracy (loss against the ANN)`` in %."""
+    backbone = "ReLU" if report.from_relu else "QCFS"
+    lines = [f"### Ablation: {report.model} ({backbone} backbone) on {report.dataset or 'the test set'} "
+             f"({report.samples} test images)", "",
+             f"ANN accuracy {100 * report.ann_accuracy:.2f} %. Cells: SNN accuracy % (difference to the ANN, points); "
+             "† = with DA-QCFS error calibration (stage da).", "",
+             "| ANN acc. (%) | T | † | " + " | ".join(_COLUMN_TITLES[name] for name, _ in VARIANTS) + " |",
+             "|---:|---:|:-:|" + "---:|" * len(VARIANTS)]
+    keys = sorted({(c.time_steps, c.da) for c in report.cells})
+    for T, da in keys:
+        cells = [report.cell(T, name, da=da) for name, _ in VARIANTS]
+        lines.append(f"| {100 * report.ann_accuracy:.2f} | {T} | {'†' if da else ''} | "
+                     + " | ".join(_cell_text(c) for c in cells) + " |")
+    return "\n".join(lines)

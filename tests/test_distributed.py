@@ -1,0 +1,121 @@
+"""Calibration under more than one process: 2 CPU processes with gloo must produce what one
+process produces on the same data — thresholds, DA terms, BN statistics and affine terms,
+temporal biases and the test accuracy.
+
+Tolerance: parameters agree to ``atol=1e-5, rtol=1e-4``, the accuracy exactly. The two runs
+do the same arithmetic in a different order — each process sums its half of a batch and the
+halves are added across processes (in float64) — so values differ in the last bits
+(~1e-7 relative per operation), and a few hundred AdamW steps carry that forward without
+amplifying it much. Exact equality is not to be expected; a count on a rounding boundary
+could in principle flip, which would show up as a larger difference and fail the test.
+"""
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+
+pytest.importorskip("sklearn")
+
+from parasnn import distributed  # noqa: E402
+from parasnn.calibrate import CalibrationConfig, calibrate_with_report, evaluate_loss  # noqa: E402
+from parasnn.data import calibration_split, load_dataset, make_loader  # noqa: E402
+from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model  # noqa: E402
+
+SPEC = ModelSpec(name="vgg-small", input_shape=(1, 8, 8), num_classes=10, width=4,
+                 activation=ActivationSpec(kind=ActivationKind.RELU))
+GLOBAL_BATCH = 64
+CONFIG = CalibrationConfig(time_steps=2, batch_size=GLOBAL_BATCH, percentile=100.0, validation_fraction=0.25,
+                           bias_epochs=2, validation_interval=2, bias_learning_rate=5e-3, bn_learning_rate=5e-3)
+
+
+def _data(world: int, rank: int):
+    """Calibration and test batches of this process: the global batch i is the union over
+    processes of their batch i (a distributed sampler without shuffling)."""
+    splits = load_dataset("digits")
+    _, held = calibration_split(splits.train, size=256, seed=0)
+    # An even number of test images: a distributed sampler pads an odd count with a repeat.
+    test = torch.utils.data.TensorDataset(*(t[:358] for t in splits.test.tensors))
+
+    def batches(dataset, size):
+        if world == 1:
+            return list(make_loader(dataset, batch_size=size, shuffle=False))
+        return list(make_loader(dataset, batch_size=size // world, shuffle=False, distributed=True,
+                                num_replicas=world, rank=rank))
+
+    return batches(held, GLOBAL_BATCH), batches(test, 120)
+
+
+def _run(model, world: int, rank: int):
+    calibration, test = _data(world, rank)
+    network, report = calibrate_with_report(model, calibration, config=CONFIG)
+    result = evaluate_loss(network, test, time_steps=CONFIG.time_steps)
+    return network, report, result
+
+
+def _worker(rank: int, world: int, address: str, directory: str, state: dict):
+    torch.set_num_threads(1)
+    os.environ["PARASNN_PROGRESS"] = "0"
+    dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world)
+    try:
+        model = build_model(SPEC)
+        model.load_state_dict(state)
+        network, report, result = _run(model.eval(), world, rank)
+        if distributed.is_main_process():  # results written once
+            torch.save({"state": network.state_dict(), "result": result, "report": report.to_dict()},
+                       os.path.join(directory, "distributed.pt"))
+        # Every rank waits for rank 0's write before tearing gloo down: a rank that destroys its
+        # group while a peer still talks to it aborts in gloo's C++ ("terminate called ...").
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def trained_state():
+    torch.manual_seed(0)
+    splits = load_dataset("digits")
+    rest, _ = calibration_split(splits.train, size=256, seed=0)
+    model = build_model(SPEC)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    for epoch in range(4):
+        model.train()
+        for x, y in make_loader(rest, batch_size=32, shuffle=True, seed=epoch):
+            loss = F.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return {k: v.clone() for k, v in model.eval().state_dict().items()}
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_calibrate_like_one(tmp_path, trained_state):
+    mp.spawn(_worker, args=(2, f"tcp://127.0.0.1:{_free_port()}", str(tmp_path), trained_state), nprocs=2,
+             join=True)
+    shared = torch.load(tmp_path / "distributed.pt", weights_only=True)
+    model = build_model(SPEC)
+    model.load_state_dict(trained_state)
+    network, report, result = _run(model.eval(), 1, 0)
+    single = network.state_dict()
+    assert set(single) == set(shared["state"])
+    worst = 0.0
+    for key, value in single.items():
+        assert torch.allclose(value.double(), shared["state"][key].double(), atol=1e-5, rtol=1e-4), key
+        worst = max(worst, float((value.double() - shared["state"][key].double()).abs().max()))
+    print(f"largest difference between the 1- and 2-process parameters: {worst:.3g}")
+    # Something was calibrated: per-channel DA terms and biases, moved BN statistics.
+    assert any(k.endswith("temporal_bias") and v.dim() == 1 and bool(v.abs().sum() > 0) for k, v in single.items())
+    assert any(k.endswith("pre_shift") and v.dim() == 1 for k, v in single.items())
+    assert shared["result"]["samples"] == result["samples"] == 358
+    assert shared["result"]["accuracy"] == result["accuracy"]
+    assert shared["result"]["loss"] == pytest.approx(result["loss"], rel=1e-4)
+    assert [s["steps"] for s in shared["report"]["stages"]] == [s.steps for s in report.stages]
