@@ -144,8 +144,12 @@ def _resume_state(path: Path, config: TrainConfig) -> dict | None:
 
 
 def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
-          device: torch.device | None = None) -> dict[str, Any]:
-    """Train per ``config`` into ``out_dir``; returns the metrics written to ``metrics.json``."""
+          device: torch.device | None = None, initial_state: dict | None = None) -> dict[str, Any]:
+    """Train per ``config`` into ``out_dir``; returns the metrics written to ``metrics.json``.
+
+    ``initial_state``: a state dict to start from instead of a fresh initialisation (a warm
+    start, e.g. the fine-tuning phase of :mod:`parasnn.adaptive_levels`); a resumed run
+    continues from its own last epoch instead."""
     out_dir = Path(out_dir)
     device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     torch.manual_seed(config.seed)
@@ -156,6 +160,8 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
         train_set, validation = calibration_split(splits.train, size=config.holdout, seed=config.seed)
     spec = config.model_spec(splits.info.input_shape, splits.info.num_classes)
     model = build_model(spec).to(device)
+    if initial_state is not None:
+        model.load_state_dict(initial_state)
     optimizer = build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     if config.max_batches:
