@@ -11,7 +11,7 @@ from torch import nn
 
 from parasnn.models import (DEFAULT_WIDTHS, MODEL_NAMES, ActivationKind, ActivationSpec, ModelSpec,
                             build_model, count_activation_sites)
-from parasnn.neurons import QCFS
+from parasnn.neurons import QCFS, ActivationQuantizer
 
 # Written out by hand (not read from the module) so a wrong registry or architecture fails.
 EXPECTED_SITES = {"vgg16": 13 + 2, "vgg-small": 6 + 1, "resnet18": 1 + 8 * 2, "resnet20": 1 + 9 * 2,
@@ -30,7 +30,7 @@ def activation_calls(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
     """Activation modules in the order the forward pass calls them (one entry per call)."""
     calls: list[nn.Module] = []
     handles = [module.register_forward_hook(lambda module, inputs, output: calls.append(module))
-               for module in model.modules() if isinstance(module, (nn.ReLU, QCFS))]
+               for module in model.modules() if isinstance(module, (nn.ReLU, ActivationQuantizer))]
     try:
         with torch.no_grad():
             model(x)

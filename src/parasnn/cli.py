@@ -29,7 +29,7 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 # Modules that contribute subcommands: each defines ``add_command(commands)``, which adds its
 # parser to the ``argparse`` sub-parsers and sets ``handler=`` (a function of the parsed
 # arguments returning an exit status) with ``set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = ("parasnn.cli_calibrate", "parasnn.cli_bench", "parasnn.cli_pmsm")
 
 ASSETS = Path(__file__).parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "fashion_mnist_vgg_small_qcfs.pt"
@@ -47,6 +47,8 @@ def _int_list(text: str) -> list[int]:
 
 
 def _levels(text: str):
+    if text.strip().lower() == "auto":  # PASCAL's adaptive layerwise activation (parasnn.adaptive_levels)
+        return "auto"
     values = _int_list(text)
     return values[0] if len(values) == 1 else tuple(values)
 
@@ -73,7 +75,7 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from .convert import BatchNormMode
     from .methods import Method
-    from .models import MODEL_NAMES
+    from .models import MODEL_NAMES, ActivationKind
     from .train import Optimizer
 
     parser = argparse.ArgumentParser(
@@ -91,9 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--dataset", default="fashion-mnist",
                        help="fashion-mnist (default), cifar10, cifar100, digits or image-folder")
     train.add_argument("--data-dir", help="dataset directory (default: the dataset's standard location)")
-    train.add_argument("--activation", choices=["qcfs", "relu"], default="qcfs")
+    train.add_argument("--activation", choices=[kind.value for kind in ActivationKind], default="qcfs",
+                       help="qcfs (default), relu, or signed (the full-precision network PMSM quantizes; "
+                            "use --threshold 1)")
     train.add_argument("--levels", type=_levels, default=4,
-                       help="QCFS levels L: one integer, or one per activation site (4,4,8,...)")
+                       help="QCFS levels L: one integer, one per activation site (4,4,8,...), or auto "
+                            "(PASCAL's adaptive layerwise activation: probe, choose L per layer, fine-tune)")
     train.add_argument("--threshold", type=float, default=8.0, help="initial QCFS threshold (default 8)")
     train.add_argument("--width", type=int, help="base channel width (default: the architecture's)")
     train.add_argument("--epochs", type=int, default=30)
@@ -109,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default runs/train)")
     train.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
     train.add_argument("--device", type=_device, default="auto")
+    from .adaptive_levels import add_train_arguments
+    add_train_arguments(train)
 
     convert = commands.add_parser("convert", help="convert a trained network into a spiking network",
                                   description="Convert an ANN checkpoint into an SNN checkpoint. QCFS networks "
@@ -116,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                                               "slice of the training set.")
     convert.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
     convert.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
-    convert.add_argument("--method", choices=[m.value for m in Method], default=Method.FS_PC.value)
+    convert.add_argument("--method", choices=[m.value for m in Method],
+                         help="neurons to convert to (default: pmsm for signed networks, fs-pc otherwise)")
     convert.add_argument("--batchnorm", choices=[m.value for m in BatchNormMode], default="keep",
                          help="keep BN as frozen layers (bit-exact, default) or fold it into conv/linear")
     convert.add_argument("--percentile", type=float, default=99.9,
@@ -138,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=256)
     evaluate.add_argument("--no-activity", action="store_true", help="skip firing rates and energy")
     evaluate.add_argument("--json", type=Path, help="also write the full report as JSON")
+    evaluate.add_argument("--method", choices=[m.value for m in Method],
+                          help="conversion method when converting now (default: pmsm for signed networks, fs-pc "
+                               "otherwise; a --snn checkpoint brings "
+                               "its own); pascal runs PASCAL's layer-pipelined serial SNN and reports its effective "
+                               "latency T_eff (its timing comes from the layers' L: --time-steps and --forms do "
+                               "not apply)")
+    evaluate.add_argument("--pascal-accumulation", choices=["inputs", "currents"], default="inputs",
+                          help="pascal: accumulate each synapse's input spikes (bit-exact, default) or sum "
+                               "per-step currents (floating-point rounding)")
     evaluate.add_argument("--calibration-size", type=int, default=1024,
                           help="ReLU networks: images used to record thresholds when converting on the fly")
     _add_data_options(evaluate)
@@ -162,12 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands ---------------------------------------------------------------------------
 
 def _command_train(args) -> int:
+    from .adaptive_levels import PROBE_LEVELS, command_train
     from .train import TrainConfig, train
+    auto = args.levels == "auto"
     config = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, activation=args.activation,
-                         levels=args.levels, threshold=args.threshold, width=args.width, epochs=args.epochs,
+                         levels=PROBE_LEVELS if auto else args.levels, threshold=args.threshold, width=args.width,
+                         epochs=args.epochs,
                          batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.lr,
                          weight_decay=args.weight_decay, augment=not args.no_augment, holdout=args.holdout,
                          seed=args.seed, max_batches=args.max_batches)
+    if auto:
+        return command_train(config, args)
     metrics = train(config, out_dir=args.out, resume=not args.no_resume, device=args.device)
     print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%  -> {args.out / 'model.pt'}")
     return 0
@@ -207,16 +229,18 @@ def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, p
 def _command_convert(args) -> int:
     from .checkpoint import load_ann, save_snn
     from .files import write_json
+    from .methods import default_method
     model, spec, checkpoint = load_ann(args.checkpoint)
+    method = args.method or default_method(spec.activation.kind).value
     splits = _dataset_for(checkpoint, args.data_dir) if spec.activation.kind.value == "relu" else None
     network, config, from_relu = _convert_checkpoint(
-        model, spec, checkpoint, splits, method=args.method, batchnorm=args.batchnorm, percentile=args.percentile,
+        model, spec, checkpoint, splits, method=method, batchnorm=args.batchnorm, percentile=args.percentile,
         levels=args.levels, calibration_size=args.calibration_size)
-    resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": args.method,
+    resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": method,
                 "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size}
-    save_snn(args.out, network, spec, method=args.method, from_relu=from_relu, config=resolved)
+    save_snn(args.out, network, spec, method=method, from_relu=from_relu, config=resolved)
     write_json(_config_path(args.out), resolved)
-    print(f"converted {spec.name} ({len(list(network.neurons()))} neuron layers, method {args.method}) -> {args.out}")
+    print(f"converted {spec.name} ({len(list(network.neurons()))} neuron layers, method {method}) -> {args.out}")
     return 0
 
 
@@ -238,19 +262,25 @@ def _command_evaluate(args) -> int:
     from .data import make_loader
     from .evaluate import evaluate
     from .files import write_json
+    from .methods import default_method
     forms = _parse_forms(args.forms)
     model, spec, checkpoint = load_ann(args.checkpoint)
     splits = _dataset_for(checkpoint, args.data_dir)
+    method = args.method or default_method(spec.activation.kind).value
     if args.snn is not None:
-        network, _, _ = load_snn(args.snn)
+        network, _, snn_checkpoint = load_snn(args.snn)
+        method = snn_checkpoint["method"]
     else:
-        network, _, _ = _convert_checkpoint(model, spec, checkpoint, splits, method="fs-pc", batchnorm="keep",
+        network, _, _ = _convert_checkpoint(model, spec, checkpoint, splits, method=method, batchnorm="keep",
                                             percentile=99.9, levels=8, calibration_size=args.calibration_size)
     test = splits.test
     if args.limit:
         test = torch.utils.data.TensorDataset(*(t[: args.limit] for t in test.tensors))
     batches = list(make_loader(test, batch_size=args.batch_size, shuffle=False))
     model, network = model.to(args.device), network.to(args.device)
+    if method == "pascal":  # its own serial simulation; T is set by the layers' L (parasnn.pascal)
+        from .pascal import command_evaluate
+        return command_evaluate(args, model, network, batches, spec=spec, dataset=splits.info.name)
     report = evaluate(model, network, batches, time_steps=args.time_steps, forms=forms, activity=not args.no_activity)
     _print_report(report, title=f"{spec.name} on {splits.info.name} ({report.samples} test images)")
     if args.json:

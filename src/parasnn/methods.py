@@ -13,18 +13,27 @@ from torch import nn
 
 from .neurons.base import SpikingNeuron
 from .neurons.if_neuron import IFNeuron
+from .neurons.pascal import PascalNeuron
+from .neurons.pmsm import PolarityMultiSpikeNeuron
 
-__all__ = ["Method", "neuron_factory"]
+__all__ = ["Method", "neuron_factory", "default_method"]
 
 
 class Method(str, enum.Enum):
-    """``fs-pc``: parallel IF neurons (paper 000/003; the main paper's calibration adds to them)."""
+    """``fs-pc``: parallel IF neurons (paper 000/003; the main paper's calibration adds to them).
+    ``pascal``: PASCAL's inhibitory-spike neurons (paper 002), run serially by :mod:`parasnn.pascal`.
+    ``pmsm``: signed multi-spike neurons for signed-quantizer networks (paper 001, :mod:`parasnn.pmsm`),
+    equal to the quantized ANN at T = 1."""
 
     FS_PC = "fs-pc"
+    PASCAL = "pascal"
+    PMSM = "pmsm"
 
 
 _FACTORIES: dict[Method, Callable[[nn.Module], SpikingNeuron]] = {
     Method.FS_PC: IFNeuron.from_qcfs,
+    Method.PMSM: PolarityMultiSpikeNeuron.from_quantizer,
+    Method.PASCAL: PascalNeuron.from_qcfs,
 }
 
 
@@ -33,3 +42,9 @@ def neuron_factory(method: Method | str) -> Callable[[nn.Module], SpikingNeuron]
         return _FACTORIES[Method(method)]
     except ValueError:
         raise ValueError(f"unknown method {method!r}; choose one of {[m.value for m in Method]}") from None
+
+
+def default_method(activation_kind) -> Method:
+    """The method that converts a network of this activation kind without loss at its own L:
+    signed quantizers → PMSM, everything else (QCFS, ReLU via QCFS) → FS-PC."""
+    return Method.PMSM if getattr(activation_kind, "value", activation_kind) == "signed" else Method.FS_PC

@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 
 from torch import Tensor, nn
 
+from .neurons.base import ActivationQuantizer
 from .neurons.qcfs import QCFS
 
 __all__ = [
@@ -70,6 +71,9 @@ class ActivationKind(str, enum.Enum):
 
     RELU = "relu"
     QCFS = "qcfs"
+    # PMSM (paper 001): the signed clip clip(x, −r, r) with r = ``threshold`` (learnt), trained
+    # in full precision; ``parasnn pmsm`` quantizes it to ``levels`` levels per polarity.
+    SIGNED = "signed"
 
 
 def _check_level(value: Any) -> int:
@@ -131,6 +135,9 @@ class ActivationSpec:
         if self.kind is ActivationKind.RELU:
             # Not in place: the converter and the tests hook activation inputs and outputs.
             return nn.ReLU(inplace=False)
+        if self.kind is ActivationKind.SIGNED:
+            from .neurons.pmsm import PolarityQuantizer  # its full-precision form, range [−r, r]
+            return PolarityQuantizer(levels=levels, scale=self.threshold, quantized=False)
         return QCFS(levels=levels, threshold=self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
@@ -506,7 +513,7 @@ def count_activation_sites(spec_or_model: ModelSpec | nn.Module) -> int:
     if isinstance(spec_or_model, ModelSpec):
         return _architecture(spec_or_model.name).activation_sites
     if isinstance(spec_or_model, nn.Module):
-        return sum(isinstance(module, (nn.ReLU, QCFS)) for module in spec_or_model.modules())
+        return sum(isinstance(module, (nn.ReLU, ActivationQuantizer)) for module in spec_or_model.modules())
     raise TypeError(f"count_activation_sites: expected a ModelSpec or nn.Module, "
                     f"got {type(spec_or_model).__name__}")
 

@@ -4,11 +4,14 @@ from .if_neuron import IFNeuron
 from .integrate_fire import (first_spike_step, fires, if_step, parallel_bias, parallel_conversion_matrix,
                              parallel_if_count, simulate_if, spike_count, spike_count_by_search,
                              spike_train, spike_train_by_matrix)
+from .pascal import PascalNeuron
+from .pmsm import PolarityMultiSpikeNeuron, PolarityQuantizer
 from .qcfs import QCFS, level_value, qcfs, qcfs_level
 from .surrogate import floor_ste, heaviside, smoothed_heaviside, triangle
 
 __all__ = [
-    "ActivationQuantizer", "SerialOp", "SpikingNeuron", "per_channel", "IFNeuron", "QCFS", "qcfs", "qcfs_level", "level_value",
+    "ActivationQuantizer", "SerialOp", "SpikingNeuron", "per_channel", "IFNeuron", "QCFS", "PascalNeuron",
+    "PolarityMultiSpikeNeuron", "PolarityQuantizer", "qcfs", "qcfs_level", "level_value",
     "spike_count", "spike_train", "fires", "first_spike_step", "spike_count_by_search",
     "parallel_conversion_matrix", "parallel_bias", "spike_train_by_matrix", "if_step", "simulate_if",
     "parallel_if_count", "floor_ste", "heaviside", "smoothed_heaviside", "triangle",
