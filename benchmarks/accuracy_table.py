@@ -55,38 +55,51 @@ __all__ = ["Backbone", "BACKBONES", "Context", "RowResult", "Row", "ROWS", "DEFA
 
 @dataclasses.dataclass(frozen=True)
 class Backbone:
-    """A trained ANN the table converts: where its checkpoint lives, how to train it."""
+    """A trained ANN the table converts: where its checkpoint lives and the ``parasnn``
+    commands that make it (run in order when it is missing; each is resumable or cheap).
+
+    ``reference``: for a network quantized from another one (PMSM), the full-precision
+    checkpoint whose accuracy the table also reports."""
 
     name: str
     checkpoint: Path
-    train_arguments: tuple[str, ...]  # for `parasnn train` (without --out)
+    recipe: tuple[tuple[str, ...], ...]  # argument lists of `parasnn ...`
     description: str
+    reference: Path | None = None
 
 
+_TRAIN = ("train", "--model", "vgg-small", "--dataset", "fashion-mnist")
 BACKBONES: dict[str, Backbone] = {
     "vgg-small-qcfs-l4": Backbone(
         "vgg-small-qcfs-l4", Path("runs/fmnist-vgg-small-qcfs-l4/model.pt"),
-        ("--model", "vgg-small", "--dataset", "fashion-mnist", "--activation", "qcfs", "--levels", "4",
-         "--epochs", "30"),
+        ((*_TRAIN, "--activation", "qcfs", "--levels", "4", "--epochs", "30", "--out", "runs/fmnist-vgg-small-qcfs-l4"),),
         "small VGG, QCFS L = 4, Fashion-MNIST"),
     "vgg-small-relu": Backbone(
         "vgg-small-relu", Path("runs/fmnist-vgg-small-relu/model.pt"),
-        ("--model", "vgg-small", "--dataset", "fashion-mnist", "--activation", "relu", "--epochs", "15"),
+        ((*_TRAIN, "--activation", "relu", "--epochs", "15", "--out", "runs/fmnist-vgg-small-relu"),),
         "small VGG, ReLU (training-free conversion), Fashion-MNIST"),
+    "vgg-small-pmsm-l4": Backbone(
+        "vgg-small-pmsm-l4", Path("runs/pmsm/qann-l4.pt"),
+        ((*_TRAIN, "--activation", "signed", "--threshold", "1", "--epochs", "12",
+          "--out", "runs/fmnist-vgg-small-signed"),
+         ("pmsm", "runs/fmnist-vgg-small-signed/model.pt", "--levels", "4", "--out", "runs/pmsm/qann-l4.pt")),
+        "small VGG, signed quantizers L = 4 (PMSM, entropy initialisation), quantized from a full-precision "
+        "signed ANN, Fashion-MNIST", reference=Path("runs/fmnist-vgg-small-signed/model.pt")),
 }
 
 
 def ensure_backbone(backbone: Backbone, *, train: bool, root: Path) -> Path | None:
-    """The checkpoint path, training it with ``parasnn train`` first when missing and
-    ``train`` (resumable: an interrupted run continues); ``None`` when missing."""
+    """The checkpoint path, running the backbone's recipe first when it is missing and
+    ``train`` (``parasnn train`` resumes an interrupted run); ``None`` when missing."""
     path = root / backbone.checkpoint
     if path.is_file():
         return path
-    if not train:
+    if not train or not backbone.recipe:
         return None
-    command = [sys.executable, "-m", "parasnn.cli", "train", *backbone.train_arguments, "--out", str(path.parent)]
-    print("training " + " ".join(shlex.quote(c) for c in command), file=sys.stderr, flush=True)
-    subprocess.run(command, check=True)
+    for arguments in backbone.recipe:
+        command = [sys.executable, "-m", "parasnn.cli", *arguments]
+        print("running " + " ".join(shlex.quote(c) for c in command), file=sys.stderr, flush=True)
+        subprocess.run(command, check=True, cwd=root)
     return path if path.is_file() else None
 
 
@@ -108,6 +121,7 @@ class Context:
     calibration_batches: list
     device: torch.device
     cache: dict = dataclasses.field(default_factory=dict)
+    reference: nn.Module | None = None  # the full-precision ANN a quantized backbone came from
 
     @property
     def from_relu(self) -> bool:
@@ -126,6 +140,11 @@ class RowResult:
     note: str = ""
 
 
+class NotApplicable(Exception):
+    """Raised by a row function for a T at which its method does not run (the cell shows –
+    and the reason is listed under the table)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     name: str
@@ -136,7 +155,8 @@ class Row:
 
 ROWS: dict[str, Row] = {}
 # The rows the table shows unless --methods says otherwise (SpikingJelly rows are a check).
-DEFAULT_METHODS: list[str] = ["qcfs-serial", "fs-pc-parallel"]
+DEFAULT_METHODS: list[str] = ["qcfs-serial", "fs-pc-parallel", "fs-pc-dagger", "full", "full-dagger", "pascal",
+                               "pmsm-parallel", "pmsm-serial"]
 
 
 def row(name: str, *, description: str,
@@ -172,6 +192,67 @@ def qcfs_serial(context: Context, time_steps: int) -> RowResult:
 @row("fs-pc-parallel", description="FS-PC parallel IF neurons, one pass (papers 000/003, no calibration)")
 def fs_pc_parallel(context: Context, time_steps: int) -> RowResult:
     return evaluate_network(context, converted(context), time_steps=time_steps, form=Form.PARALLEL)
+
+
+def _calibrated_row(stages: str):
+    """A row of the main paper's calibration (paper 003): the backbone calibrated for each T
+    on the held-apart training slice with :func:`parasnn.calibrate.calibrate` and the given
+    stages (default hyperparameters, :class:`~parasnn.calibrate.CalibrationConfig`), then run in
+    parallel."""
+    def function(context: Context, time_steps: int) -> RowResult:
+        from parasnn.calibrate import CalibrationConfig, calibrate
+        config = CalibrationConfig(stages=stages, time_steps=time_steps)
+        start = time.perf_counter()
+        network = calibrate(context.model, context.calibration_batches, config=config)
+        seconds = time.perf_counter() - start
+        return evaluate_network(context, network, time_steps=time_steps, form=Form.PARALLEL,
+                                note=f"calibration {seconds:.0f} s")
+    return function
+
+
+row("fs-pc-dagger", description="FS-PC with DA-QCFS error calibration (paper 003's †, stage da)")(
+    _calibrated_row("da"))
+row("full", description="main paper: BN recalibration + temporal bias correction (stages bn,bias), parallel")(
+    _calibrated_row("bn,bias"))
+row("full-dagger", description="main paper with †: DA-QCFS + BN recalibration + temporal bias (stages da,bn,bias)")(
+    _calibrated_row("da,bn,bias"))
+
+
+@row("pascal", description="PASCAL (paper 002): inhibitory-spike neurons run serially, layer-pipelined; exact "
+     "at T = L, reported in the T = L column with its effective latency T_eff", applies_to=(ActivationKind.QCFS,))
+def pascal(context: Context, time_steps: int) -> RowResult:
+    from parasnn.methods import neuron_factory
+    from parasnn.pascal import evaluate_pascal
+    from parasnn.neurons.qcfs import QCFS
+    levels = sorted({int(module.levels) for module in context.model.modules() if isinstance(module, QCFS)})
+    if time_steps != max(levels, default=0):  # one cell: its timing is the layers' L, not T
+        raise NotApplicable(f"PASCAL runs each layer for its own L ({levels}); shown in the T = max L column")
+    if "pascal" not in context.cache:
+        network = convert(context.model, neuron=neuron_factory("pascal")).to(context.device)
+        context.cache["pascal"] = evaluate_pascal(context.model, network, context.test_batches)
+    result = context.cache["pascal"]
+    note = (f"T_eff = {result.effective_latency}; {result.equal_outputs}/{result.samples} logits bit-equal "
+            "to the ANN's")
+    return RowResult(result.snn_accuracy, result.samples, result.snn_seconds, result.activity, note)
+
+
+def _pmsm_network(context: Context) -> SpikingNetwork:
+    if "pmsm" not in context.cache:
+        from parasnn.methods import neuron_factory
+        context.cache["pmsm"] = convert(context.model, neuron=neuron_factory("pmsm")).to(context.device)
+    return context.cache["pmsm"]
+
+
+@row("pmsm-parallel", description="PMSM (paper 001): signed multi-spike neurons, parallel; exact at T = 1 "
+     "(a multi-spike counts as its number of spikes)", applies_to=(ActivationKind.SIGNED,))
+def pmsm_parallel(context: Context, time_steps: int) -> RowResult:
+    return evaluate_network(context, _pmsm_network(context), time_steps=time_steps, form=Form.PARALLEL)
+
+
+@row("pmsm-serial", description="PMSM run serially, step by step (residual refinement after T = 1)",
+     applies_to=(ActivationKind.SIGNED,))
+def pmsm_serial(context: Context, time_steps: int) -> RowResult:
+    return evaluate_network(context, _pmsm_network(context), time_steps=time_steps, form=Form.SERIAL)
 
 
 def _spikingjelly_row(*, qcfs_thresholds: bool, half_start: bool, mode: str = "max"):
@@ -233,6 +314,11 @@ def build_table(context: Context, *, methods: Sequence[str], time_steps: Sequenc
     ann, _, samples = ann_accuracy(context.model.to(context.device), context.test_batches,
                                    description=f"{context.backbone} ANN")
     log(f"{context.backbone}: ANN {100 * ann:.2f}% on {samples} images")
+    reference = None
+    if context.reference is not None:
+        reference = ann_accuracy(context.reference.to(context.device), context.test_batches,
+                                 description=f"{context.backbone} full-precision ANN")[0]
+        log(f"{context.backbone}: full-precision ANN {100 * reference:.2f}%")
     rows = []
     for name in methods:
         entry = ROWS[name]
@@ -243,7 +329,7 @@ def build_table(context: Context, *, methods: Sequence[str], time_steps: Sequenc
                 continue
             try:
                 result = entry.function(context, t)
-            except ImportError as error:  # an optional baseline that is not installed
+            except (ImportError, NotApplicable) as error:  # an optional baseline not installed, or not this T
                 rows.append(dict(base, skipped=str(error)))
                 log(f"  {name} T={t}: skipped ({error})")
                 continue
@@ -252,7 +338,8 @@ def build_table(context: Context, *, methods: Sequence[str], time_steps: Sequenc
                              **_activity_fields(result.activity, t)))
             log(f"  {name} T={t}: {100 * result.accuracy:.2f}% ({result.seconds:.1f} s)")
     return {"backbone": context.backbone, "model": context.spec.to_dict(),
-            "ann": {"accuracy": ann, "samples": samples}, "rows": rows}
+            "ann": {"accuracy": ann, "samples": samples}, "rows": rows,
+            **({"reference": {"accuracy": reference}} if reference is not None else {})}
 
 
 def markdown_table(table: dict, *, description: str = "") -> str:
@@ -268,6 +355,9 @@ def markdown_table(table: dict, *, description: str = "") -> str:
     title = f"### {table['backbone']}" + (f" — {description}" if description else "")
     lines = [title, "", f"ANN accuracy {100 * ann:.2f}% on {table['ann']['samples']} test images. "
              "Cells: SNN accuracy % (loss against the ANN, percentage points).", "", header, rule]
+    if table.get("reference"):
+        lines[2:2] = [f"The quantized ANN comes from a full-precision ANN of "
+                      f"{100 * table['reference']['accuracy']:.2f}%.", ""]
     for method in methods:
         cells = []
         for t in steps:
@@ -290,34 +380,38 @@ def markdown_table(table: dict, *, description: str = "") -> str:
                 cells.append(f"{r['firing_rate']:.3f} / {r['snn_energy_uj']:.3g} ({r['energy_ratio']:.2f}×)")
         if any(c != "–" for c in cells):
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    described = [f"- `{m}`: {find[(m, steps[0])]['description']}" for m in methods if (m, steps[0]) in find]
-    skipped = sorted({(r["method"], r["skipped"]) for r in rows if "skipped" in r})
-    lines += ["", *described]
+    described = [f"- `{m}`: {find[(m, steps[0])]['description']}" for m in methods if (m, steps[0]) in find
+                 and any("skipped" not in find.get((m, t), {"skipped": 1}) for t in steps)]
+    notes = [f"- `{r['method']}` at T={r['time_steps']}: {r['note']}" for r in rows
+             if r.get("note") and "skipped" not in r and not r["note"].startswith("calibration ")]
+    skipped = sorted({(r["method"], r["skipped"]) for r in rows if "skipped" in r
+                      and not r["skipped"].startswith("applies to")})
+    lines += ["", *described, *notes]
     if skipped:
         lines += [f"- `{m}` not run: {reason}" for m, reason in skipped]
     return "\n".join(lines) + "\n"
 
 
 def _load_context(backbone: Backbone, path: Path, *, device: torch.device, limit: int | None,
-                  calibration_size: int, batch_size: int) -> Context:
-    from parasnn.data import calibration_split, load_dataset, make_loader
+                  calibration_size: int | None, batch_size: int, root: Path) -> Context:
+    """Test batches (``batch_size``) and calibration batches of the held-apart training slice
+    (the calibration stages' own batch size, so the rows match ``parasnn ablate``)."""
+    from parasnn.calibrate import CalibrationConfig
+    from parasnn.data import first_examples, load_dataset, make_loader, recorded_split
     model, spec, checkpoint = load_ann(path)
     config = checkpoint.get("config", {})
     splits = load_dataset(config.get("dataset", "fashion-mnist"), data_dir=config.get("data_dir"))
-    test = splits.test
-    if limit:
-        test = torch.utils.data.TensorDataset(*(t[:limit] for t in test.tensors))
-    holdout, seed = int(config.get("holdout", 0)), int(config.get("seed", 0))
-    if holdout < 1:  # trained on everything: any seeded training slice is as good
-        holdout = min(calibration_size, len(splits.train) - 1)
-    _, held_apart = calibration_split(splits.train, size=holdout, seed=seed)
-    size = min(calibration_size, len(held_apart))
-    calibration = torch.utils.data.TensorDataset(*(t[:size] for t in held_apart.tensors))
+    _, held_apart = recorded_split(splits.train, config=config, fallback_size=calibration_size or 5000)
 
-    def batches(dataset):
-        return [(x.to(device), y.to(device)) for x, y in make_loader(dataset, batch_size=batch_size, shuffle=False)]
+    def batches(dataset, size):
+        return [(x.to(device), y.to(device)) for x, y in make_loader(dataset, batch_size=size, shuffle=False)]
 
-    return Context(backbone.name, model.to(device).eval(), spec, batches(test), batches(calibration), device)
+    reference = None
+    if backbone.reference is not None and (root / backbone.reference).is_file():
+        reference = load_ann(root / backbone.reference)[0].to(device).eval()
+    return Context(backbone.name, model.to(device).eval(), spec, batches(first_examples(splits.test, limit), batch_size),
+                   batches(first_examples(held_apart, calibration_size), CalibrationConfig().batch_size), device,
+                   reference=reference)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -330,8 +424,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"rows, comma-separated; known: {', '.join(ROWS)} (default {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--time-steps", default="1,2,4,8", help="default 1,2,4,8")
     parser.add_argument("--limit", type=int, help="first N test images only")
-    parser.add_argument("--calibration-size", type=int, default=1024,
-                        help="images of the held-apart training slice used for conversion (default 1024)")
+    parser.add_argument("--calibration-size", type=int,
+                        help="images of the held-apart training slice used for conversion and calibration "
+                             "(default: all of it, as parasnn ablate)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--train", action="store_true", help="train missing backbones with parasnn train")
     parser.add_argument("--root", type=Path, default=Path("."), help="where runs/ lives (default .)")
@@ -358,14 +453,14 @@ def main(argv: list[str] | None = None) -> int:
                           f"checkpoint {path}") for path in args.checkpoint]
     for backbone in selected:
         name = backbone.name
-        path = ensure_backbone(backbone, train=args.train and bool(backbone.train_arguments), root=args.root)
+        path = ensure_backbone(backbone, train=args.train, root=args.root)
         if path is None:
             missing.append({"backbone": name, "checkpoint": str(args.root / backbone.checkpoint),
                             "reason": "checkpoint missing (run with --train to train it)"})
             log(f"{name}: {missing[-1]['reason']}")
             continue
         context = _load_context(backbone, path, device=device, limit=args.limit,
-                                calibration_size=args.calibration_size, batch_size=args.batch_size)
+                                calibration_size=args.calibration_size, batch_size=args.batch_size, root=args.root)
         table = build_table(context, methods=methods, time_steps=time_steps, log=log)
         table.update(checkpoint=str(path), description=backbone.description)
         tables.append(table)

@@ -13,7 +13,7 @@ from parasnn import bench
 from parasnn.checkpoint import save_ann
 from parasnn.cli import main as cli_main
 from parasnn.convert import convert
-from parasnn.models import ActivationSpec, ModelSpec, build_model
+from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model
 from parasnn.simulate import serial_forward
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -150,25 +150,47 @@ def test_readme_section_is_replaced_between_markers_only():
         f"{update_readme.START}\nx\n{update_readme.END}\n")
 
 
-def test_accuracy_table_runs_every_registered_default_row():
-    model, spec = tiny_model()
+def _tiny_context(kind: str):
+    model, spec = tiny_model(kind)
     generator = torch.Generator().manual_seed(0)
     batches = [(torch.randn(16, 1, 28, 28, generator=generator), torch.randint(0, 10, (16,), generator=generator))
                for _ in range(2)]
-    context = accuracy_table.Context("tiny", model, spec, batches, batches, torch.device("cpu"))
+    return accuracy_table.Context("tiny", model, spec, batches, batches, torch.device("cpu"), reference=model)
+
+
+@pytest.mark.parametrize("kind", ["qcfs", "signed"])
+def test_accuracy_table_runs_every_registered_default_row(kind):
+    context = _tiny_context(kind)
     table = accuracy_table.build_table(context, methods=accuracy_table.DEFAULT_METHODS, time_steps=[1, 4])
     rows = {(r["method"], r["time_steps"]): r for r in table["rows"]}
     assert set(rows) == {(m, t) for m in accuracy_table.DEFAULT_METHODS for t in (1, 4)}
-    for r in rows.values():
-        assert 0 <= r["accuracy"] <= 1 and r["samples"] == 32
-        assert r["loss"] == pytest.approx(table["ann"]["accuracy"] - r["accuracy"])
-        assert r["firing_rate"] is not None and r["energy_ratio"] > 0
-    # At T = L the parallel network is the QCFS ANN itself.
-    assert rows[("fs-pc-parallel", 4)]["loss"] == 0
+    assert table["reference"]["accuracy"] == table["ann"]["accuracy"]  # the reference is the model itself here
+    ran = {key for key, r in rows.items() if "skipped" not in r}
+    for key, r in rows.items():
+        applies = ActivationKind(kind) in accuracy_table.ROWS[key[0]].applies_to
+        if not applies:
+            assert r["skipped"].startswith("applies to"), key
+        elif key == ("pascal", 1):  # PASCAL's timing is the layers' L: one cell, at T = L
+            assert "own L" in r["skipped"]
+        else:
+            assert key in ran, (key, r.get("skipped"))
+            assert 0 <= r["accuracy"] <= 1 and r["samples"] == 32
+            assert r["loss"] == pytest.approx(table["ann"]["accuracy"] - r["accuracy"])
+            assert r["firing_rate"] is not None and r["energy_ratio"] > 0
+    if kind == "qcfs":
+        # At T = L the parallel network is the QCFS ANN itself, and PASCAL's serial one too.
+        assert rows[("fs-pc-parallel", 4)]["loss"] == 0
+        assert rows[("pascal", 4)]["loss"] == 0 and "T_eff" in rows[("pascal", 4)]["note"]
+        assert {m for m, _ in ran} == {"qcfs-serial", "fs-pc-parallel", "fs-pc-dagger", "full", "full-dagger",
+                                       "pascal"}
+    else:  # PMSM equals its quantized ANN at T = 1
+        assert rows[("pmsm-parallel", 1)]["loss"] == 0 and rows[("pmsm-serial", 1)]["loss"] == 0
+        assert {m for m, _ in ran} == {"pmsm-parallel", "pmsm-serial"}
     markdown = accuracy_table.markdown_table(table)
-    assert "qcfs-serial" in markdown and "fs-pc-parallel" in markdown and "T=4" in markdown
+    assert "T=4" in markdown and "full-precision ANN" in markdown
+    assert all(f"| {m} |" in markdown for m, _ in ran)
     section = update_readme.results_section(accuracy={"tables": [table], "machine": {}, "command": "x"}, speed=None)
-    assert "## Results" in section and "fs-pc-parallel" in section
+    assert "## Results" in section and next(iter(ran))[0] in section
 
 
 def test_parasnn_bench_command(tmp_path):

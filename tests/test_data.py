@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from parasnn import data
-from parasnn.data import (DataError, DatasetInfo, DatasetName, augment, calibration_split, load_dataset,
-                          load_subset, make_loader, save_subset, to_uint8)
+from parasnn.data import (DataError, DatasetInfo, DatasetName, augment, calibration_split, first_examples,
+                          load_dataset, load_subset, make_loader, recorded_split, save_subset, to_uint8)
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 IDX_STEMS = {
@@ -731,3 +731,17 @@ def test_missing_optional_dependencies_say_what_to_install(tmp_path: Path, monke
     (tmp_path / "test").mkdir()
     with pytest.raises(DataError, match=r"pip install 'parasnn\[vision\]'"):
         load_dataset("image-folder", data_dir=tmp_path)
+
+
+def test_recorded_split_reproduces_the_training_split_and_falls_back_to_a_seeded_slice():
+    train = torch.utils.data.TensorDataset(torch.arange(100).float().unsqueeze(1), torch.arange(100))
+    rest, held = recorded_split(train, config={"holdout": 10, "seed": 3})
+    expected_rest, expected_held = calibration_split(train, size=10, seed=3)
+    assert torch.equal(held.tensors[1], expected_held.tensors[1])
+    assert torch.equal(rest.tensors[1], expected_rest.tensors[1])
+    # Trained on everything (no holdout recorded): a seeded slice of the fallback size.
+    _, fallback = recorded_split(train, config={}, fallback_size=7)
+    assert len(fallback) == 7 and torch.equal(fallback.tensors[1], calibration_split(train, size=7)[1].tensors[1])
+    assert len(first_examples(held, 4)) == 4 and first_examples(held, None) is held
+    with pytest.raises(ValueError, match="at least one"):
+        first_examples(held, 0)

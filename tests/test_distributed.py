@@ -9,8 +9,11 @@ halves are added across processes (in float64) — so values differ in the last 
 amplifying it much. Exact equality is not to be expected; a count on a rounding boundary
 could in principle flip, which would show up as a larger difference and fail the test.
 """
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -119,3 +122,51 @@ def test_two_gloo_processes_calibrate_like_one(tmp_path, trained_state):
     assert shared["result"]["accuracy"] == result["accuracy"]
     assert shared["result"]["loss"] == pytest.approx(result["loss"], rel=1e-4)
     assert [s["steps"] for s in shared["report"]["stages"]] == [s.steps for s in report.stages]
+
+
+def _torchrun(arguments: list[str], *, cwd) -> None:
+    """``torchrun --standalone --nproc-per-node 2 -m parasnn.cli ARGUMENTS`` (gloo on CPU)."""
+    environment = dict(os.environ, PARASNN_PROGRESS="0", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                "-m", "parasnn.cli", *arguments], cwd=cwd, env=environment, capture_output=True,
+                               text=True, timeout=300)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+
+@pytest.mark.slow
+def test_the_commands_run_unchanged_under_torchrun(tmp_path):
+    """``parasnn calibrate`` and ``parasnn evaluate`` under torchrun (2 processes) give what
+    they give in one process: the same calibrated parameters (tolerance of the test above,
+    same reason) and the same evaluation counts — accuracies and spike counts are sums of
+    integers over shards, so they must be equal up to the float64 division."""
+    from parasnn.cli import main
+    from parasnn.train import TrainConfig, train
+    train(TrainConfig(dataset="digits", model="vgg-small", width=4, activation="relu", epochs=2, batch_size=64,
+                      holdout=256, seed=0), out_dir=tmp_path / "ann", device=torch.device("cpu"))
+    checkpoint = str(tmp_path / "ann" / "model.pt")
+    # Percentile 100 (the maximum): a lower percentile is read per batch, and a shard's
+    # percentile is not the global batch's (see distributed.threshold_reducer).
+    calibrate = ["calibrate", checkpoint, "--time-steps", "2", "--batch-size", "64", "--bias-epochs", "2",
+                 "--validation-interval", "2", "--percentile", "100", "--device", "cpu"]
+    assert main([*calibrate, "--out", str(tmp_path / "single.pt")]) == 0
+    _torchrun([*calibrate, "--out", str(tmp_path / "shared.pt")], cwd=tmp_path)
+    single = torch.load(tmp_path / "single.pt", weights_only=True)["state_dict"]
+    shared = torch.load(tmp_path / "shared.pt", weights_only=True)["state_dict"]
+    assert set(single) == set(shared)
+    for key, value in single.items():
+        assert torch.allclose(value.double(), shared[key].double(), atol=1e-5, rtol=1e-4), key
+    assert any(k.endswith("temporal_bias") and bool(v.abs().sum() > 0) for k, v in single.items())
+
+    evaluate = ["evaluate", checkpoint, "--snn", str(tmp_path / "single.pt"), "--time-steps", "1,2",
+                "--device", "cpu"]
+    assert main([*evaluate, "--json", str(tmp_path / "single.json")]) == 0
+    _torchrun([*evaluate, "--json", str(tmp_path / "shared.json")], cwd=tmp_path)
+    one = json.loads((tmp_path / "single.json").read_text())
+    two = json.loads((tmp_path / "shared.json").read_text())
+    assert two["config"]["processes"] == 2 and one["config"]["processes"] == 1
+    assert two["ann"]["samples"] == one["ann"]["samples"] == len(load_dataset("digits").test)
+    assert two["ann"]["accuracy"] == one["ann"]["accuracy"]
+    for a, b in zip(one["snn"], two["snn"], strict=True):
+        assert (a["time_steps"], a["form"], a["accuracy"], a["samples"]) == \
+            (b["time_steps"], b["form"], b["accuracy"], b["samples"])
+        assert a["activity"]["total_sops"] == pytest.approx(b["activity"]["total_sops"], rel=1e-12)

@@ -369,11 +369,14 @@ def test_command_line_quantizes_converts_and_evaluates(tmp_path):
     assert all(r["accuracy"] == evaluation["ann"]["accuracy"] for r in at_1)  # lossless at T = 1
     # The initialisation table: one row per L and initialisation, T = 1 SNN = quantized ANN.
     assert main(["pmsm", str(fp), "--compare", "entropy,range", "--levels", "1,2", "--max-batches", "1",
-                 "--calibration-size", "50", "--json", str(tmp_path / "t.json"), "--device", "cpu"]) == 0
+                 "--calibration-size", "50", "--json", str(tmp_path / "t.json"), "--markdown", str(tmp_path / "t.md"),
+                 "--device", "cpu"]) == 0
     rows = json.loads((tmp_path / "t.json").read_text())["rows"]
     assert [(r["levels"], r["initialisation"]) for r in rows] == [(1, "entropy"), (1, "range"), (2, "entropy"),
                                                                   (2, "range")]
     assert all(r["snn_t1_accuracy"] == r["initialised_accuracy"] for r in rows)
+    table = (tmp_path / "t.md").read_text()
+    assert table.count("| entropy |") == 2 and "--compare entropy,range --levels 1,2" in table
     assert main(["pmsm", str(fp), "--levels", "1,2", "--out", str(tmp_path / "y.pt")]) == 2  # one L to write
     # A network without signed activations is refused with a message, not a traceback.
     qcfs = tmp_path / "qcfs"

@@ -204,15 +204,9 @@ def _dataset_for(checkpoint: dict, data_dir: str | None):
 
 def _calibration_batches(checkpoint: dict, splits, *, size: int, batch_size: int = 256):
     """The held-apart training slice recorded by parasnn train (never the test set)."""
-    from .data import calibration_split, make_loader
-    config = checkpoint.get("config", {})
-    holdout, seed = int(config.get("holdout", 0)), int(config.get("seed", 0))
-    if holdout < 1:  # trained on everything: any seeded training slice is as good
-        holdout = min(size, len(splits.train) - 1)
-    _, held_apart = calibration_split(splits.train, size=holdout, seed=seed)
-    indices = range(min(size, len(held_apart)))
-    subset = torch.utils.data.TensorDataset(*(tensor[list(indices)] for tensor in held_apart.tensors))
-    return list(make_loader(subset, batch_size=batch_size, shuffle=False))
+    from .data import first_examples, make_loader, recorded_split
+    _, held_apart = recorded_split(splits.train, config=checkpoint.get("config", {}), fallback_size=size)
+    return list(make_loader(first_examples(held_apart, size), batch_size=batch_size, shuffle=False))
 
 
 def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, percentile, levels, calibration_size):
@@ -258,6 +252,15 @@ def _print_report(report, *, title: str) -> None:
 
 
 def _command_evaluate(args) -> int:
+    """Under torchrun each process evaluates its shard of the test set; counts are summed and
+    rank 0 prints and writes the report."""
+    from . import distributed
+    with distributed.process_group():
+        return _evaluate(args)
+
+
+def _evaluate(args) -> int:
+    from . import distributed
     from .checkpoint import load_ann, load_snn
     from .data import make_loader
     from .evaluate import evaluate
@@ -276,17 +279,22 @@ def _command_evaluate(args) -> int:
     test = splits.test
     if args.limit:
         test = torch.utils.data.TensorDataset(*(t[: args.limit] for t in test.tensors))
-    batches = list(make_loader(test, batch_size=args.batch_size, shuffle=False))
+    if method == "pascal" and distributed.world_size() > 1:
+        raise ValueError("parasnn evaluate --method pascal runs in one process; start it without torchrun")
+    batches = list(make_loader(distributed.shard(test), batch_size=args.batch_size, shuffle=False))
     model, network = model.to(args.device), network.to(args.device)
     if method == "pascal":  # its own serial simulation; T is set by the layers' L (parasnn.pascal)
         from .pascal import command_evaluate
         return command_evaluate(args, model, network, batches, spec=spec, dataset=splits.info.name)
     report = evaluate(model, network, batches, time_steps=args.time_steps, forms=forms, activity=not args.no_activity)
+    if not distributed.is_main_process():  # results are written once
+        return 0
     _print_report(report, title=f"{spec.name} on {splits.info.name} ({report.samples} test images)")
     if args.json:
         resolved = {"command": "evaluate", "checkpoint": str(args.checkpoint), "snn": str(args.snn) if args.snn else None,
                     "time_steps": args.time_steps, "forms": [f.value for f in forms], "limit": args.limit,
-                    "dataset": splits.info.name, "device": str(args.device)}
+                    "dataset": splits.info.name, "device": str(args.device),
+                    "processes": distributed.world_size()}
         write_json(args.json, {"config": resolved, "model": spec.to_dict(), **report.to_dict()})
         write_json(_config_path(args.json), resolved)
     return 0

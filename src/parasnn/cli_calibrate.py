@@ -179,29 +179,22 @@ def _shard_loader(dataset, *, batch_size: int):
 def _load(args):
     """``(model, spec, checkpoint, splits, calibration batches)``."""
     from .checkpoint import load_ann
-    from .data import calibration_split, load_dataset
+    from .data import first_examples, load_dataset, recorded_split
     model, spec, checkpoint = load_ann(args.checkpoint)
     train_config = checkpoint.get("config", {})
     splits = load_dataset(train_config.get("dataset", "fashion-mnist"),
                           data_dir=args.data_dir or train_config.get("data_dir"))
-    holdout, seed = int(train_config.get("holdout", 0)), int(train_config.get("seed", 0))
-    if holdout < 1:  # trained on everything: any seeded slice of the training set will do
-        holdout = min(args.calibration_size or 5000, len(splits.train) - 1)
-    _, held_apart = calibration_split(splits.train, size=holdout, seed=seed)
-    size = len(held_apart) if args.calibration_size is None else min(args.calibration_size, len(held_apart))
-    if size < 1:
+    if args.calibration_size is not None and args.calibration_size < 1:
         raise ValueError(f"--calibration-size must be >= 1, got {args.calibration_size}")
-    subset = torch.utils.data.TensorDataset(*(tensor[:size] for tensor in held_apart.tensors))
+    _, held_apart = recorded_split(splits.train, config=train_config, fallback_size=args.calibration_size or 5000)
+    subset = first_examples(held_apart, args.calibration_size)
     return model, spec, checkpoint, splits, _shard_loader(subset, batch_size=args.batch_size)
 
 
 def _run(handler, args) -> int:
     from . import distributed
-    distributed.init_from_environment()
-    try:
+    with distributed.process_group():
         return handler(args)
-    finally:
-        distributed.shutdown()
 
 
 # -- parasnn calibrate ----------------------------------------------------------------------

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
 from pathlib import Path
 
 import torch
@@ -97,6 +98,7 @@ def add_command(commands) -> None:
                         help="images of the held-apart training slice used for the statistics (default 1024)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--json", type=Path, help="also write the full report as JSON")
+    parser.add_argument("--markdown", type=Path, help="--compare: also write the table as Markdown")
     parser.add_argument("--data-dir", help="dataset directory (default: where the checkpoint's dataset was read from)")
     parser.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.set_defaults(handler=_command_pmsm)
@@ -104,13 +106,10 @@ def add_command(commands) -> None:
 
 def _splits_of(checkpoint: dict, data_dir: str | None):
     """(training split, held-apart slice, test set, info) exactly as ``parasnn train`` split them."""
-    from .data import calibration_split, load_dataset
+    from .data import load_dataset, recorded_split
     config = checkpoint.get("config", {})
     splits = load_dataset(config.get("dataset", "fashion-mnist"), data_dir=data_dir or config.get("data_dir"))
-    holdout, seed = int(config.get("holdout", 0)), int(config.get("seed", 0))
-    if holdout < 1:  # trained on everything: hold a seeded slice apart now for the statistics
-        holdout = min(5000, len(splits.train) - 1)
-    train, held_apart = calibration_split(splits.train, size=holdout, seed=seed)
+    train, held_apart = recorded_split(splits.train, config=config)
     return train, held_apart, splits.test, splits.info
 
 
@@ -174,15 +173,29 @@ def _command_pmsm(args) -> int:
     return 0
 
 
+def _command_line(args) -> str:
+    """The comparison's command line, rebuilt from the parsed options that shape the table."""
+    parts = ["pmsm", str(args.checkpoint), "--compare", ",".join(args.compare),
+             "--levels", ",".join(str(level) for level in args.levels), "--epochs", str(args.epochs),
+             "--lr", str(args.lr), "--calibration-size", str(args.calibration_size), "--seed", str(args.seed)]
+    if args.max_batches:
+        parts += ["--max-batches", str(args.max_batches)]
+    return shlex.join(parts)
+
+
 def _compare(args, model, calibration, train, test_batches, config, full_precision, spec, info) -> int:
     from .files import write_json
     from .pmsm import compare_initialisations, format_comparison
     rows = compare_initialisations(model, calibration, train_set=train, test_batches=test_batches,
                                    levels=args.levels, initialisations=args.compare, config=config)
     length = f"{config.fine_tune_epochs} epoch" + (f", ≤ {config.max_batches} batches" if config.max_batches else "")
-    print(f"\nPMSM initialisations, {spec.name} on {info.name} (test accuracy, %; fine-tune: {length}, "
-          f"lr {config.learning_rate})\n")
-    print(format_comparison(rows, full_precision_accuracy=full_precision, fine_tune=length))
+    title = (f"PMSM initialisations, {spec.name} on {info.name} (test accuracy, %; fine-tune: {length}, "
+             f"lr {config.learning_rate})")
+    table = format_comparison(rows, full_precision_accuracy=full_precision, fine_tune=length)
+    print(f"\n{title}\n\n{table}")
+    if args.markdown:
+        from .files import write_text
+        write_text(args.markdown, f"### {title}\n\n{table}\n\nCommand: `parasnn {_command_line(args)}`.\n")
     if args.json:
         write_json(args.json, {"config": {"command": "pmsm --compare", "checkpoint": str(args.checkpoint),
                                           "levels": args.levels, "initialisations": args.compare,

@@ -61,7 +61,7 @@ from .files import atomic_path
 
 __all__ = [
     "DatasetName", "DatasetInfo", "Splits", "DataError", "DEFAULT_DIRS", "load_dataset",
-    "calibration_split", "make_loader", "augment", "save_subset", "load_subset",
+    "calibration_split", "recorded_split", "first_examples", "make_loader", "augment", "save_subset", "load_subset",
     "normalize", "denormalize", "to_uint8",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",
     "CIFAR10_MEAN", "CIFAR10_STD", "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR10_CLASSES",
@@ -756,6 +756,27 @@ def calibration_split(train: TensorDataset, *, size: int, seed: int = 0) -> tupl
     rest_rows = order[size:].sort().values
     return (TensorDataset(*(tensor[rest_rows] for tensor in train.tensors)),
             TensorDataset(*(tensor[calibration_rows] for tensor in train.tensors)))
+
+
+def recorded_split(train: TensorDataset, *, config: dict, fallback_size: int = 5000
+                   ) -> tuple[TensorDataset, TensorDataset]:
+    """``(rest, held apart)`` exactly as ``parasnn train`` split the training set, from the
+    ``holdout`` and ``seed`` recorded in a checkpoint's ``config``. A network trained on the
+    whole training set (no ``holdout``) gets a seeded slice of ``fallback_size`` instead: it
+    saw those images in training, but conversion still never looks at the test set."""
+    holdout, seed = int(config.get("holdout", 0) or 0), int(config.get("seed", 0) or 0)
+    if holdout < 1:
+        holdout = min(fallback_size, len(train) - 1)
+    return calibration_split(train, size=holdout, seed=seed)
+
+
+def first_examples(dataset: TensorDataset, count: int | None) -> TensorDataset:
+    """The first ``count`` examples of ``dataset`` (all of them when ``count`` is ``None``)."""
+    if count is None or count >= len(dataset):
+        return dataset
+    if count < 1:
+        raise ValueError(f"need at least one example, got a count of {count}")
+    return TensorDataset(*(tensor[:count] for tensor in dataset.tensors))
 
 
 def make_loader(

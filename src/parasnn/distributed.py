@@ -16,15 +16,16 @@ what one process computes on the union of the shards):
 """
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 
 __all__ = ["init_from_environment", "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_sum",
            "all_reduce_max", "all_reduce_sum_differentiable", "average_gradients", "threshold_reducer",
-           "broadcast_module", "default_device", "shutdown", "barrier"]
+           "broadcast_module", "default_device", "shutdown", "barrier", "process_group", "shard"]
 
 
 def is_distributed() -> bool:
@@ -45,12 +46,37 @@ def init_from_environment() -> bool:
     return world_size() > 1
 
 
-def shutdown() -> None:
-    """Leave the process group. The barrier first: a rank that destroys its gloo group while
-    a peer is still using the connection aborts the peer's process."""
+def shutdown(*, wait: bool = True) -> None:
+    """Leave the process group. With ``wait``, a barrier first: a rank that destroys its gloo
+    group while a peer is still using the connection aborts the peer's process. (After an
+    error, ``wait=False``: the peers may never reach the barrier.)"""
     if is_distributed():
-        dist.barrier()
+        if wait:
+            dist.barrier()
         dist.destroy_process_group()
+
+
+@contextlib.contextmanager
+def process_group() -> Iterator[bool]:
+    """``with process_group() as several:`` — join torchrun's group for the block (a no-op
+    outside torchrun) and leave it afterwards; ``several`` is whether there is more than one
+    process."""
+    several = init_from_environment()
+    try:
+        yield several
+    except BaseException:
+        shutdown(wait=False)
+        raise
+    shutdown()
+
+
+def shard(dataset: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
+    """This process's share of an evaluation set: every ``world_size``-th example from
+    ``rank`` on, without the padding of a ``DistributedSampler`` — so counts summed over
+    processes are exact. The whole dataset in one process."""
+    if world_size() == 1:
+        return dataset
+    return torch.utils.data.Subset(dataset, range(rank(), len(dataset), world_size()))
 
 
 def barrier() -> None:
