@@ -26,6 +26,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from parasnn.bench import relu_twin
+from parasnn.network import device_of
 from parasnn.neurons import QCFS
 
 __all__ = ["FoldedParallelNeuron", "folded_network", "run_folded", "require_spikingjelly", "spikingjelly_network",
@@ -123,7 +124,7 @@ def spikingjelly_network(model: nn.Module, calibration: Iterable, *, mode: str =
 
     What SpikingJelly 0.0.0.0.14's ``ann2snn.Converter`` does, and why a QCFS network needs
     the corrections below (found by reading ``ann2snn/converter.py`` and by the accuracy
-    check in ``benchmarks/spikingjelly_check.py``):
+    check: the ``sj-*`` rows of ``benchmarks/accuracy_table.py``):
 
     1. It only converts modules whose type *is* ``nn.ReLU``: a QCFS network comes back with
        its QCFS activations untouched — an ANN, no neuron at all. So the QCFS network is
@@ -160,7 +161,7 @@ def spikingjelly_network(model: nn.Module, calibration: Iterable, *, mode: str =
     thresholds = quantizer_thresholds(model) if qcfs_thresholds else None
     relu = relu_twin(model) if has_qcfs else copy.deepcopy(model).eval()
     order = _relu_order(relu)
-    device = next(relu.parameters()).device
+    device = device_of(relu)
     converter = ann2snn.Converter(dataloader=list(calibration), mode=mode, device=device)
     import contextlib
     import io

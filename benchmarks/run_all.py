@@ -5,6 +5,9 @@
     OUT/accuracy/     accuracy.json, accuracy.md            (benchmarks/accuracy_table.py)
     OUT/spikingjelly/ accuracy.json, accuracy.md            SpikingJelly's converter against
                                                             parasnn's serial SNN (the check)
+    OUT/ablation-relu/, OUT/ablation-qcfs-l4/   seeds.md, seeds.json, seed-S/ (parasnn ablate
+                                                per seed, with plots)   (benchmarks/ablation_seeds.py)
+    OUT/pmsm-init/    init-table.md, init-table.json        PMSM initialisations (parasnn pmsm --compare)
 
 then the README's results section is regenerated when README.md has the markers
 (benchmarks/update_readme.py). Missing Fashion-MNIST backbones are trained first
@@ -21,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import ablation_seeds  # noqa: E402
 import accuracy_table  # noqa: E402
 import speed  # noqa: E402
 import update_readme  # noqa: E402
@@ -39,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-train", action="store_true", help="do not train missing backbones")
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-ablation", action="store_true", help="skip the ablations and the PMSM table")
     parser.add_argument("--readme", type=Path, default=Path("README.md"))
     args = parser.parse_args(argv)
 
@@ -58,11 +63,33 @@ def main(argv: list[str] | None = None) -> int:
         accuracy_table.main(["--methods", "qcfs-serial,sj-default,sj-half-start,sj-qcfs-theta,sj-corrected",
                              "--limit", "1000" if args.quick else "2000", "--time-steps", "1,2,4,8",
                              "--out", str(args.out / "spikingjelly")])
+    includes = []
+    if not args.skip_ablation:
+        quick = ["--limit", "1000", "--calibration-size", "1000"] if args.quick else []
+        seeds = "0" if args.quick else "0,1,2"
+        for name, backbone, steps in (("relu", "vgg-small-relu", "2,4,8"), ("qcfs-l4", "vgg-small-qcfs-l4", "2,4")):
+            checkpoint = accuracy_table.BACKBONES[backbone].checkpoint
+            if not checkpoint.is_file():
+                print(f"{checkpoint} missing: ablation {name} skipped", file=sys.stderr)
+                continue
+            out = args.out / f"ablation-{name}"
+            ablation_seeds.main([str(checkpoint), "--seeds", seeds, "--time-steps", steps, "--out", str(out),
+                                 "--title", f"Calibration ablation, {checkpoint.parent.name}", "--plots", *quick])
+            includes.append(out / "seeds.md")
+        full_precision = Path("runs/fmnist-vgg-small-signed/model.pt")
+        if full_precision.is_file():
+            from parasnn.cli import main as parasnn
+            table = args.out / "pmsm-init" / "init-table.md"
+            parasnn(["pmsm", str(full_precision), "--compare", "entropy,percentile,range", "--levels", "1,4",
+                     "--json", str(table.with_suffix(".json")), "--markdown", str(table),
+                     *(["--max-batches", "50"] if args.quick else [])])
+            includes.append(table)
     readme = args.readme
     if readme.is_file() and update_readme.START in readme.read_text():
         update_readme.main(["--accuracy", str(args.out / "accuracy" / "accuracy.json"),
                             "--speed", str(args.out / "speed" / "speed.json"),
-                            "--speed", str(args.out / "speed-keep-memory" / "speed.json"), "--readme", str(readme)])
+                            "--speed", str(args.out / "speed-keep-memory" / "speed.json"), "--readme", str(readme),
+                            *[f"--include={path}" for path in includes if path.is_file()]])
     else:
         print(f"{readme} has no {update_readme.START} marker: results section not written "
               "(add the markers, or run benchmarks/update_readme.py --append)", file=sys.stderr)

@@ -182,3 +182,15 @@ def test_train_levels_auto_end_to_end_on_digits(tmp_path, capsys):
                  "--json", str(report)]) == 0
     data = json.loads(report.read_text())
     assert data["snn_accuracy"] == data["ann_accuracy"] and data["equal_outputs"] == 100
+
+
+def test_output_histograms_keep_the_top_level_when_it_rounds_above_theta():
+    # QCFS's top output L·(θ/L) rounds above θ for some L and θ; histc would drop those values.
+    from parasnn.neurons.qcfs import level_value
+    levels, threshold = next((L, t / 64) for L in (3, 5, 6, 7) for t in range(1, 640)
+                             if float(level_value(torch.tensor(float(L)), amplitude=torch.tensor(t / 64),
+                                                  time_steps=L)) > t / 64)
+    layer = QCFS(levels=levels, threshold=threshold)
+    batches = [torch.full((50, 3), 100.0)]  # every output saturates at the top level
+    (histogram,) = output_histograms(nn.Sequential(layer), batches).values()
+    assert float(histogram.sum()) == 150.0 and float(histogram[-1]) == 150.0

@@ -19,6 +19,7 @@ from parasnn.simulate import serial_forward
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
+import ablation_seeds  # noqa: E402
 import accuracy_table  # noqa: E402
 import baselines  # noqa: E402
 import speed  # noqa: E402
@@ -71,7 +72,7 @@ def test_growing_engines_are_skipped_with_a_reason_and_parallel_never():
     for engine in (bench.SERIAL, bench.TRAINS):
         assert result.find(engine, 1) is not None  # the first T is always measured
         for t in (2, 4):
-            assert "cap" in skipped[(engine, t)] and f"T=1" in skipped[(engine, t)]
+            assert "cap" in skipped[(engine, t)] and "T=1" in skipped[(engine, t)]
         assert skipped[(engine, 2)] != skipped[(engine, 4)]  # each T its own estimate
     assert all(result.find(bench.PARALLEL, t) is not None for t in (1, 2, 4))
     assert all(len(m.rounds) == 2 for m in result.measurements)
@@ -193,8 +194,9 @@ def test_accuracy_table_runs_every_registered_default_row(kind):
     assert "## Results" in section and next(iter(ran))[0] in section
 
 
-def test_parasnn_bench_command(tmp_path):
-    model, spec = tiny_model()
+@pytest.mark.parametrize("kind", ["qcfs", "signed"])  # a signed network is converted with PMSM neurons
+def test_parasnn_bench_command(tmp_path, kind):
+    model, spec = tiny_model(kind)
     checkpoint = save_ann(tmp_path / "model.pt", model, spec)
     out = tmp_path / "bench"
     assert cli_main(["bench", str(checkpoint), "--time-steps", "2", "--batch-sizes", "2", "--rounds", "1",
@@ -203,3 +205,23 @@ def test_parasnn_bench_command(tmp_path):
     (result,) = report["results"]
     assert {m["engine"] for m in result["measurements"]} == set(bench.PARASNN_ENGINES)
     assert result["config"]["checkpoint"] == str(checkpoint)
+
+
+def _ablation(seed_accuracies: dict[tuple[int, str], float]) -> dict:
+    cells = [{"time_steps": t, "da": False, "variant": v, "accuracy": a} for (t, v), a in seed_accuracies.items()]
+    cells.append({"time_steps": 2, "da": True, "variant": "full", "accuracy": 0.0})  # † cells are not summarised
+    return {"ann": {"accuracy": 0.9}, "cells": cells}
+
+
+def test_ablation_summary_reports_mean_spread_and_the_promised_order():
+    good = {(2, "baseline"): 0.5, (2, "spatial"): 0.8, (2, "temporal"): 0.82, (2, "full"): 0.85}
+    bad = {(2, "baseline"): 0.5, (2, "spatial"): 0.8, (2, "temporal"): 0.9, (2, "full"): 0.85}  # full < temporal
+    summary = ablation_seeds.summarise({0: _ablation(good), 1: _ablation(bad)})
+    (row,) = summary["rows"]
+    assert row["ordered_per_seed"] == [True, False]
+    assert row["mean"]["temporal"] == pytest.approx(0.86) and row["stdev"]["baseline"] == 0
+    assert row["ordered_on_mean"] is False  # 0.85 < 0.86
+    text = ablation_seeds.markdown(summary, title="t")
+    assert "seeds: 1/2" in text and "86.00 ± 5.66 (-4.00)" in text
+    section = update_readme.results_section(accuracy=None, speed=None, includes=[text])
+    assert "### t" in section

@@ -10,11 +10,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from parasnn.calibrate import (CalibrationConfig, CalibrationError, OriginalActivation, QuantizerGradient, Stage,
                                _StraightThroughNeuron, _SynchronisedBatchNorm, calibrate, calibrate_distribution,
-                               calibrate_with_report, convert_for_calibration, correct_temporal_bias, layer_errors,
+                               calibrate_with_report, convert_for_calibration, correct_temporal_bias, evaluate_loss,
+                               layer_errors,
                                parse_stages, recalibrate_batchnorm, run_stages, split_batches, warmup_cosine)
 from parasnn.checkpoint import load_snn, save_snn
 from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model
-from parasnn.neurons import QCFS, IFNeuron
+from parasnn.neurons import QCFS
 
 BN_KEYS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
@@ -163,6 +164,35 @@ def test_stage_bn_changes_only_batchnorm_parameters_and_statistics():
     assert not any(m.training for m in calibrated.modules())  # BN back to eval
     assert not any(p.requires_grad for p in calibrated.parameters())
     assert report.steps == len(data)
+
+
+@pytest.mark.parametrize("revert", [True, False])
+def test_a_stage_that_raises_the_held_out_loss_is_undone(revert):
+    model = _relu_net()
+    data = _data()
+    config = _config(bn_learning_rate=1.0, bn_final_learning_rate=1.0, bn_epochs=3, revert_if_worse=revert)
+    network, _ = convert_for_calibration(model, data, config=config)
+    # Held-out labels = the network's own predictions, training labels random: fitting γ, β to
+    # the training labels moves the predictions away from the held-out labels.
+    held_inputs = [x for x, _ in _data(count=2, seed=5)]
+    with torch.no_grad():
+        validation = [(x, network(x, time_steps=2).argmax(1)) for x in held_inputs]
+    calibrated, report = recalibrate_batchnorm(network, data, config=config, validation=validation)
+    before = evaluate_loss(network, validation, time_steps=2)["loss"]
+    after = evaluate_loss(calibrated, validation, time_steps=2)["loss"]
+    if revert:
+        assert report.details["reverted"] is True
+        assert report.details["validation_loss_after"] > report.details["validation_loss_before"] == before
+        assert _state(calibrated).keys() == _state(network).keys()
+        assert all(torch.equal(v, _state(network)[k]) for k, v in _state(calibrated).items())
+        assert calibrated is not network
+    else:
+        assert "reverted" not in report.details and after > before
+    # A stage that helps is kept: judged on its own training data, fitting lowers the loss.
+    kept, report = recalibrate_batchnorm(network, data, config=config, validation=data)
+    if revert:
+        assert report.details["reverted"] is False
+        assert report.details["validation_loss_after"] <= report.details["validation_loss_before"]
 
 
 def test_stage_bn_running_statistics_are_the_calibration_average():

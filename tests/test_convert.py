@@ -9,7 +9,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from parasnn.convert import BatchNormMode, ConversionConfig, RateMaxPool, convert, quantize_relus
 from parasnn.graph import ConversionError
-from parasnn.neurons import QCFS, IFNeuron
+from parasnn.neurons import QCFS
 from parasnn.simulate import parallel_forward, serial_forward, serial_outputs, serial_step, spike_trains
 
 

@@ -1,5 +1,6 @@
 """PMSM (paper 001, MATH.md §6): the signed quantizer, the signed multi-spike neuron (lossless
 at T = 1, refining at T > 1), the entropy initialisation, and the pipeline around them."""
+import dataclasses
 import json
 import math
 
@@ -16,7 +17,7 @@ from parasnn.methods import Method, neuron_factory
 from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model
 from parasnn.neurons import QCFS
 from parasnn.neurons.pmsm import (PolarityMultiSpikeNeuron, PolarityQuantizer, entropy_initialisation,
-                                  level_entropy, level_probabilities, multi_spike_step, parallel_polarity_count,
+                                  level_entropy, level_probabilities, parallel_polarity_count,
                                   percentile_initialisation, polarity_level, polarity_spike_train, signed_clip,
                                   simulate_multi_spike)
 from parasnn.pmsm import Initialisation, PMSMConfig, quantize_network, record_preactivations, signed_sites
@@ -251,16 +252,24 @@ def test_quantize_network_records_initialises_and_leaves_the_model_alone():
         assert all(module.quantized for _, module in signed_sites(quantized))
         assert all(layer.negative_levels + layer.positive_levels == 4 for layer in report.layers)
         assert all(layer.entropy_bits <= math.log2(5) + 1e-9 for layer in report.layers)
-        assert json.dumps(report.to_dict())
+        written = json.loads(json.dumps(report.to_dict()))
+        assert [layer["threshold"] for layer in written["layers"]] == [layer.threshold for layer in report.layers]
     assert {name: module.get_extra_state() for name, module in signed_sites(model)} == before
 
 
 def test_fine_tune_runs_and_keeps_t1_exactness():
     model = _random_signed_network(5)
     data = torch.utils.data.TensorDataset(torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,)))
-    quantized, report = quantize_network(model, [data.tensors[0][:16]], train_set=data, config=PMSMConfig(
-        levels=2, fine_tune_epochs=1, batch_size=16, max_batches=2, samples_per_layer=500))
+    config = PMSMConfig(levels=2, fine_tune_epochs=1, batch_size=16, max_batches=2, samples_per_layer=500)
+    untuned, _ = quantize_network(model, [data.tensors[0][:16]], config=dataclasses.replace(config, fine_tune_epochs=0))
+    quantized, report = quantize_network(model, [data.tensors[0][:16]], train_set=data, config=config)
     assert len(report.history) == 1 and report.layers[0].fine_tuned_threshold is not None
+    moved = [key for key, value in quantized.state_dict().items()
+             if isinstance(value, torch.Tensor) and not torch.equal(value, untuned.state_dict()[key])]
+    assert any(key.endswith("weight") for key in moved)  # the fine-tune trained something
+    with pytest.raises(ValueError, match="fewer than one batch"):
+        quantize_network(model, [data.tensors[0][:16]], train_set=data,
+                         config=dataclasses.replace(config, batch_size=128))
     network = convert(quantized, neuron=neuron_factory(Method.PMSM))
     x = torch.randn(4, 1, 28, 28)
     with torch.no_grad():
@@ -350,7 +359,6 @@ def test_command_line_quantizes_converts_and_evaluates(tmp_path):
     pytest.importorskip("sklearn")
     from parasnn.cli import main
     from parasnn.train import TrainConfig, train
-    # `parasnn train` offers --activation qcfs|relu only; the Python API trains a signed network.
     train(TrainConfig(dataset="digits", model="vgg-small", width=8, activation="signed", levels=2, threshold=1.0,
                       epochs=2, batch_size=64, learning_rate=0.1, holdout=200), out_dir=tmp_path / "fp",
           device=torch.device("cpu"))

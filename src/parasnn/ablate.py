@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -157,12 +156,13 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
             start_time = time.perf_counter()
             start = base
             if with_da:
-                start, _ = calibrate_distribution(base, training, originals=originals, config=step_config)
+                start, _ = calibrate_distribution(base, training, originals=originals, config=step_config,
+                                                  validation=validation)
             da_seconds = time.perf_counter() - start_time
             networks: dict[str, SpikingNetwork] = {"baseline": start}
             seconds: dict[str, float] = {"baseline": da_seconds}
             stamp = time.perf_counter()
-            networks["spatial"], _ = recalibrate_batchnorm(start, training, config=step_config)
+            networks["spatial"], _ = recalibrate_batchnorm(start, training, config=step_config, validation=validation)
             seconds["spatial"] = da_seconds + time.perf_counter() - stamp
             stamp = time.perf_counter()
             networks["temporal"], _ = correct_temporal_bias(start, training, config=step_config, validation=validation)

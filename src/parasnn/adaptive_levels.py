@@ -55,6 +55,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from .network import device_of
 from .neurons.qcfs import QCFS
 
 __all__ = ["HISTOGRAM_BINS", "PROBE_LEVELS", "DEFAULT_LEVEL_CHOICES", "agreement", "skewness", "excess_kurtosis",
@@ -180,12 +181,14 @@ def output_histograms(model: nn.Module, batches: Iterable, *, bins: int = HISTOG
     if not layers:
         raise ValueError("output_histograms: the model has no QCFS layers")
     counts: dict[str, Tensor] = {}  # filled in the order the hooks first fire
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = device_of(model)
 
     def hook(name: str, module: QCFS):
         def record(_module, _args, output):
             top = float(module.effective_threshold())
-            histogram = torch.histc(output.detach().double().cpu(), bins=bins, min=0.0, max=top)
+            # L·(θ/L) can round above θ (L not a power of two) and histc drops values past max.
+            values = output.detach().double().cpu().clamp(0.0, top)
+            histogram = torch.histc(values, bins=bins, min=0.0, max=top)
             counts[name] = counts[name] + histogram if name in counts else histogram
         return record
 
@@ -318,13 +321,11 @@ def _warm_start(state_dict: dict[str, Any], layers: Sequence[LayerSensitivity]) 
 def _histogram_batches(config, *, size: int = 2048, batch_size: int = 256) -> list:
     """The held-apart slice of the training set that :func:`parasnn.train.train` validates on
     (or, without one, a seeded training slice): the data the histograms are measured on."""
-    from .data import calibration_split, load_dataset, make_loader
+    from .data import first_examples, load_dataset, make_loader, recorded_split
     splits = load_dataset(config.dataset, data_dir=config.data_dir)
-    holdout = config.holdout if config.holdout else min(size, len(splits.train) - 1)
-    _, held_apart = calibration_split(splits.train, size=holdout, seed=config.seed)
-    rows = list(range(min(size, len(held_apart))))
-    subset = torch.utils.data.TensorDataset(*(tensor[rows] for tensor in held_apart.tensors))
-    return list(make_loader(subset, batch_size=batch_size, shuffle=False))
+    _, held_apart = recorded_split(splits.train, config={"holdout": config.holdout, "seed": config.seed},
+                                   fallback_size=size)
+    return list(make_loader(first_examples(held_apart, size), batch_size=batch_size, shuffle=False))
 
 
 def train_adaptive(config, *, out_dir: str | Path, level_choices: Sequence[int] = DEFAULT_LEVEL_CHOICES,

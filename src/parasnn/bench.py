@@ -28,7 +28,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import datetime
-import json
 import math
 import os
 import platform
@@ -43,7 +42,8 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .network import SpikingNetwork, device_of
+from .files import atomic_path
+from .network import SpikingNetwork, synchronize
 from .neurons.base import ActivationQuantizer
 from .simulate import serial_forward, spike_trains
 
@@ -130,11 +130,6 @@ class _LiveBytes(torch.utils._python_dispatch.TorchDispatchMode):
             self.peak = max(self.peak, self.live)
             weakref.finalize(storage, self._freed, pointer)
         return output
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def peak_memory(run: Callable[[], Any], *, device: torch.device) -> int:
@@ -650,7 +645,8 @@ def _plot_against_time(result: ConfigResult, path: Path) -> None:
     left.legend(fontsize=8)
     figure.suptitle(_title(result.config))
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
     plt.close(figure)
 
 
@@ -680,7 +676,8 @@ def _plot_against_batch(results: Sequence[ConfigResult], time_steps: int, path: 
     left.legend(fontsize=8)
     figure.suptitle(f"{results[0].config.get('model')}, T={time_steps}, {results[0].config.get('device')}")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, dpi=110, format="png")
     plt.close(figure)
 
 
@@ -724,7 +721,3 @@ def write_report(results: Sequence[ConfigResult], out_dir: str | Path, *, machin
             paths[f"plot-batch-{model}"] = path
     return paths
 
-
-def load_report(path: str | Path) -> dict:
-    """Read a ``speed.json`` written by :func:`write_report`."""
-    return json.loads(Path(path).read_text())

@@ -23,6 +23,7 @@ from typing import Sequence
 import torch
 
 from . import __version__
+from .arguments import device, positive_int_list
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
@@ -36,30 +37,15 @@ DEMO_CHECKPOINT = ASSETS / "fashion_mnist_vgg_small_qcfs.pt"
 DEMO_TEST_SLICE = ASSETS / "fashion_mnist_test_slice.npz"
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,4,8, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
 
 
 def _levels(text: str):
     if text.strip().lower() == "auto":  # PASCAL's adaptive layerwise activation (parasnn.adaptive_levels)
         return "auto"
-    values = _int_list(text)
+    values = positive_int_list(text)
     return values[0] if len(values) == 1 else tuple(values)
 
 
-def _device(text: str) -> torch.device:
-    if text == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        return torch.device(text)
-    except RuntimeError as error:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: {error}") from None
 
 
 def _config_path(output: Path) -> Path:
@@ -69,7 +55,7 @@ def _config_path(output: Path) -> Path:
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="dataset directory (default: where the checkpoint's dataset was read "
                                            "from, e.g. /usr/share/datasets/fashion-mnist)")
-    parser.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-batches", type=int, help="stop each epoch after this many batches (quick runs)")
     train.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default runs/train)")
     train.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
-    train.add_argument("--device", type=_device, default="auto")
+    train.add_argument("--device", type=device, default="auto")
     from .adaptive_levels import add_train_arguments
     add_train_arguments(train)
 
@@ -139,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "and serial form. Without --snn the ANN is converted on the fly.")
     evaluate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt)")
     evaluate.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert (default: convert now)")
-    evaluate.add_argument("--time-steps", type=_int_list, default=[1, 2, 4, 8], help="T values (default 1,2,4,8)")
+    evaluate.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8], help="T values (default 1,2,4,8)")
     evaluate.add_argument("--forms", default="parallel,serial",
                           help="parallel, serial or both (default parallel,serial)")
     evaluate.add_argument("--limit", type=int, help="evaluate on the first N test images only")
@@ -163,9 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Runs the embedded QCFS VGG (trained on Fashion-MNIST by parasnn train) "
                                            "on the embedded slice of the Fashion-MNIST test set: ANN vs SNN "
                                            "accuracy at each T, parallel and serial, with timings.")
-    demo.add_argument("--time-steps", type=_int_list, default=[1, 2, 4, 8])
+    demo.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8])
     demo.add_argument("--json", type=Path, help="also write the report as JSON")
-    demo.add_argument("--device", type=_device, default="auto")
+    demo.add_argument("--device", type=device, default="auto")
 
     train.set_defaults(handler=_command_train)
     convert.set_defaults(handler=_command_convert)

@@ -9,24 +9,17 @@ The SpikingJelly and FS-PC folded baselines live in the repository's ``benchmark
 """
 from __future__ import annotations
 
-import argparse
 import shlex
 import sys
 from pathlib import Path
 
 import torch
 
+from .arguments import device, positive_int_list
+
 __all__ = ["add_command"]
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 1,2,4, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
 
 
 def add_command(commands) -> None:
@@ -40,9 +33,9 @@ def add_command(commands) -> None:
     bench.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
     bench.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert/calibrate (default: convert "
                                                 "now; ReLU networks record thresholds on the held-apart slice)")
-    bench.add_argument("--time-steps", type=_int_list, default=[1, 2, 4, 8, 16, 32, 64],
+    bench.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8, 16, 32, 64],
                        help="T values (default 1,2,4,8,16,32,64)")
-    bench.add_argument("--batch-sizes", type=_int_list, default=[1, 128], help="default 1,128")
+    bench.add_argument("--batch-sizes", type=positive_int_list, default=[1, 128], help="default 1,128")
     bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     bench.add_argument("--min-block-seconds", type=float, default=0.05,
                        help="a timing block repeats a run until it lasts this long (default 0.05)")
@@ -62,7 +55,7 @@ def add_command(commands) -> None:
                        help="directory for speed.json, speed.md and the plots (default runs/bench-checkpoint)")
     bench.add_argument("--data-dir", help="dataset directory, for ReLU networks' thresholds (default: the "
                                           "checkpoint's)")
-    bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    bench.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     bench.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                        help="wall (default) or cpu: CPU time of the process, robust when other jobs share the "
                             "cores (use with --threads 1)")
@@ -78,7 +71,9 @@ def _network(args, model, spec, checkpoint):
         network, _, _ = load_snn(args.snn)
         return network, f"SNN from {args.snn}"
     if spec.activation.kind is not ActivationKind.RELU:
-        return convert(model), "converted now (parallel IF neurons)"
+        from .methods import default_method, neuron_factory
+        method = default_method(spec.activation.kind)
+        return convert(model, neuron=neuron_factory(method)), f"converted now (method {method.value})"
     from .cli import _calibration_batches, _dataset_for
     from .data import DataError
     try:
@@ -95,8 +90,7 @@ def _command_bench(args) -> int:
     from . import bench
     from .checkpoint import load_ann
     from .models import ActivationKind
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
+    device = args.device
     model, spec, checkpoint = load_ann(args.checkpoint)
     network, how = _network(args, model, spec, checkpoint)
     model, network = model.eval().to(device), network.eval().to(device)

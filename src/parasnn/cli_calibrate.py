@@ -26,17 +26,11 @@ from pathlib import Path
 
 import torch
 
+from .arguments import device, positive_int_list
+
 __all__ = ["add_command"]
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,4,8, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"time steps T must be integers >= 1, got {text!r}")
-    return values
 
 
 def _time_steps(text: str) -> int:
@@ -57,14 +51,6 @@ def _stages(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _device(text: str) -> torch.device:
-    if text == "auto":
-        from .distributed import default_device
-        return default_device()
-    try:
-        return torch.device(text)
-    except RuntimeError as error:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: {error}") from None
 
 
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
@@ -80,7 +66,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
                       help="share of the calibration batches held out for stage 2's early stopping "
                            f"(default {defaults.validation_fraction})")
     data.add_argument("--seed", type=int, default=defaults.seed)
-    data.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    data.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     relu = parser.add_argument_group("ReLU backbones")
     relu.add_argument("--percentile", type=float, default=defaults.percentile,
                       help=f"activation percentile recorded as threshold, 100 = max (default {defaults.percentile})")
@@ -92,6 +78,9 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     da.add_argument("--da-epochs", type=int, default=defaults.da_epochs)
     da.add_argument("--no-da-debias", action="store_true",
                     help="plain running averages started at 0 (as the reference code), no 1 − α^n correction")
+    parser.add_argument("--no-revert", action="store_true",
+                        help="keep the result of stages da and bn even when it raises the held-out loss "
+                             "(default: such a stage is undone)")
     bn = parser.add_argument_group("stage bn (spatial recalibration)")
     bn.add_argument("--bn-lr", type=float, default=defaults.bn_learning_rate,
                     help=f"peak AdamW learning rate (default {defaults.bn_learning_rate})")
@@ -136,7 +125,7 @@ def add_command(commands) -> None:
                     "set against the ANN. Writes ablation.md and ablation.json into --out; --plots adds PNG "
                     "histograms of ANN activations vs SNN time-averaged outputs (paper 003 Figures 1 and 4).")
     ablate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
-    ablate.add_argument("--time-steps", "-T", type=_int_list, default=[2, 4, 8], help="T values (default 2,4,8)")
+    ablate.add_argument("--time-steps", "-T", type=positive_int_list, default=[2, 4, 8], help="T values (default 2,4,8)")
     ablate.add_argument("--out", type=Path, required=True, help="directory for the table, JSON and plots")
     ablate.add_argument("--plots", action="store_true", help="also draw activation / firing-rate histograms")
     ablate.add_argument("--layers", help="layers to plot: neuron paths or 1-based positions, comma-separated "
@@ -159,7 +148,8 @@ def _config(args, *, stages, time_steps: int):
         bn_learning_rate=args.bn_lr, bn_final_learning_rate=args.bn_final_lr, bn_epochs=args.bn_epochs,
         bn_gradient=args.bn_gradient, bias_learning_rate=args.bias_lr, bias_final_learning_rate=args.bias_final_lr,
         bias_epochs=args.bias_epochs, clip_norm=args.clip_norm, patience=args.patience,
-        validation_interval=args.validation_interval, warmup_fraction=args.warmup_fraction)
+        validation_interval=args.validation_interval, warmup_fraction=args.warmup_fraction,
+        revert_if_worse=not args.no_revert)
 
 
 def _shard_loader(dataset, *, batch_size: int):

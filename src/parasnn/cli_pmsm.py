@@ -28,33 +28,15 @@ from pathlib import Path
 
 import torch
 
+from .arguments import device, positive_int, positive_int_list
+
 __all__ = ["add_command"]
 
 
-def _device(text: str) -> torch.device:
-    if text == "auto":
-        return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
-    try:
-        return torch.device(text)
-    except RuntimeError as error:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: {error}") from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
 
 
-def _positive_ints(text: str) -> list[int]:
-    values = [_positive_int(part.strip()) for part in text.split(",") if part.strip()]
-    if not values:
-        raise argparse.ArgumentTypeError(f"expected integers >= 1 such as 1,4, got {text!r}")
-    return values
 
 
 def _initialisations(text: str) -> list[str]:
@@ -77,7 +59,7 @@ def add_command(commands) -> None:
     parser.add_argument("checkpoint", type=Path, help="full-precision ANN checkpoint (activation kind 'signed')")
     parser.add_argument("--out", type=Path, help="quantized ANN checkpoint to write (required unless --compare)")
     parser.add_argument("--snn", type=Path, help="also convert and write the PMSM spiking network here")
-    parser.add_argument("--levels", type=_positive_ints, default=[defaults.levels],
+    parser.add_argument("--levels", type=positive_int_list, default=[defaults.levels],
                         help="L: 2L non-zero levels per layer, split between the polarities "
                              f"(default {defaults.levels}; a list such as 1,4 with --compare)")
     parser.add_argument("--compare", type=_initialisations, metavar="INITS",
@@ -90,17 +72,17 @@ def add_command(commands) -> None:
     parser.add_argument("--epochs", type=int, default=defaults.fine_tune_epochs,
                         help="fine-tuning epochs over the training split "
                              f"(default {defaults.fine_tune_epochs}; 0: none)")
-    parser.add_argument("--max-batches", type=_positive_int, help="stop each fine-tuning epoch after this many batches")
+    parser.add_argument("--max-batches", type=positive_int, help="stop each fine-tuning epoch after this many batches")
     parser.add_argument("--lr", type=float, default=defaults.learning_rate,
                         help=f"peak fine-tuning learning rate, cosine decay (default {defaults.learning_rate})")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size)
-    parser.add_argument("--calibration-size", type=_positive_int, default=1024,
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size)
+    parser.add_argument("--calibration-size", type=positive_int, default=1024,
                         help="images of the held-apart training slice used for the statistics (default 1024)")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--json", type=Path, help="also write the full report as JSON")
     parser.add_argument("--markdown", type=Path, help="--compare: also write the table as Markdown")
     parser.add_argument("--data-dir", help="dataset directory (default: where the checkpoint's dataset was read from)")
-    parser.add_argument("--device", type=_device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.set_defaults(handler=_command_pmsm)
 
 

@@ -44,7 +44,6 @@ import enum
 import gzip
 import importlib
 import math
-import os
 import pickle
 import zlib
 from collections.abc import Sequence

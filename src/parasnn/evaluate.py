@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from .distributed import all_reduce_sum
 from .energy import ActivityMeter, ActivityReport
-from .network import SpikingNetwork, device_of
+from .network import SpikingNetwork, device_of, synchronize
 from .progress import progress
 from .simulate import SimulationResult, parallel_simulation, serial_simulation
 
@@ -70,11 +70,6 @@ def _split(batch) -> tuple[Tensor, Tensor]:
     return batch[0], batch[1]
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def ann_accuracy(model: nn.Module, batches: Iterable, *, description: str = "ANN") -> tuple[float, float, int]:
     """``(accuracy, seconds, samples)`` of ``model`` in eval mode (summed over processes)."""
     device = device_of(model)
@@ -86,7 +81,7 @@ def ann_accuracy(model: nn.Module, batches: Iterable, *, description: str = "ANN
             inputs, labels = (t.to(device) for t in _split(batch))
             start = time.perf_counter()
             logits = model(inputs)
-            _synchronize(device)
+            synchronize(device)
             seconds += time.perf_counter() - start
             correct += int((logits.argmax(dim=1) == labels).sum())
             total += labels.numel()
@@ -107,7 +102,7 @@ def snn_accuracy(network: SpikingNetwork, batches: Iterable, *, time_steps: int,
         inputs, labels = (t.to(device) for t in _split(batch))
         start = time.perf_counter()
         result = simulation(network, inputs, time_steps=time_steps)
-        _synchronize(device)
+        synchronize(device)
         seconds += time.perf_counter() - start
         correct += int((result.output.argmax(dim=1) == labels).sum())
         total += labels.numel()

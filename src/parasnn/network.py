@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .neurons.base import SerialOp, SpikingNeuron
 from .neurons.integrate_fire import _check_time_steps
 
-__all__ = ["SpikingNetwork", "check_input", "device_of"]
+__all__ = ["SpikingNetwork", "check_input", "device_of", "synchronize"]
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -25,6 +25,12 @@ def device_of(module: nn.Module) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (timings must not stop before the kernels do); no-op on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def check_input(inputs: tuple[Tensor, ...], *, where: str) -> None:

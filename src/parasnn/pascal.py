@@ -79,7 +79,7 @@ import torch.fx as fx
 from torch import Tensor
 
 from .energy import ActivityMeter, ActivityReport, LayerActivity
-from .network import SpikingNetwork, check_input
+from .network import SpikingNetwork, check_input, device_of
 from .neurons.base import SerialOp, SpikingNeuron
 from .neurons.pascal import PascalNeuron, correction_steps, emitted_count, sufficient_correction_steps
 
@@ -439,8 +439,9 @@ def evaluate_pascal(ann: torch.nn.Module, network: SpikingNetwork, batches: Iter
     ``activity``, firing rates and the SOP energy estimate of :mod:`parasnn.energy` (each layer's
     rate over its own ``T_l``; SOPs from the emitted spikes)."""
     from .progress import progress
+    was_training = ann.training
     ann.eval()
-    device = next((t.device for t in network.buffers()), torch.device("cpu"))
+    device = device_of(network)
     meter = None
     totals: dict[str, list] = {}  # name -> [neurons, emitted, positive, negative, mismatches]
     correct_ann = correct_snn = samples = equal_outputs = equal_predictions = 0
@@ -482,6 +483,7 @@ def evaluate_pascal(ann: torch.nn.Module, network: SpikingNetwork, batches: Iter
         levels = {entry.name: entry.levels for entry in timing}
         # Each layer's firing rate over its own emission window T_l, not over T_eff.
         report.layers = [LayerActivity(a.name, a.neurons, a.spikes, a.silent, levels[a.name]) for a in report.layers]
+    ann.train(was_training)
     return PascalEvaluation(samples, correct_ann / max(samples, 1), correct_snn / max(samples, 1), latency,
                             Accumulation(accumulation).value, Correction(correction).value, equal_outputs,
                             equal_predictions, max_difference, layers, report, ann_seconds, snn_seconds)

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from .data import augment, make_loader
 from .evaluate import ann_accuracy
+from .network import device_of
 from .neurons.pmsm import (LevelChoice, PolarityQuantizer, entropy_initialisation, level_entropy,
                            percentile_initialisation)
 from .progress import progress
@@ -178,16 +179,12 @@ def record_preactivations(model: nn.Module, batches: Iterable, *, samples_per_la
     try:
         with torch.no_grad():
             for batch in batches:
-                model(_inputs(batch).to(_device_of(model)))
+                model(_inputs(batch).to(device_of(model)))
     finally:
         for handle in handles:
             handle.remove()
         model.train(was_training)
     return {name: torch.cat(values)[:samples_per_layer] for name, values in samples.items()}
-
-
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _choose(sample: Tensor, activation: PolarityQuantizer, config: PMSMConfig) -> LevelChoice:
@@ -240,11 +237,14 @@ def fine_tune(model: nn.Module, train_set, *, config: PMSMConfig, validation: It
     history: list[dict] = []
     if config.fine_tune_epochs == 0:
         return history
-    device = _device_of(model)
+    device = device_of(model)
     settings = TrainConfig(optimizer=Optimizer.SGD, learning_rate=config.learning_rate,
                            weight_decay=config.weight_decay, momentum=config.momentum)
     optimizer = build_optimizer(model, settings)
     steps = len(train_set) // config.batch_size  # drop_last
+    if steps == 0:
+        raise ValueError(f"PMSM fine-tune: the training set holds {len(train_set)} examples, fewer than one batch "
+                         f"(batch_size={config.batch_size}); lower the batch size or set fine_tune_epochs=0")
     steps = min(steps, config.max_batches) if config.max_batches else steps
     # A short warm-up: the first steps see gradients through freshly set quantizers.
     schedule = cosine_schedule(optimizer, total_steps=config.fine_tune_epochs * steps,
