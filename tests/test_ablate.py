@@ -50,8 +50,17 @@ def test_ablation_grid_has_paper_layout_and_plots(trained, tmp_path):
                             batch_size=64, shuffle=False))
     config = CalibrationConfig(batch_size=32, validation_fraction=0.2, validation_interval=2, bias_epochs=1,
                                bn_epochs=1)
+    model.train()  # the ablation evaluates a copy in eval mode; the caller's model keeps its mode
     report = run_ablation(model, calibration, test, time_steps=[2], config=config, dataset="digits",
                           plots=PlotRequest(directory=tmp_path, layers=("2", "classifier.2"), images=64))
+    assert model.training
+    model.eval()
+    # An undone stage leaves exactly the network it started from.
+    for cell in report.cells:
+        if "da" in cell.reverted:
+            assert cell.accuracy == report.cell(2, cell.variant, da=False).accuracy
+        if "bn" in cell.reverted and cell.variant == "spatial":
+            assert cell.accuracy == report.cell(2, "baseline", da=cell.da).accuracy
     assert len(report.cells) == 2 * len(VARIANTS)
     full_da = report.cell(2, "full", da=True)
     assert full_da.stages == ["da", "bn", "bias"] and report.cell(2, "baseline", da=False).stages == []
@@ -62,7 +71,7 @@ def test_ablation_grid_has_paper_layout_and_plots(trained, tmp_path):
     assert "| Baseline (FS-PC) | + Spatial (bn) | + Temporal (bias) | Full (bn+bias) |" in table
     assert table.count("\n| ") == 3  # header + two rows (T = 2 without and with †)
     assert f"{100 * report.ann_accuracy:.2f}" in table
-    json.dumps(report.to_dict())  # serialisable
+    assert json.loads(json.dumps(report.to_dict()))["cells"][0]["accuracy"] == report.cells[0].accuracy
     assert [p.split("/")[-1] for p in report.plots] == ["distributions_T2.png", "distributions_T2_da.png"]
     for plot in report.plots:
         with open(plot, "rb") as stream:
@@ -117,7 +126,7 @@ def test_commands_reject_bad_input(trained, tmp_path, capsys):
     _, path, _, _ = trained
     with pytest.raises(SystemExit):
         main(["calibrate", str(path), "--time-steps", "0", "--out", str(tmp_path / "x.pt")])
-    assert "time steps T must be >= 1" in capsys.readouterr().err
+    assert "argument --time-steps/-T: expected an integer >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["calibrate", str(path), "--stages", "da,warp", "--time-steps", "2", "--out", str(tmp_path / "x.pt")])
     assert "unknown calibration stage" in capsys.readouterr().err

@@ -190,9 +190,12 @@ def test_a_stage_that_raises_the_held_out_loss_is_undone(revert):
         assert "reverted" not in report.details and after > before
     # A stage that helps is kept: judged on its own training data, fitting lowers the loss.
     kept, report = recalibrate_batchnorm(network, data, config=config, validation=data)
+    assert any(not torch.equal(v, _state(network)[k]) for k, v in _state(kept).items())
     if revert:
         assert report.details["reverted"] is False
         assert report.details["validation_loss_after"] <= report.details["validation_loss_before"]
+    else:
+        assert "reverted" not in report.details
 
 
 def test_stage_bn_running_statistics_are_the_calibration_average():
@@ -381,9 +384,9 @@ def test_bad_input_gives_clear_errors():
     for bad in (0, -2, 1.5, True):
         with pytest.raises(CalibrationError, match="time_steps T must be an integer >= 1"):
             CalibrationConfig(time_steps=bad)
-    with pytest.raises(CalibrationError, match="calibration data is empty"):
+    with pytest.raises(CalibrationError, match="calibrate: the data is empty"):
         calibrate(model, [], config=_config())
-    with pytest.raises(CalibrationError, match="calibration data is empty"):
+    with pytest.raises(CalibrationError, match="the data is empty"):
         recalibrate_batchnorm(convert_for_calibration(model, data, config=_config())[0], [], config=_config())
     with pytest.raises(CalibrationError, match="no labels"):
         calibrate(model, [x for x, _ in data], config=_config(stages="bias"))

@@ -28,7 +28,7 @@ from .calibrate import (CalibrationConfig, Stage, _materialise, _on_device, cali
                         correct_temporal_bias, evaluate_loss, recalibrate_batchnorm, split_batches)
 from .convert import isolate_activations
 from .graph import trace
-from .network import SpikingNetwork
+from .network import SpikingNetwork, device_of
 from .progress import progress
 
 __all__ = ["VARIANTS", "AblationCell", "AblationReport", "PlotRequest", "run_ablation", "format_markdown"]
@@ -58,6 +58,7 @@ class AblationCell:
     test_loss: float
     validation: dict[str, float] | None
     seconds: float  # calibration time of the stages this configuration adds
+    reverted: list[str] = dataclasses.field(default_factory=list)  # stages undone by the guard
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,14 +132,14 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
     if not time_steps:
         raise ValueError("run_ablation: time_steps must list at least one T")
     batches = _materialise(calibration_data, where="ablation")
-    test = _materialise(test_data, where="ablation test data")
-    device = next(iter(list(model.parameters()) + list(model.buffers())), torch.zeros(())).device
+    test = _materialise(test_data, where="ablation test data", equal_shards=False)  # reduced once, at the end
+    device = device_of(model)
     batches, test = _on_device(batches, device), _on_device(test, device)
     training, validation = split_batches(batches, validation_fraction=config.validation_fraction)
     has_validation = int(distributed.all_reduce_sum(torch.tensor([float(len(validation))]))[0]) > 0
     base, originals = convert_for_calibration(model, training, config=config.replace(time_steps=time_steps[0]))
     from_relu = any(o.levels is None for o in originals.values())
-    model = model.eval()
+    model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
     ann_accuracy, ann_loss, samples = _accuracy_and_loss(lambda x: model(x.to(device)), test, description="ANN")
     report = AblationReport(model=model_name or type(model).__name__, dataset=dataset, from_relu=from_relu,
                             ann_accuracy=ann_accuracy, ann_loss=ann_loss, samples=samples, config=config)
@@ -154,15 +155,17 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
         step_config = config.replace(time_steps=T)
         for with_da in dagger:
             start_time = time.perf_counter()
-            start = base
+            start, reports = base, {}
             if with_da:
-                start, _ = calibrate_distribution(base, training, originals=originals, config=step_config,
-                                                  validation=validation)
+                start, reports["da"] = calibrate_distribution(base, training, originals=originals, config=step_config,
+                                                              validation=validation)
             da_seconds = time.perf_counter() - start_time
             networks: dict[str, SpikingNetwork] = {"baseline": start}
             seconds: dict[str, float] = {"baseline": da_seconds}
             stamp = time.perf_counter()
-            networks["spatial"], _ = recalibrate_batchnorm(start, training, config=step_config, validation=validation)
+            networks["spatial"], reports["bn"] = recalibrate_batchnorm(start, training, config=step_config,
+                                                                       validation=validation)
+            reverted = {stage for stage, stage_report in reports.items() if stage_report.details.get("reverted")}
             seconds["spatial"] = da_seconds + time.perf_counter() - stamp
             stamp = time.perf_counter()
             networks["temporal"], _ = correct_temporal_bias(start, training, config=step_config, validation=validation)
@@ -183,7 +186,8 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
                     time_steps=T, da=with_da, variant=name,
                     stages=[s.value for s in ((Stage.DA,) if with_da else ()) + stages], accuracy=accuracy,
                     delta_vs_ann=accuracy - ann_accuracy, gain_vs_baseline=accuracy - baseline_accuracy,
-                    test_loss=loss, validation=held, seconds=seconds[name]))
+                    test_loss=loss, validation=held, seconds=seconds[name],
+                    reverted=[s for s in ("da", "bn") if s in reverted and (s == "da" or Stage.BN in stages)]))
             if plots is not None and distributed.is_main_process():
                 report.plots.append(str(_plot(plots, networks, ann_values, plot_inputs, layers, T=T, da=with_da,
                                               report=report, device=device)))
@@ -221,7 +225,8 @@ def _plot(request: PlotRequest, networks: dict[str, SpikingNetwork], ann_values:
 
 
 def _cell_text(cell: AblationCell) -> str:
-    return f"{100 * cell.accuracy:.2f} ({100 * cell.delta_vs_ann:+.2f})"
+    undone = f" ↺{','.join(cell.reverted)}" if cell.reverted else ""
+    return f"{100 * cell.accuracy:.2f} ({100 * cell.delta_vs_ann:+.2f}){undone}"
 
 
 def format_markdown(report: AblationReport) -> str:
@@ -231,7 +236,8 @@ def format_markdown(report: AblationReport) -> str:
     lines = [f"### Ablation: {report.model} ({backbone} backbone) on {report.dataset or 'the test set'} "
              f"({report.samples} test images)", "",
              f"ANN accuracy {100 * report.ann_accuracy:.2f} %. Cells: SNN accuracy % (difference to the ANN, points); "
-             "† = with DA-QCFS error calibration (stage da).", "",
+             "† = with DA-QCFS error calibration (stage da); ↺da, ↺bn: that stage raised the held-out loss "
+             "and was undone (CalibrationConfig.revert_if_worse).", "",
              "| ANN acc. (%) | T | † | " + " | ".join(_COLUMN_TITLES[name] for name, _ in VARIANTS) + " |",
              "|---:|---:|:-:|" + "---:|" * len(VARIANTS)]
     keys = sorted({(c.time_steps, c.da) for c in report.cells})

@@ -299,17 +299,22 @@ class CalibrationReport:
 
 # -- data helpers -----------------------------------------------------------------------
 
-def _materialise(batches: Iterable, *, where: str) -> list:
-    """A re-iterable list of the batches; refuses empty data with a clear message."""
+def _materialise(batches: Iterable, *, where: str, equal_shards: bool = True) -> list:
+    """A re-iterable list of the batches; refuses empty data with a clear message, and (with
+    ``equal_shards``, for data that is trained on batch by batch) shards of unequal length."""
     if batches is None:
         raise CalibrationError(f"{where}: calibration data is required (batches of inputs, or (inputs, labels))")
     items = list(batches)
-    local = len(items)
-    # Under torchrun a shard may be empty only if all are: the global count decides.
-    total = int(distributed.all_reduce_sum(torch.tensor([float(local)]))[0])
-    if total == 0:
-        raise CalibrationError(f"{where}: calibration data is empty: pass at least one batch "
-                               "(e.g. the held-apart training slice, parasnn calibrate --calibration-size N)")
+    # Under torchrun every process must hold the same number of batches: each batch is one
+    # collective step, and a process with fewer would leave the others waiting for ever.
+    most, fewest = (int(v) for v in distributed.all_reduce_max(torch.tensor([float(len(items)), -float(len(items))])))
+    fewest = -fewest
+    if most == 0:
+        raise CalibrationError(f"{where}: the data is empty: pass at least one batch "
+                               "(for calibration, the held-apart training slice: parasnn calibrate --calibration-size N)")
+    if equal_shards and most != fewest:
+        raise CalibrationError(f"{where}: the processes hold {fewest} to {most} batches; shard the data so that "
+                               "every process gets the same number (a DistributedSampler does)")
     return items
 
 
@@ -837,7 +842,7 @@ def correct_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config:
     """
     batches = _materialise(batches, where="stage bias")
     validation = list(validation) if validation is not None else []
-    network = copy.deepcopy(network)
+    network = copy.deepcopy(network).eval()  # BN frozen with its running statistics; dropout off
     neurons = _if_neurons(network, where="stage bias")
     T = config.time_steps
     device = device_of(network)

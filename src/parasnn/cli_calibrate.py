@@ -26,21 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .arguments import device, positive_int_list
+from .arguments import device, positive_int, positive_int_list
 
 __all__ = ["add_command"]
-
-
-
-
-def _time_steps(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected one integer T >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"time steps T must be >= 1, got {value}")
-    return value
 
 
 def _stages(text: str):
@@ -113,7 +101,7 @@ def add_command(commands) -> None:
     calibrate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
     calibrate.add_argument("--stages", type=_stages, default="da,bn,bias",
                            help="comma-separated subset of da,bn,bias (default all; 'none' = plain FS-PC)")
-    calibrate.add_argument("--time-steps", "-T", type=_time_steps, required=True, help="the target T")
+    calibrate.add_argument("--time-steps", "-T", type=positive_int, required=True, help="the target T")
     calibrate.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
     _add_calibration_options(calibrate)
     calibrate.set_defaults(handler=_command_calibrate)
@@ -229,6 +217,7 @@ def _command_ablate(args) -> int:
 def _ablate(args) -> int:
     from . import distributed
     from .ablate import PlotRequest, format_markdown, run_ablation
+    from .data import make_loader
     from .files import write_json, write_text
     config = _config(args, stages=(), time_steps=args.time_steps[0])
     model, spec, checkpoint, splits, batches = _load(args)
@@ -236,7 +225,8 @@ def _ablate(args) -> int:
     test = splits.test
     if args.limit:
         test = torch.utils.data.TensorDataset(*(t[: args.limit] for t in test.tensors))
-    test_batches = _shard_loader(test, batch_size=256 * distributed.world_size())
+    # Shards without the sampler's padding, so that every test image counts once.
+    test_batches = list(make_loader(distributed.shard(test), batch_size=256, shuffle=False))
     plots = None
     if args.plots:
         layers = tuple(p.strip() for p in args.layers.split(",") if p.strip()) if args.layers else None

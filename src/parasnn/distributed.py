@@ -25,7 +25,7 @@ import torch.distributed as dist
 
 __all__ = ["init_from_environment", "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_sum",
            "all_reduce_max", "all_reduce_sum_differentiable", "average_gradients", "threshold_reducer",
-           "broadcast_module", "default_device", "shutdown", "barrier", "process_group", "shard"]
+           "default_device", "shutdown", "process_group", "shard"]
 
 
 def is_distributed() -> bool:
@@ -79,10 +79,6 @@ def shard(dataset: torch.utils.data.Dataset) -> torch.utils.data.Dataset:
     return torch.utils.data.Subset(dataset, range(rank(), len(dataset), world_size()))
 
 
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
-
 
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
@@ -99,7 +95,11 @@ def is_main_process() -> bool:
 def default_device() -> torch.device:
     """CUDA (this process's local device) when present, else CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) if is_distributed() else torch.cuda.current_device())
+        # LOCAL_RANK is read from the environment, not the group: ``--device auto`` is parsed
+        # before the process group exists.
+        if "LOCAL_RANK" in os.environ:
+            return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
 
 
@@ -186,11 +186,3 @@ def threshold_reducer(statistic) -> Callable[[dict], dict]:
         return {site: [float(v), int(c)] for site, v, c in zip(sites, values.tolist(), counts.tolist())}
 
     return reduce
-
-
-def broadcast_module(module: torch.nn.Module, *, source: int = 0) -> None:
-    """Make every process hold rank ``source``'s parameters and buffers."""
-    if not is_distributed():
-        return
-    for tensor in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(tensor.data, src=source)
