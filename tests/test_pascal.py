@@ -17,7 +17,7 @@ from parasnn.neurons.pascal import (PascalNeuron, PipelinedOnlyError, accumulate
                                     emission_train, membrane_charge, pascal_step, soft_reset_step,
                                     sufficient_correction_steps)
 from parasnn.neurons.qcfs import QCFS, qcfs_level
-from parasnn.pascal import compare_with_ann, effective_latency, pascal_simulation, schedule
+from parasnn.pascal import compare_with_ann, effective_latency, evaluate_pascal, pascal_simulation, schedule
 from parasnn.simulate import parallel_forward, parallel_simulation, serial_forward
 
 levels_strategy = st.integers(min_value=1, max_value=9)
@@ -316,3 +316,15 @@ def test_cli_evaluate_method_pascal(tmp_path, capsys):
                  "--no-activity", "--json", str(report)]) == 0
     data = json.loads(report.read_text())
     assert data["method"] == "pascal" and data["equal_outputs"] == data["samples"] == 32
+
+
+def test_options_and_empty_data_give_clear_errors():
+    model = _randomised((3, 5, 2, 4), 7)
+    network = convert(model, neuron=PascalNeuron.from_qcfs)
+    x = torch.randn(2, 1, 8, 8)
+    with pytest.raises(ValueError, match=r"accumulation must be one of \['inputs', 'currents'\], got 'sum'"):
+        pascal_simulation(network, x, accumulation="sum")
+    with pytest.raises(ValueError, match="correction must be one of"):
+        pascal_simulation(network, x, correction="none")
+    with pytest.raises(ValueError, match="no test batches"):
+        evaluate_pascal(model, network, [])

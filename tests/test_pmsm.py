@@ -386,6 +386,10 @@ def test_command_line_quantizes_converts_and_evaluates(tmp_path):
     table = (tmp_path / "t.md").read_text()
     assert table.count("| entropy |") == 2 and "--compare entropy,range --levels 1,2" in table
     assert main(["pmsm", str(fp), "--levels", "1,2", "--out", str(tmp_path / "y.pt")]) == 2  # one L to write
+    assert main(["pmsm", str(fp), "--levels", "2", "--out", str(tmp_path / "y.pt"), "--markdown",
+                 str(tmp_path / "y.md")]) == 2  # a table only with --compare
+    assert main(["pmsm", str(fp), "--compare", "entropy", "--out", str(tmp_path / "y.pt")]) == 2  # no network
+    assert not (tmp_path / "y.pt").exists() and not (tmp_path / "y.md").exists()
     # A network without signed activations is refused with a message, not a traceback.
     qcfs = tmp_path / "qcfs"
     train(TrainConfig(dataset="digits", model="vgg-small", width=4, epochs=1, batch_size=64, holdout=200,

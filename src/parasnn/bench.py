@@ -353,6 +353,9 @@ def measure(cases: Sequence[Case], *, config: dict, device: torch.device | str, 
     device = torch.device(device)
     if clock not in CLOCKS:
         raise ValueError(f"measure: clock must be one of {CLOCKS}, got {clock!r}")
+    for name, value in (("rounds", rounds), ("threads", threads)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"measure: {name} must be an integer >= 1, got {value!r}")
     if clock == "cpu" and device.type != "cpu":
         raise ValueError("measure: clock='cpu' measures CPU time; use clock='wall' on an accelerator")
     timer_options = {"timer": time.process_time} if clock == "cpu" else {}

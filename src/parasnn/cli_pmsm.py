@@ -112,6 +112,10 @@ def _command_pmsm(args) -> int:
 
     if args.compare is None and (args.out is None or len(args.levels) != 1):
         raise ValueError("give --out and a single --levels L (several L only with --compare)")
+    if args.compare is None and args.markdown is not None:
+        raise ValueError("--markdown writes the --compare table; add --compare (or drop --markdown)")
+    if args.compare is not None and (args.out or args.snn):
+        raise ValueError("--compare writes no network: drop --out/--snn (or run without --compare)")
     model, spec, checkpoint = load_ann(args.checkpoint)
     if spec.activation.kind is not ActivationKind.SIGNED:
         raise ValueError(f"{args.checkpoint} has {spec.activation.kind.value} activations; PMSM quantizes networks "

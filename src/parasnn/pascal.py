@@ -88,6 +88,14 @@ __all__ = ["Accumulation", "Correction", "LayerSchedule", "PascalSimulationResul
            "PascalEvaluation", "evaluate_pascal", "format_pascal", "command_evaluate"]
 
 
+def _option(kind: type[enum.Enum], value, *, name: str):
+    """``kind(value)``, or a ValueError that names the option and lists its choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        raise ValueError(f"PASCAL: {name} must be one of {[k.value for k in kind]}, got {value!r}") from None
+
+
 class Accumulation(str, enum.Enum):
     """How a layer's input is accumulated (see the module docstring)."""
 
@@ -329,8 +337,8 @@ def pascal_simulation(network: SpikingNetwork, *inputs: Tensor, time_steps: int 
     :meth:`PascalNeuron.from_qcfs` (method ``pascal``).
     """
     check_input(inputs, where=f"PASCAL simulation of {network.source}")
-    interpreter = _PipelinedInterpreter(network, accumulation=Accumulation(accumulation),
-                                        correction=Correction(correction))
+    interpreter = _PipelinedInterpreter(network, accumulation=_option(Accumulation, accumulation, name="accumulation"),
+                                        correction=_option(Correction, correction, name="correction"))
     with torch.no_grad():
         output = interpreter.run(1, *inputs)
     return PascalSimulationResult(output, interpreter.counts, interpreter.positive, interpreter.negative,
@@ -484,6 +492,8 @@ def evaluate_pascal(ann: torch.nn.Module, network: SpikingNetwork, batches: Iter
         # Each layer's firing rate over its own emission window T_l, not over T_eff.
         report.layers = [LayerActivity(a.name, a.neurons, a.spikes, a.silent, levels[a.name]) for a in report.layers]
     ann.train(was_training)
+    if samples == 0:
+        raise ValueError("evaluate_pascal: no test batches; pass (inputs, labels) batches")
     return PascalEvaluation(samples, correct_ann / max(samples, 1), correct_snn / max(samples, 1), latency,
                             Accumulation(accumulation).value, Correction(correction).value, equal_outputs,
                             equal_predictions, max_difference, layers, report, ann_seconds, snn_seconds)
