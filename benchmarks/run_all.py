@@ -84,12 +84,18 @@ def main(argv: list[str] | None = None) -> int:
                      "--json", str(table.with_suffix(".json")), "--markdown", str(table),
                      *(["--max-batches", "50"] if args.quick else [])])
             includes.append(table)
+    # The figures the README shows: time and memory against T, and what calibration does to
+    # the distributions (paper 003 Figures 1 and 4).
+    figures = [args.out / "speed-keep-memory" / f"{name}-vs-T.png" for name in ("vgg-small-b1", "vgg16-b128")]
+    figures += [args.out / "ablation-relu" / "seed-0" / f"distributions_T{t}.png" for t in (2, 4)]
+    figures += [args.out / "ablation-qcfs-l4" / "seed-0" / "distributions_T2.png"]
     readme = args.readme
     if readme.is_file() and update_readme.START in readme.read_text():
         update_readme.main(["--accuracy", str(args.out / "accuracy" / "accuracy.json"),
                             "--speed", str(args.out / "speed" / "speed.json"),
                             "--speed", str(args.out / "speed-keep-memory" / "speed.json"), "--readme", str(readme),
-                            *[f"--include={path}" for path in includes if path.is_file()]])
+                            *[f"--include={path}" for path in includes if path.is_file()],
+                            *[f"--figure={path}" for path in figures if path.is_file()]])
     else:
         print(f"{readme} has no {update_readme.START} marker: results section not written "
               "(add the markers, or run benchmarks/update_readme.py --append)", file=sys.stderr)
