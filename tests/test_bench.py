@@ -208,7 +208,9 @@ def test_parasnn_bench_command(tmp_path, kind):
 
 
 def _ablation(seed_accuracies: dict[tuple[int, str], float]) -> dict:
-    cells = [{"time_steps": t, "da": False, "variant": v, "accuracy": a} for (t, v), a in seed_accuracies.items()]
+    losses = {"baseline": 1.0, "spatial": 0.5, "temporal": 0.6, "full": 0.4}
+    cells = [{"time_steps": t, "da": False, "variant": v, "accuracy": a, "test_loss": losses[v]}
+             for (t, v), a in seed_accuracies.items()]
     cells.append({"time_steps": 2, "da": True, "variant": "full", "accuracy": 0.0})  # † cells are not summarised
     return {"ann": {"accuracy": 0.9}, "cells": cells}
 
@@ -223,5 +225,6 @@ def test_ablation_summary_reports_mean_spread_and_the_promised_order():
     assert row["ordered_on_mean"] is False  # 0.85 < 0.86
     text = ablation_seeds.markdown(summary, title="t")
     assert "seeds: 1/2" in text and "86.00 ± 5.66 (-4.00)" in text
+    assert row["loss_ordered_on_mean"] is True and "| 2 | 1.0000 | 0.5000 | 0.6000 | 0.4000 | yes |" in text
     section = update_readme.results_section(accuracy=None, speed=None, includes=[text])
     assert "### t" in section
