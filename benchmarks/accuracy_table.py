@@ -432,6 +432,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path("."), help="where runs/ lives (default .)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/accuracy"))
+    parser.add_argument("--title", help="a line of Markdown put before the tables in accuracy.md")
     args = parser.parse_args(argv)
     from parasnn import bench
     from parasnn.files import write_json, write_text
@@ -469,7 +470,8 @@ def main(argv: list[str] | None = None) -> int:
                "tables": tables, "missing": missing}
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "accuracy.json", payload)
-    text = "\n".join(markdown_table(t, description=t["description"]) for t in tables)
+    text = (f"{args.title}\n\n" if args.title else "") + "\n".join(
+        markdown_table(t, description=t["description"]) for t in tables)
     text += "".join(f"\n{m['backbone']}: {m['reason']} ({m['checkpoint']})\n" for m in missing)
     write_text(args.out / "accuracy.md", text)
     print(text)

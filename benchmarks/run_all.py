@@ -60,10 +60,12 @@ def main(argv: list[str] | None = None) -> int:
         train = [] if args.no_train else ["--train"]
         accuracy_table.main(limit + train + ["--out", str(args.out / "accuracy")])
         # The SpikingJelly check: its converter as shipped, and what each correction restores.
-        accuracy_table.main(["--methods", "qcfs-serial,sj-default,sj-half-start,sj-qcfs-theta,sj-corrected",
+        accuracy_table.main(["--backbones", "vgg-small-qcfs-l4,vgg-small-relu",
+                             "--methods", "qcfs-serial,sj-default,sj-half-start,sj-qcfs-theta,sj-corrected",
                              "--limit", "1000" if args.quick else "2000", "--time-steps", "1,2,4,8",
+                             "--title", "### The SpikingJelly check: its converter as shipped, and with each correction",
                              "--out", str(args.out / "spikingjelly")])
-    includes = []
+    includes = [args.out / "spikingjelly" / "accuracy.md"]
     if not args.skip_ablation:
         quick = ["--limit", "1000", "--calibration-size", "1000"] if args.quick else []
         seeds = "0" if args.quick else "0,1,2"
