@@ -283,7 +283,8 @@ row("sj-half-start", description="SpikingJelly, max-norm scales, v₀ = θ/2")(
     _spikingjelly_row(qcfs_thresholds=False, half_start=True))
 row("sj-qcfs-theta", description="SpikingJelly with the QCFS thresholds, v₀ = 0",
     applies_to=(ActivationKind.QCFS,))(_spikingjelly_row(qcfs_thresholds=True, half_start=False))
-row("sj-corrected", description="SpikingJelly with the QCFS thresholds and v₀ = θ/2 (≡ qcfs-serial)",
+row("sj-corrected", description="SpikingJelly with the QCFS thresholds and v₀ = θ/2 (= qcfs-serial up to float "
+    "rounding)",
     applies_to=(ActivationKind.QCFS,))(_spikingjelly_row(qcfs_thresholds=True, half_start=True))
 
 
@@ -382,8 +383,11 @@ def markdown_table(table: dict, *, description: str = "") -> str:
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
     described = [f"- `{m}`: {find[(m, steps[0])]['description']}" for m in methods if (m, steps[0]) in find
                  and any("skipped" not in find.get((m, t), {"skipped": 1}) for t in steps)]
-    notes = [f"- `{r['method']}` at T={r['time_steps']}: {r['note']}" for r in rows
-             if r.get("note") and "skipped" not in r and not r["note"].startswith("calibration ")]
+    by_note: dict[tuple[str, str], list[int]] = {}  # one line per method and note, listing its T
+    for r in rows:
+        if r.get("note") and "skipped" not in r and not r["note"].startswith("calibration "):
+            by_note.setdefault((r["method"], r["note"]), []).append(r["time_steps"])
+    notes = [f"- `{method}` at T={','.join(map(str, ts))}: {note}" for (method, note), ts in by_note.items()]
     skipped = sorted({(r["method"], r["skipped"]) for r in rows if "skipped" in r
                       and not r["skipped"].startswith("applies to")})
     lines += ["", *described, *notes]

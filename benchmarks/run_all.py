@@ -28,6 +28,7 @@ import ablation_seeds  # noqa: E402
 import accuracy_table  # noqa: E402
 import speed  # noqa: E402
 import update_readme  # noqa: E402
+from parasnn.bench import CLOCKS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="small grid: vgg-small and resnet20, batch 1 and 32, T = 1, 4, 16, 64, 3 rounds; "
                              "accuracy on 1000 test images")
     parser.add_argument("--threads", type=int, help="torch threads for the speed benchmark (default: all)")
-    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+    parser.add_argument("--clock", choices=CLOCKS, default="wall",
                         help="speed benchmark clock: wall (default) or cpu (process CPU time, for a shared machine; "
                              "use with --threads 1)")
     parser.add_argument("--no-train", action="store_true", help="do not train missing backbones")

@@ -23,6 +23,7 @@ __all__ = ["add_command"]
 
 
 def add_command(commands) -> None:
+    from .bench import CLOCKS
     bench = commands.add_parser(
         "bench", help="speed and memory of the SNN against the ANN (parallel, spike trains, serial)",
         description="Times, in one process and interleaved, the checkpoint's ANN, its ReLU twin (for quantized "
@@ -56,7 +57,7 @@ def add_command(commands) -> None:
     bench.add_argument("--data-dir", help="dataset directory, for ReLU networks' thresholds (default: the "
                                           "checkpoint's)")
     bench.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    bench.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+    bench.add_argument("--clock", choices=CLOCKS, default="wall",
                        help="wall (default) or cpu: CPU time of the process, robust when other jobs share the "
                             "cores (use with --threads 1)")
     bench.set_defaults(handler=_command_bench)
