@@ -7,6 +7,7 @@
                                                             parasnn's serial SNN (the check)
     OUT/ablation-relu/, OUT/ablation-qcfs-l4/   seeds.md, seeds.json, seed-S/ (parasnn ablate
                                                 per seed, with plots)   (benchmarks/ablation_seeds.py)
+    OUT/ablation-relu-dagger/, ...-qcfs-l4-dagger/   parasnn ablate with the † rows (seed 0)
     OUT/pmsm-init/    init-table.md, init-table.json        PMSM initialisations (parasnn pmsm --compare)
 
 then the README's results section is regenerated when README.md has the markers
@@ -68,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                              "--out", str(args.out / "spikingjelly")])
     includes = [args.out / "spikingjelly" / "accuracy.md"]
     if not args.skip_ablation:
+        from parasnn.cli import main as parasnn
         quick = ["--limit", "1000", "--calibration-size", "1000"] if args.quick else []
         seeds = "0" if args.quick else "0,1,2"
         for name, backbone, steps in (("relu", "vgg-small-relu", "2,4,8"), ("qcfs-l4", "vgg-small-qcfs-l4", "2,4")):
@@ -79,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
             ablation_seeds.main([str(checkpoint), "--seeds", seeds, "--time-steps", steps, "--out", str(out),
                                  "--title", f"Calibration ablation, {checkpoint.parent.name}", "--plots", *quick])
             includes.append(out / "seeds.md")
+            # The paper's layout with the † rows (seed 0), as `parasnn ablate` prints it.
+            dagger = args.out / f"ablation-{name}-dagger"
+            parasnn(["ablate", str(checkpoint), "--time-steps", steps, "--out", str(dagger), *quick])
+            includes.append(dagger / "ablation.md")
         full_precision = Path("runs/fmnist-vgg-small-signed/model.pt")
         if full_precision.is_file():
-            from parasnn.cli import main as parasnn
             table = args.out / "pmsm-init" / "init-table.md"
             parasnn(["pmsm", str(full_precision), "--compare", "entropy,percentile,range", "--levels", "1,4",
                      "--json", str(table.with_suffix(".json")), "--markdown", str(table),
