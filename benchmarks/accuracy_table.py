@@ -39,6 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling baselines module
 
+from parasnn.arguments import device as device_argument  # noqa: E402
 from parasnn.checkpoint import load_ann  # noqa: E402
 from parasnn.convert import convert  # noqa: E402
 from parasnn.energy import ActivityReport  # noqa: E402
@@ -434,14 +435,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--train", action="store_true", help="train missing backbones with parasnn train")
     parser.add_argument("--root", type=Path, default=Path("."), help="where runs/ lives (default .)")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=device_argument, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/accuracy"))
     parser.add_argument("--title", help="a line of Markdown put before the tables in accuracy.md")
     args = parser.parse_args(argv)
     from parasnn import bench
     from parasnn.files import write_json, write_text
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
+    device = args.device
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ROWS]
     if unknown:

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling baseline
 from baselines import folded_network, run_folded, run_spikingjelly, spikingjelly_network  # noqa: E402
 
 from parasnn import bench  # noqa: E402
+from parasnn.arguments import device as device_argument  # noqa: E402
 from parasnn.convert import convert  # noqa: E402
 from parasnn.models import ActivationSpec, ModelSpec, build_model  # noqa: E402
 
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="... or need more memory than this (default 4 GiB)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
                         help=f"torch threads for every engine (default {torch.get_num_threads()})")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--device", type=device_argument, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     parser.add_argument("--clock", choices=bench.CLOCKS, default="wall",
                         help="wall (default) or cpu: CPU time of the process, robust when other jobs share the "
                              "cores (use with --threads 1)")
@@ -140,8 +141,7 @@ def model_cases(name: str, *, batch_size: int, time_steps: list[int], width: int
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
+    device = args.device
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:

@@ -37,7 +37,6 @@ import time
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .data import augment, make_loader
@@ -45,7 +44,6 @@ from .evaluate import ann_accuracy
 from .network import device_of
 from .neurons.pmsm import (LevelChoice, PolarityQuantizer, entropy_initialisation, level_entropy,
                            percentile_initialisation)
-from .progress import progress
 
 __all__ = ["Initialisation", "PMSMConfig", "LayerReport", "PMSMReport", "signed_sites", "record_preactivations",
            "initialise_quantizers", "fine_tune", "quantize_network", "format_layers", "ComparisonRow",
@@ -233,11 +231,10 @@ def fine_tune(model: nn.Module, train_set, *, config: PMSMConfig, validation: It
     ``(images, labels)``) for ``config.fine_tune_epochs``; one history entry per epoch (with
     validation accuracy when ``validation`` batches are given). Model left in eval mode.
     Seeds torch's global generator with ``config.seed`` (dropout), like :func:`parasnn.train.train`."""
-    from .train import Optimizer, TrainConfig, build_optimizer, cosine_schedule
+    from .train import Optimizer, TrainConfig, build_optimizer, cosine_schedule, train_epoch
     history: list[dict] = []
     if config.fine_tune_epochs == 0:
         return history
-    device = device_of(model)
     settings = TrainConfig(optimizer=Optimizer.SGD, learning_rate=config.learning_rate,
                            weight_decay=config.weight_decay, momentum=config.momentum)
     optimizer = build_optimizer(model, settings)
@@ -253,26 +250,12 @@ def fine_tune(model: nn.Module, train_set, *, config: PMSMConfig, validation: It
     # Dropout draws from the global generator: seed it (as parasnn.train does), so a fine-tune
     # gives the same network whatever ran before it in the process.
     torch.manual_seed(config.seed)
+    augmentation = (lambda images: augment(images, generator=generator)) if config.augment else None
     for epoch in range(config.fine_tune_epochs):
-        model.train()
         loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True,
                              seed=config.seed * 1009 + epoch, drop_last=True)
-        start, loss_sum, seen = time.time(), 0.0, 0
-        for index, (images, labels) in enumerate(progress(loader, description=f"fine-tune {epoch + 1}",
-                                                          total=steps)):
-            if index >= steps:
-                break
-            if config.augment:
-                images = augment(images, generator=generator)
-            images, labels = images.to(device), labels.to(device)
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += float(loss.detach()) * labels.numel()
-            seen += labels.numel()
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "seconds": time.time() - start}
+        record = {"epoch": epoch + 1, **train_epoch(model, loader, optimizer=optimizer, schedule=schedule, steps=steps,
+                                                    augmentation=augmentation, description=f"fine-tune {epoch + 1}")}
         if validation is not None:
             record["validation_accuracy"] = ann_accuracy(model, validation, description="validation")[0]
         history.append(record)

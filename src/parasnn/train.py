@@ -18,17 +18,18 @@ import enum
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from .checkpoint import CheckpointError, save_ann
 from .data import augment, calibration_split, load_dataset, make_loader
 from .evaluate import ann_accuracy
 from .files import save_torch, write_json
 from .models import ActivationKind, ActivationSpec, ModelSpec, build_model
+from .network import device_of
 from .neurons.qcfs import QCFS
 from .progress import progress
 
@@ -143,6 +144,30 @@ def _resume_state(path: Path, config: TrainConfig) -> dict | None:
     return state
 
 
+def train_epoch(model: nn.Module, loader, *, optimizer: torch.optim.Optimizer, schedule, steps: int,
+                augmentation: Callable[[Tensor], Tensor] | None, description: str) -> dict[str, float]:
+    """One epoch of cross-entropy training on the model's device: at most ``steps`` batches of
+    ``(images, labels)`` from ``loader``, each augmented when ``augmentation`` is given, one
+    optimiser and schedule step per batch. Returns the mean training loss and the seconds taken."""
+    device = device_of(model)
+    model.train()
+    start, loss_sum, seen = time.time(), 0.0, 0
+    for index, (images, labels) in enumerate(progress(loader, description=description, total=steps)):
+        if index >= steps:
+            break
+        if augmentation is not None:
+            images = augmentation(images)
+        images, labels = images.to(device), labels.to(device)
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        loss_sum += float(loss.detach()) * labels.numel()
+        seen += labels.numel()
+    return {"loss": loss_sum / max(seen, 1), "seconds": time.time() - start}
+
+
 def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
           device: torch.device | None = None, initial_state: dict | None = None) -> dict[str, Any]:
     """Train per ``config`` into ``out_dir``; returns the metrics written to ``metrics.json``.
@@ -181,26 +206,14 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
     test_loader = make_loader(splits.test, batch_size=256, shuffle=False)
     validation_loader = make_loader(validation, batch_size=256, shuffle=False) if validation is not None else None
     for epoch in range(first_epoch, config.epochs):
-        model.train()
         generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
         loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed * 1009 + epoch,
                              drop_last=True)
-        start, loss_sum, seen = time.time(), 0.0, 0
-        for index, (images, labels) in enumerate(progress(loader, description=f"epoch {epoch + 1}/{config.epochs}",
-                                                          total=steps_per_epoch)):
-            if index >= steps_per_epoch:
-                break
-            if config.augment:
-                images = augment(images, generator=generator, **_augmentation(splits.info.name))
-            images, labels = images.to(device), labels.to(device)
-            loss = F.cross_entropy(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            loss_sum += float(loss.detach()) * labels.numel()
-            seen += labels.numel()
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "seconds": time.time() - start,
+        options = _augmentation(splits.info.name)
+        augmentation = (lambda images: augment(images, generator=generator, **options)) if config.augment else None
+        record = {"epoch": epoch + 1, **train_epoch(model, loader, optimizer=optimizer, schedule=schedule,
+                                                    steps=steps_per_epoch, augmentation=augmentation,
+                                                    description=f"epoch {epoch + 1}/{config.epochs}"),
                   "learning_rate": schedule.get_last_lr()[0]}
         if validation_loader is not None:
             record["validation_accuracy"] = ann_accuracy(model, validation_loader, description="validation")[0]
