@@ -639,18 +639,7 @@ def _plot_against_time(result: ConfigResult, path: Path) -> None:
         upper = [1e3 * (m.seconds.q3 - m.seconds.median) for _, m in points]
         left.errorbar(ts, medians, yerr=[lower, upper], marker="o", capsize=3, label=engine, **style)
         right.plot(ts, [m.peak_bytes / 2**20 for _, m in points], marker="o", label=engine, **style)
-    for axis, label in ((left, "time per batch (ms)"), (right, "peak memory (MiB)")):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("time steps T")
-        axis.set_ylabel(label)
-        axis.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8)
-    figure.suptitle(_title(result.config))
-    figure.tight_layout()
-    with atomic_path(path) as temporary:
-        figure.savefig(temporary, dpi=110, format="png")
-    plt.close(figure)
+    _finish(figure, left, right, x_label="time steps T", title=_title(result.config), path=path)
 
 
 def _plot_against_batch(results: Sequence[ConfigResult], time_steps: int, path: Path) -> None:
@@ -670,14 +659,21 @@ def _plot_against_batch(results: Sequence[ConfigResult], time_steps: int, path: 
                   **style)
         right.plot([b for b, _ in points], [m.peak_bytes / 2**20 for _, m in points], marker="o", label=engine,
                    **style)
+    _finish(figure, left, right, x_label="batch size",
+            title=f"{results[0].config.get('model')}, T={time_steps}, {results[0].config.get('device')}", path=path)
+
+
+def _finish(figure, left, right, *, x_label: str, title: str, path: Path) -> None:
+    """Log-log axes for time (left) and peak memory (right), legend, title; written atomically."""
+    import matplotlib.pyplot as plt
     for axis, label in ((left, "time per batch (ms)"), (right, "peak memory (MiB)")):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
-        axis.set_xlabel("batch size")
+        axis.set_xlabel(x_label)
         axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
     left.legend(fontsize=8)
-    figure.suptitle(f"{results[0].config.get('model')}, T={time_steps}, {results[0].config.get('device')}")
+    figure.suptitle(title)
     figure.tight_layout()
     with atomic_path(path) as temporary:
         figure.savefig(temporary, dpi=110, format="png")
