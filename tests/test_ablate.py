@@ -4,8 +4,8 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from helpers import train_briefly
 from parasnn.ablate import VARIANTS, PlotRequest, format_markdown, run_ablation
 from parasnn.calibrate import CalibrationConfig
 from parasnn.checkpoint import load_snn, save_ann
@@ -27,16 +27,7 @@ def trained(tmp_path_factory):
     torch.manual_seed(0)
     splits = load_dataset("digits")
     rest, held = calibration_split(splits.train, size=HOLDOUT, seed=0)
-    model = build_model(SPEC)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for epoch in range(4):
-        model.train()
-        for x, y in make_loader(rest, batch_size=32, shuffle=True, seed=epoch):
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
+    model = train_briefly(build_model(SPEC), rest)
     path = tmp_path_factory.mktemp("ann") / "model.pt"
     save_ann(path, model, SPEC, config={"dataset": "digits", "holdout": HOLDOUT, "seed": 0})
     return model, path, splits, held

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import LargestTensor
 from parasnn.calibrate import (CalibrationConfig, CalibrationError, OriginalActivation, QuantizerGradient, Stage,
                                _StraightThroughNeuron, _SynchronisedBatchNorm, calibrate, calibrate_distribution,
                                calibrate_with_report, convert_for_calibration, correct_temporal_bias, evaluate_loss,
@@ -304,19 +304,6 @@ def test_stage_bias_early_stopping_keeps_the_best_validated_biases():
 
 # -- the whole pipeline ------------------------------------------------------------------------
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor):
-                self.largest = max(self.largest, tensor.numel())
-        return out
-
-
 def test_calibrated_network_runs_in_one_pass_and_trains_with_memory_independent_of_t():
     model = _relu_net()
     data = _data(count=4)
@@ -324,7 +311,7 @@ def test_calibrated_network_runs_in_one_pass_and_trains_with_memory_independent_
     x, labels = data[0]
     largest, saved = [], []
     for steps in (2, 256):
-        with torch.no_grad(), _LargestTensor() as meter:
+        with torch.no_grad(), LargestTensor() as meter:
             network(x, time_steps=steps)
         largest.append(meter.largest)
         # Stage 2's training pass: what autograd stores for the backward must not grow with T.

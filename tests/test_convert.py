@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from helpers import LargestTensor
 from parasnn.convert import BatchNormMode, ConversionConfig, RateMaxPool, convert, quantize_relus
 from parasnn.graph import ConversionError
 from parasnn.neurons import QCFS
@@ -210,25 +210,12 @@ def test_rate_max_pool_serial_average_equals_parallel():
     assert torch.equal(outputs.sum(0), pool(spikes.sum(0)))
 
 
-class _LargestTensor(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for tensor in out if isinstance(out, (tuple, list)) else [out]:
-            if isinstance(tensor, torch.Tensor):
-                self.largest = max(self.largest, tensor.numel())
-        return out
-
-
 def test_parallel_memory_does_not_grow_with_time_steps():
     network = convert(_randomise_batchnorm(QCFSNet()).eval())
     x = torch.randn(4, 1, 8, 8)
     sizes = []
     for steps in (1, 64, 4096):
-        with torch.no_grad(), _LargestTensor() as meter:
+        with torch.no_grad(), LargestTensor() as meter:
             network(x, time_steps=steps)
         sizes.append(meter.largest)
     assert sizes[0] == sizes[1] == sizes[2]

@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 
 pytest.importorskip("sklearn")
 
+from helpers import train_briefly
 from parasnn import distributed  # noqa: E402
 from parasnn.calibrate import CalibrationConfig, calibrate_with_report, evaluate_loss  # noqa: E402
 from parasnn.data import calibration_split, load_dataset, make_loader  # noqa: E402
@@ -88,16 +88,8 @@ def trained_state():
     torch.manual_seed(0)
     splits = load_dataset("digits")
     rest, _ = calibration_split(splits.train, size=256, seed=0)
-    model = build_model(SPEC)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for epoch in range(4):
-        model.train()
-        for x, y in make_loader(rest, batch_size=32, shuffle=True, seed=epoch):
-            loss = F.cross_entropy(model(x), y)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return {k: v.clone() for k, v in model.eval().state_dict().items()}
+    model = train_briefly(build_model(SPEC), rest)
+    return {k: v.clone() for k, v in model.state_dict().items()}
 
 
 @pytest.mark.slow

@@ -24,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed
-from .calibrate import (CalibrationConfig, Stage, _materialise, _on_device, calibrate_distribution, convert_for_calibration,
-                        correct_temporal_bias, evaluate_loss, recalibrate_batchnorm, split_batches)
+from .calibrate import (CalibrationConfig, Stage, _materialise, _on_device, any_batches, calibrate_distribution,
+                        convert_for_calibration, correct_temporal_bias, evaluate_loss, recalibrate_batchnorm,
+                        split_batches)
 from .convert import isolate_activations
 from .graph import trace
 from .network import SpikingNetwork, device_of
@@ -136,7 +137,7 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
     device = device_of(model)
     batches, test = _on_device(batches, device), _on_device(test, device)
     training, validation = split_batches(batches, validation_fraction=config.validation_fraction)
-    has_validation = int(distributed.all_reduce_sum(torch.tensor([float(len(validation))]))[0]) > 0
+    has_validation = any_batches(validation)
     base, originals = convert_for_calibration(model, training, config=config.replace(time_steps=time_steps[0]))
     from_relu = any(o.levels is None for o in originals.values())
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode

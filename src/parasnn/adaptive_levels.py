@@ -55,7 +55,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
-from .network import device_of
+from .network import observe
 from .neurons.qcfs import QCFS
 
 __all__ = ["HISTOGRAM_BINS", "PROBE_LEVELS", "DEFAULT_LEVEL_CHOICES", "agreement", "skewness", "excess_kurtosis",
@@ -181,7 +181,6 @@ def output_histograms(model: nn.Module, batches: Iterable, *, bins: int = HISTOG
     if not layers:
         raise ValueError("output_histograms: the model has no QCFS layers")
     counts: dict[str, Tensor] = {}  # filled in the order the hooks first fire
-    device = device_of(model)
 
     def hook(name: str, module: QCFS):
         def record(_module, _args, output):
@@ -192,18 +191,7 @@ def output_histograms(model: nn.Module, batches: Iterable, *, bins: int = HISTOG
             counts[name] = counts[name] + histogram if name in counts else histogram
         return record
 
-    handles = [module.register_forward_hook(hook(name, module)) for name, module in layers]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                x = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(x.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    observe(model, batches, [(module, hook(name, module)) for name, module in layers])
     return counts
 
 

@@ -59,7 +59,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed
-from .convert import BatchNormMode, ConversionConfig, ThresholdStatistic, convert, isolate_activations, quantize_relus
+from .convert import (BatchNormMode, ConversionConfig, ThresholdStatistic, convert, isolate_activations,
+                      quantize_relus, set_submodule)
 from .graph import check_convertible, trace
 from .network import SpikingNetwork, device_of
 from .neurons.base import per_channel
@@ -73,7 +74,7 @@ __all__ = [
     "Stage", "STAGE_ORDER", "parse_stages", "QuantizerGradient", "CalibrationConfig", "CalibrationError",
     "OriginalActivation", "StageReport", "CalibrationReport", "convert_for_calibration", "calibrate_distribution",
     "recalibrate_batchnorm", "correct_temporal_bias", "run_stages", "calibrate", "calibrate_with_report",
-    "layer_errors", "split_batches", "evaluate_loss", "warmup_cosine", "keep_if_better",
+    "layer_errors", "split_batches", "evaluate_loss", "warmup_cosine", "keep_if_better", "any_batches",
 ]
 
 
@@ -318,6 +319,11 @@ def _materialise(batches: Iterable, *, where: str, equal_shards: bool = True) ->
     return items
 
 
+def any_batches(batches: Sequence) -> bool:
+    """Whether any process holds a batch (the same answer on every process under torchrun)."""
+    return int(distributed.all_reduce_sum(torch.tensor([float(len(batches))]))[0]) > 0
+
+
 def _on_device(batches: Sequence, device: torch.device) -> list:
     """The batches with their tensors moved to ``device`` (threshold recording runs the model
     on the batches as they are)."""
@@ -401,14 +407,12 @@ def evaluate_loss(network: SpikingNetwork, batches: Sequence, *, time_steps: int
     return {"loss": float(totals[0]) / samples, "accuracy": float(totals[1]) / samples, "samples": samples}
 
 
-# -- module swapping -----------------------------------------------------------------------
-
 def keep_if_better(before: SpikingNetwork, after: SpikingNetwork, report: StageReport, validation: Sequence, *,
                    config: CalibrationConfig) -> tuple[SpikingNetwork, StageReport]:
     """The guard of ``config.revert_if_worse``: ``after`` unless its loss on the held-out
     ``validation`` batches (summed over processes) is higher than ``before``'s; the losses and
     the verdict go into ``report.details``. Without held-out batches ``after`` stands."""
-    has_validation = int(distributed.all_reduce_sum(torch.tensor([float(len(validation))]))[0]) > 0
+    has_validation = any_batches(validation)
     if not (config.revert_if_worse and has_validation):
         return after, report
     loss_before = evaluate_loss(before, validation, time_steps=config.time_steps)["loss"]
@@ -418,11 +422,7 @@ def keep_if_better(before: SpikingNetwork, after: SpikingNetwork, report: StageR
     return (copy.deepcopy(before).eval() if reverted else after), report
 
 
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent_path, _, leaf = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, leaf, module)
-
+# -- module swapping -----------------------------------------------------------------------
 
 class _Swapped:
     """Context manager: temporarily put ``replacements[path]`` at ``path`` in ``root``.
@@ -437,12 +437,12 @@ class _Swapped:
 
     def __enter__(self):
         for path, module in self.replacements.items():
-            _set_submodule(self.root, path, module)
+            set_submodule(self.root, path, module)
         return self
 
     def __exit__(self, *exc):
         for path, module in self.originals.items():
-            _set_submodule(self.root, path, module)
+            set_submodule(self.root, path, module)
         return False
 
 
@@ -860,7 +860,7 @@ def correct_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config:
     def snapshot() -> list[Tensor]:
         return [b.detach().clone() for b in biases]
 
-    has_validation = int(distributed.all_reduce_sum(torch.tensor([float(len(validation))]))[0]) > 0
+    has_validation = any_batches(validation)
     history: list[dict[str, float]] = []
     best_state, best_loss, since_best = snapshot(), float("inf"), 0
     if has_validation:
@@ -933,7 +933,7 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
                                "drop 'bn' from the stages")
     if batches and any(stage in config.stages for stage in (Stage.BN, Stage.BIAS)):
         _labelled(batches[0], where="stages bn and bias")  # labels are needed: fail before any work
-    has_validation = int(distributed.all_reduce_sum(torch.tensor([float(len(validation))]))[0]) > 0
+    has_validation = any_batches(validation)
 
     def validate(name: str) -> None:
         if has_validation:

@@ -32,8 +32,7 @@ from .graph import (ConversionError, NodeKind, check_convertible, classify, data
 from .neurons.base import SerialOp, SpikingNeuron
 from .neurons.if_neuron import IFNeuron
 from .neurons.qcfs import QCFS
-from .network import SpikingNetwork, device_of
-from .progress import progress
+from .network import SpikingNetwork, observe
 
 __all__ = ["BatchNormMode", "ThresholdStatistic", "ConversionConfig", "convert", "quantize_relus",
            "isolate_activations", "fold_batchnorm", "RateMaxPool", "ConversionError",
@@ -167,7 +166,7 @@ def isolate_activations(gm: fx.GraphModule) -> fx.GraphModule:
             seen.add(node.target)
             module = gm.get_submodule(node.target)
             if isinstance(module, nn.ReLU) and module.inplace:
-                _set_submodule(gm, node.target, nn.ReLU())  # in-place would clobber a shared input
+                set_submodule(gm, node.target, nn.ReLU())  # in-place would clobber a shared input
             continue
         if node.op == "call_module":
             module = copy.deepcopy(gm.get_submodule(node.target))
@@ -184,7 +183,8 @@ def isolate_activations(gm: fx.GraphModule) -> fx.GraphModule:
     return gm
 
 
-def _set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` of ``root`` by ``module``."""
     parent_path, _, leaf = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
     setattr(parent, leaf, module)
@@ -211,19 +211,8 @@ def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: I
             partial[site][1] += 1
         return hook
 
-    handles = [gm.get_submodule(site).register_forward_hook(make_hook(site)) for site in sites]
-    was_training = gm.training
-    device = device_of(gm)
-    gm.eval()
-    try:
-        with torch.no_grad():
-            for batch in progress(batches, description="recording activation ranges"):
-                inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-                gm(inputs.to(device))
-    finally:
-        for handle in handles:
-            handle.remove()
-        gm.train(was_training)
+    observe(gm, batches, [(gm.get_submodule(site), make_hook(site)) for site in sites],
+            description="recording activation ranges")
     if reduce is not None:
         partial = reduce(partial)
     empty = [site for site, (_, count) in partial.items() if count == 0]
@@ -250,7 +239,7 @@ def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int 
     if relu_sites:
         thresholds = record_activation_thresholds(gm, relu_sites, calibration_data, statistic, reduce=reduce)
         for site in relu_sites:
-            _set_submodule(gm, site, QCFS(levels=levels, threshold=thresholds[site]))
+            set_submodule(gm, site, QCFS(levels=levels, threshold=thresholds[site]))
     gm.recompile()
     return gm
 
@@ -273,7 +262,7 @@ def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
         layer = gm.get_submodule(source.target)
         if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
             continue
-        _set_submodule(gm, source.target, _folded(layer, gm.get_submodule(node.target)))
+        set_submodule(gm, source.target, _folded(layer, gm.get_submodule(node.target)))
         node.replace_all_uses_with(source)
         gm.graph.erase_node(node)
     gm.graph.lint()
@@ -326,7 +315,7 @@ def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
                 spiking = neuron(activation)
             except (TypeError, ValueError) as error:
                 raise ConversionError(f"{describe(gm, node)}: {error}") from error
-            _set_submodule(gm, node.target, spiking)
+            set_submodule(gm, node.target, spiking)
             node.kwargs = {**node.kwargs, "time_steps": time_steps}
         elif kind is NodeKind.SERIAL_OP and isinstance(gm.get_submodule(node.target), SpikingNeuron):
             node.kwargs = {**node.kwargs, "time_steps": time_steps}
@@ -335,7 +324,7 @@ def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
             name = node.target if node.op == "call_module" else _fresh_name(
                 gm, f"{module_path(node)}.{node.name}" if module_path(node) else node.name)
             if node.op == "call_module":
-                _set_submodule(gm, name, pool)
+                set_submodule(gm, name, pool)
             else:
                 _replace_with_module(gm, node, name, pool, (node.args[0],))
         elif kind is NodeKind.RELU:

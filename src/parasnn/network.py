@@ -6,7 +6,7 @@ trains are functions in :mod:`parasnn.simulate`.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.fx as fx
@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .neurons.base import SerialOp, SpikingNeuron
 from .neurons.integrate_fire import _check_time_steps
 
-__all__ = ["SpikingNetwork", "check_input", "device_of", "synchronize"]
+__all__ = ["SpikingNetwork", "check_input", "device_of", "observe", "synchronize"]
 
 
 def device_of(module: nn.Module) -> torch.device:
@@ -25,6 +25,28 @@ def device_of(module: nn.Module) -> torch.device:
     for tensor in module.buffers():
         return tensor.device
     return torch.device("cpu")
+
+
+def observe(model: nn.Module, batches: Iterable, hooks: Iterable[tuple[nn.Module, Callable]], *,
+            description: str | None = None) -> None:
+    """Run ``batches`` (tensors or ``(inputs, labels)``) through ``model`` in eval mode without
+    gradients, with the forward ``hooks`` ``(module, hook(module, args, output))`` attached; the
+    hooks see what they record. Afterwards the hooks are removed and the model's mode restored,
+    whatever happened. ``description``: show a progress bar with this label."""
+    from .progress import progress
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
+    was_training = model.training
+    device = device_of(model)
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in (progress(batches, description=description) if description else batches):
+                inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+                model(inputs.to(device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
 
 
 def synchronize(device: torch.device) -> None:

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .data import augment, make_loader
 from .evaluate import ann_accuracy
-from .network import device_of
+from .network import observe
 from .neurons.pmsm import (LevelChoice, PolarityQuantizer, entropy_initialisation, level_entropy,
                            percentile_initialisation)
 
@@ -145,10 +145,6 @@ def signed_sites(model: nn.Module) -> list[tuple[str, PolarityQuantizer]]:
     return sites
 
 
-def _inputs(batch) -> Tensor:
-    return batch[0] if isinstance(batch, (tuple, list)) else batch
-
-
 def record_preactivations(model: nn.Module, batches: Iterable, *, samples_per_layer: int = 1 << 18,
                           seed: int = 0) -> dict[str, Tensor]:
     """Run ``batches`` (tensors or ``(inputs, labels)``) through ``model`` in eval mode and
@@ -171,17 +167,7 @@ def record_preactivations(model: nn.Module, batches: Iterable, *, samples_per_la
             samples[name].append(values)
         return record
 
-    handles = [module.register_forward_hook(hook(name)) for name, module in sites]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in batches:
-                model(_inputs(batch).to(device_of(model)))
-    finally:
-        for handle in handles:
-            handle.remove()
-        model.train(was_training)
+    observe(model, batches, [(module, hook(name)) for name, module in sites])
     return {name: torch.cat(values)[:samples_per_layer] for name, values in samples.items()}
 
 

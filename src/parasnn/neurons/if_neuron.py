@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from .base import SpikingNeuron, load_resizable, per_channel
 from .integrate_fire import (ParameterCache, _check_time_steps, _effective_threshold, if_step, parallel_if_count,
                              spike_train)
-from .qcfs import QCFS, level_value
+from .qcfs import level_value, require_qcfs
 
 __all__ = ["IFNeuron"]
 
@@ -65,11 +65,7 @@ class IFNeuron(SpikingNeuron):
     @classmethod
     def from_qcfs(cls, activation: nn.Module) -> "IFNeuron":
         """The neuron that reproduces a QCFS activation exactly at ``T = L``."""
-        if not isinstance(activation, QCFS):
-            raise TypeError(
-                f"IFNeuron.from_qcfs converts QCFS activations, got {type(activation).__name__}; "
-                "ReLU networks are quantized first (parasnn.convert(..., calibration_data=...))")
-        threshold = activation.effective_threshold().detach()
+        threshold = require_qcfs(activation, converter="IFNeuron.from_qcfs").effective_threshold().detach()
         return cls(threshold=threshold, shift=threshold * 0.5)
 
     # -- parallel ---------------------------------------------------------------------

@@ -71,7 +71,7 @@ from torch import Tensor, nn
 
 from .base import SpikingNeuron, load_resizable, per_channel
 from .integrate_fire import _check_time_steps
-from .qcfs import QCFS, level_value, qcfs, qcfs_level
+from .qcfs import level_value, qcfs, qcfs_level, require_qcfs
 
 __all__ = ["correction_steps", "sufficient_correction_steps", "membrane_charge", "pascal_step", "soft_reset_step",
            "AccumulationResult", "accumulate", "emission_train", "emitted_count", "PascalNeuron",
@@ -214,10 +214,7 @@ class PascalNeuron(SpikingNeuron):
     @classmethod
     def from_qcfs(cls, activation: nn.Module) -> "PascalNeuron":
         """The PASCAL layer equivalent to a QCFS activation (same θ, same L)."""
-        if not isinstance(activation, QCFS):
-            raise TypeError(
-                f"PascalNeuron.from_qcfs converts QCFS activations, got {type(activation).__name__}; "
-                "ReLU networks are quantized first (parasnn.convert(..., calibration_data=...))")
+        require_qcfs(activation, converter="PascalNeuron.from_qcfs")
         return cls(threshold=activation.effective_threshold().detach(), levels=activation.levels)
 
     # -- parallel ---------------------------------------------------------------------

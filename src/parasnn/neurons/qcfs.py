@@ -27,7 +27,7 @@ from torch import Tensor, nn
 from .base import ActivationQuantizer
 from .integrate_fire import ParameterCache, spike_count
 
-__all__ = ["qcfs", "qcfs_level", "level_value", "QCFS", "MIN_THRESHOLD"]
+__all__ = ["qcfs", "qcfs_level", "level_value", "QCFS", "MIN_THRESHOLD", "require_qcfs"]
 
 MIN_THRESHOLD = 1e-3
 
@@ -110,3 +110,12 @@ class QCFS(ActivationQuantizer):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
+
+
+def require_qcfs(activation: nn.Module, *, converter: str) -> QCFS:
+    """``activation`` if it is a :class:`QCFS` module, else a TypeError naming ``converter``
+    (e.g. ``"IFNeuron.from_qcfs"``) and what to do with a ReLU network."""
+    if not isinstance(activation, QCFS):
+        raise TypeError(f"{converter} converts QCFS activations, got {type(activation).__name__}; "
+                        "ReLU networks are quantized first (parasnn.convert(..., calibration_data=...))")
+    return activation
