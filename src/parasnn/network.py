@@ -12,7 +12,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from .neurons.base import SerialOp, SpikingNeuron
+from .neurons.base import SpikingNeuron
 from .neurons.integrate_fire import _check_time_steps
 
 __all__ = ["SpikingNetwork", "check_input", "device_of", "observe", "synchronize"]
@@ -95,14 +95,6 @@ class SpikingNetwork(nn.Module):
             if node.op == "call_module":
                 module = self.graph_module.get_submodule(node.target)
                 if isinstance(module, SpikingNeuron):
-                    yield node.target, module
-
-    def serial_ops(self) -> Iterator[tuple[str, SerialOp]]:
-        """``(path, op)`` for every layer with serial state (neurons, rate max-pools)."""
-        for node in self.graph_module.graph.nodes:
-            if node.op == "call_module":
-                module = self.graph_module.get_submodule(node.target)
-                if isinstance(module, SerialOp):
                     yield node.target, module
 
     def extra_repr(self) -> str:
