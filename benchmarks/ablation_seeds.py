@@ -7,14 +7,23 @@ the spread and the ordering the method promises: full ≥ each single stage ≥ 
 Each seed is one ``parasnn ablate CHECKPOINT --no-dagger --seed S`` (the seed orders the
 batches of the two training stages; the calibration slice, its validation part and the test
 set stay the same), written to ``OUT/seed-S/``; a seed whose ``ablation.json`` exists is not
-run again. Writes ``OUT/seeds.json`` and ``OUT/seeds.md``. A single test-set accuracy on
-10 000 images has a binomial standard error of about 0.25 points at 93 %, so differences
-below that between columns are reported, not interpreted.
+run again. Writes ``OUT/seeds.json`` and ``OUT/seeds.md``.
+
+How "≥" is judged. A single test-set accuracy on 10 000 images has a binomial standard
+error of about 0.25 points at 93 %, but two configurations are evaluated on the *same*
+images, so their difference is measured far more precisely: only the images on which they
+disagree carry information (McNemar; :func:`parasnn.ablate.paired_difference`). For each
+comparison the table gives the mean difference over seeds ± its standard error, which adds
+the test-set error of the paired difference (taken as fully correlated across seeds, since
+the test images are the same: the root mean square of the per-seed errors) and the spread
+over seeds (standard deviation / √seeds). A comparison holds when the mean difference is
+≥ 0, is a *tie* when it is negative but within two standard errors, and fails otherwise.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import subprocess
@@ -24,6 +33,8 @@ from pathlib import Path
 __all__ = ["summarise", "markdown", "main"]
 
 COLUMNS = ("baseline", "spatial", "temporal", "full")
+# (better, worse) pairs of the promised order full ≥ each single stage ≥ baseline.
+COMPARISONS = (("full", "spatial"), ("full", "temporal"), ("spatial", "baseline"), ("temporal", "baseline"))
 
 
 def summarise(reports: dict[int, dict]) -> dict:
@@ -54,8 +65,42 @@ def summarise(reports: dict[int, dict]) -> dict:
             "mean_test_loss": mean_losses,
             # Lower is better: the order on the negated losses.
             "loss_ordered_on_mean": _ordered({v: -loss for v, loss in mean_losses.items()}),
+            "paired": _paired(reports, t),
         })
     return summary
+
+
+def _paired(reports: dict[int, dict], time_steps: int) -> dict[str, dict] | None:
+    """Per comparison of :data:`COMPARISONS`: the mean accuracy difference over seeds, its
+    standard error (test images and seeds, see the module docstring) and the verdict."""
+    from parasnn.ablate import paired_difference
+    result = {}
+    for better, worse in COMPARISONS:
+        deltas, errors = [], []
+        for seed in sorted(reports):
+            cells = {c["variant"]: c for c in reports[seed]["cells"] if c["time_steps"] == time_steps and not c["da"]}
+            counts = cells[better].get("discordant", {}).get(worse)
+            if counts is None:  # an ablation.json from before paired counts were recorded
+                return None
+            delta, error = paired_difference(counts, reports[seed]["ann"]["samples"])
+            deltas.append(delta)
+            errors.append(error)
+        mean = statistics.fmean(deltas)
+        test_error = math.sqrt(statistics.fmean(e * e for e in errors))
+        seed_error = statistics.stdev(deltas) / math.sqrt(len(deltas)) if len(deltas) > 1 else 0.0
+        error = math.hypot(test_error, seed_error)
+        verdict = "holds" if mean >= 0 else ("tie" if mean >= -2 * error else "fails")
+        result[f"{better}-{worse}"] = {"per_seed": deltas, "mean": mean, "standard_error": error,
+                                       "test_error": test_error, "seed_error": seed_error, "verdict": verdict}
+    return result
+
+
+def paired_verdict(paired: dict[str, dict]) -> str:
+    """``yes`` (every comparison holds), ``yes, within noise`` (the others are ties) or ``no``."""
+    verdicts = {entry["verdict"] for entry in paired.values()}
+    if "fails" in verdicts:
+        return "no"
+    return "yes, within noise" if "tie" in verdicts else "yes"
 
 
 def _ordered(score: dict[str, float]) -> bool:
@@ -84,6 +129,19 @@ def markdown(summary: dict, *, title: str) -> str:
         cells = [f"{row['mean_test_loss'][v]:.4f}" for v in COLUMNS]
         lines.append(f"| {row['time_steps']} | " + " | ".join(cells)
                      + f" | {'yes' if row['loss_ordered_on_mean'] else 'no'} |")
+    rows = [row for row in summary["rows"] if row.get("paired")]
+    if rows:
+        lines += ["", "Paired accuracy differences on the same test images (points, mean over seeds ± standard "
+                  "error of test images and seeds; a negative difference within two errors is a tie):", "",
+                  "| T | " + " | ".join(f"{a} − {b}" for a, b in COMPARISONS) + " | full ≥ each ≥ baseline |",
+                  "|---:|" + "---:|" * len(COMPARISONS) + ":-:|"]
+        for row in rows:
+            cells = []
+            for better, worse in COMPARISONS:
+                entry = row["paired"][f"{better}-{worse}"]
+                mark = {"holds": "", "tie": " (tie)", "fails": " (**fails**)"}[entry["verdict"]]
+                cells.append(f"{100 * entry['mean']:+.2f} ± {100 * entry['standard_error']:.2f}{mark}")
+            lines.append(f"| {row['time_steps']} | " + " | ".join(cells) + f" | {paired_verdict(row['paired'])} |")
     return "\n".join(lines) + "\n"
 
 

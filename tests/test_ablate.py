@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from helpers import train_briefly
-from parasnn.ablate import VARIANTS, PlotRequest, format_markdown, run_ablation
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parasnn.ablate import VARIANTS, PlotRequest, discordant_counts, format_markdown, paired_difference, run_ablation
 from parasnn.calibrate import CalibrationConfig
 from parasnn.checkpoint import load_snn, save_ann
 from parasnn.cli import main
@@ -58,6 +61,12 @@ def test_ablation_grid_has_paper_layout_and_plots(trained, tmp_path):
     for cell in report.cells:
         assert 0 <= cell.accuracy <= 1 and cell.delta_vs_ann == pytest.approx(cell.accuracy - report.ann_accuracy)
         assert cell.validation is not None
+        # Paired counts: the difference of correct images is exactly the accuracy difference.
+        assert set(cell.discordant) == {name for name, _ in VARIANTS} - {cell.variant}
+        for other, (only_this, only_other) in cell.discordant.items():
+            partner = report.cell(2, other, da=cell.da)
+            assert only_this - only_other == round(report.samples * (cell.accuracy - partner.accuracy))
+            assert partner.discordant[cell.variant] == [only_other, only_this]
     table = format_markdown(report)
     assert "| Baseline (FS-PC) | + Spatial (bn) | + Temporal (bias) | Full (bn+bias) |" in table
     assert table.count("\n| ") == 3  # header + two rows (T = 2 without and with †)
@@ -70,6 +79,22 @@ def test_ablation_grid_has_paper_layout_and_plots(trained, tmp_path):
     statistics = report.plot_statistics["T=2 †full"]
     assert set(statistics) == {"features.5", "classifier.2"}
     assert 0 <= statistics["features.5"]["snn"]["sparsity"] <= 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans(), st.booleans()), min_size=1, max_size=300))
+def test_paired_difference_is_the_mean_and_standard_error_of_per_image_differences(rows):
+    correct = {name: torch.tensor(column) for name, column in zip("abc", zip(*rows))}
+    table = discordant_counts(correct)
+    n = len(rows)
+    for first in "abc":
+        for second in set("abc") - {first}:
+            differences = correct[first].double() - correct[second].double()  # (N,) in {-1, 0, 1}
+            delta, error = paired_difference(table[first][second], n)
+            assert delta == pytest.approx(float(differences.mean()), abs=1e-12)
+            # standard error of the mean difference: population standard deviation / √N
+            assert error == pytest.approx(float(differences.std(unbiased=False)) / n ** 0.5, abs=1e-12)
+            assert table[second][first] == table[first][second][::-1]
 
 
 def test_layer_choice_and_summaries():

@@ -207,12 +207,36 @@ def test_parasnn_bench_command(tmp_path, kind):
     assert result["config"]["checkpoint"] == str(checkpoint)
 
 
-def _ablation(seed_accuracies: dict[tuple[int, str], float]) -> dict:
+def _ablation(seed_accuracies: dict[tuple[int, str], float], discordant: dict | None = None) -> dict:
+    """An ablation.json; ``discordant[(better, worse)] = [only better right, only worse right]``."""
     losses = {"baseline": 1.0, "spatial": 0.5, "temporal": 0.6, "full": 0.4}
-    cells = [{"time_steps": t, "da": False, "variant": v, "accuracy": a, "test_loss": losses[v]}
+    cells = [{"time_steps": t, "da": False, "variant": v, "accuracy": a, "test_loss": losses[v],
+              **({"discordant": {w: discordant[(v, w)] for (b, w) in discordant if b == v}} if discordant else {})}
              for (t, v), a in seed_accuracies.items()]
     cells.append({"time_steps": 2, "da": True, "variant": "full", "accuracy": 0.0})  # † cells are not summarised
-    return {"ann": {"accuracy": 0.9}, "cells": cells}
+    return {"ann": {"accuracy": 0.9, "samples": 10000}, "cells": cells}
+
+
+def test_ablation_paired_verdict_separates_ties_from_failures():
+    accuracies = {(2, "baseline"): 0.5, (2, "spatial"): 0.8, (2, "temporal"): 0.8, (2, "full"): 0.8}
+    # full vs temporal: −10 images of 10 000 with 190 discordant → −0.10 ± ~0.14 points: a tie;
+    # −100 of 100 discordant → −1.00 ± 0: a failure.
+    tie = {("full", "spatial"): [30, 10], ("full", "temporal"): [90, 100], ("spatial", "baseline"): [3000, 0],
+           ("temporal", "baseline"): [3000, 0]}
+    fail = dict(tie) | {("full", "temporal"): [0, 100]}
+    for discordant, expected, verdict in ((tie, "tie", "yes, within noise"), (fail, "fails", "no")):
+        summary = ablation_seeds.summarise({0: _ablation(accuracies, discordant),
+                                            1: _ablation(accuracies, discordant)})
+        paired = summary["rows"][0]["paired"]
+        entry = paired["full-temporal"]
+        assert entry["verdict"] == expected and entry["seed_error"] == 0
+        assert entry["mean"] == pytest.approx((discordant[("full", "temporal")][0]
+                                               - discordant[("full", "temporal")][1]) / 10000)
+        assert paired["full-spatial"]["verdict"] == "holds" and paired["spatial-baseline"]["mean"] == 0.3
+        assert ablation_seeds.paired_verdict(paired) == verdict
+        assert f"| {verdict} |" in ablation_seeds.markdown(summary, title="t")
+    # Without recorded counts (an older ablation.json) the paired table is left out.
+    assert ablation_seeds.summarise({0: _ablation(accuracies)})["rows"][0]["paired"] is None
 
 
 def test_ablation_summary_reports_mean_spread_and_the_promised_order():

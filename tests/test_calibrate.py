@@ -219,7 +219,7 @@ def test_stage_bn_running_statistics_are_the_calibration_average():
     assert torch.allclose(bn.running_var, variances, rtol=1e-4)
 
 
-def test_stage_bn_gradient_is_straight_through_by_default_and_surrogate_on_request():
+def test_stage_bn_gradient_is_the_surrogate_by_default_and_straight_through_on_request():
     model = _relu_net()
     data = _data()
     network, _ = convert_for_calibration(model, data, config=_config())
@@ -244,6 +244,10 @@ def test_stage_bn_gradient_is_straight_through_by_default_and_surrogate_on_reque
         assert report.details["gradient"] == gradient.value
         results[gradient] = calibrated.graph_module.bn1.weight
     assert not torch.equal(results[QuantizerGradient.STRAIGHT_THROUGH], results[QuantizerGradient.SURROGATE])
+    assert CalibrationConfig().bn_gradient is QuantizerGradient.SURROGATE
+    default, report = recalibrate_batchnorm(network, data, config=_config(bn_learning_rate=1e-2))
+    assert report.details["gradient"] == "surrogate"
+    assert torch.equal(default.graph_module.bn1.weight, results[QuantizerGradient.SURROGATE])
 
 
 def test_synchronised_batchnorm_in_one_process_is_batchnorm():

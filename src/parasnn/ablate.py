@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -32,7 +33,8 @@ from .graph import trace
 from .network import SpikingNetwork, device_of
 from .progress import progress
 
-__all__ = ["VARIANTS", "AblationCell", "AblationReport", "PlotRequest", "run_ablation", "format_markdown"]
+__all__ = ["VARIANTS", "AblationCell", "AblationReport", "PlotRequest", "run_ablation", "format_markdown",
+           "discordant_counts", "paired_difference"]
 
 # (name, stages without da) in the column order of paper 003 Table 3.
 VARIANTS: tuple[tuple[str, tuple[Stage, ...]], ...] = (
@@ -60,6 +62,9 @@ class AblationCell:
     validation: dict[str, float] | None
     seconds: float  # calibration time of the stages this configuration adds
     reverted: list[str] = dataclasses.field(default_factory=list)  # stages undone by the guard
+    # Paired comparison on the same test images, per other variant of the same (T, †):
+    # [images only this configuration classifies right, images only the other one does].
+    discordant: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,17 +106,50 @@ class PlotRequest:
     images: int = 256
 
 
-def _accuracy_and_loss(forward, batches: Sequence, *, description: str) -> tuple[float, float, int]:
+def _accuracy_and_loss(forward, batches: Sequence, *, description: str) -> tuple[float, float, int, Tensor]:
+    """Accuracy, mean cross-entropy and image count over all processes, and this process's
+    per-image correctness ``(N_local,)`` (bool) for paired comparisons."""
     totals = torch.zeros(3, dtype=torch.float64)
+    correct = []
     with torch.no_grad():
         for inputs, labels in progress(batches, description=description):
             logits = forward(inputs)
-            totals += torch.tensor([float((logits.argmax(1) == labels).sum()),
-                                    float(F.cross_entropy(logits, labels, reduction="sum")), float(labels.numel())],
-                                   dtype=torch.float64)
+            correct.append((logits.argmax(1) == labels.to(logits.device)).cpu())
+            totals += torch.tensor([float(correct[-1].sum()),
+                                    float(F.cross_entropy(logits, labels.to(logits.device), reduction="sum")),
+                                    float(labels.numel())], dtype=torch.float64)
     totals = distributed.all_reduce_sum(totals)
     samples = max(float(totals[2]), 1.0)
-    return float(totals[0]) / samples, float(totals[1]) / samples, int(totals[2])
+    correct = torch.cat(correct) if correct else torch.zeros(0, dtype=torch.bool)
+    return float(totals[0]) / samples, float(totals[1]) / samples, int(totals[2]), correct
+
+
+def discordant_counts(correct: dict[str, Tensor]) -> dict[str, dict[str, list[int]]]:
+    """For every ordered pair of configurations evaluated on the same images: how many images
+    only the first classifies right, and how many only the second (McNemar's table), summed
+    over processes. ``correct`` maps a name to its per-image correctness ``(N,)``."""
+    names = list(correct)
+    pairs = [(a, b) for a in names for b in names if a < b]
+    counts = torch.tensor([[float((correct[a] & ~correct[b]).sum()), float((~correct[a] & correct[b]).sum())]
+                           for a, b in pairs], dtype=torch.float64).view(len(pairs), 2)  # (pairs, 2)
+    counts = distributed.all_reduce_sum(counts)
+    table: dict[str, dict[str, list[int]]] = {name: {} for name in names}
+    for (a, b), (only_a, only_b) in zip(pairs, counts.tolist()):
+        table[a][b] = [int(only_a), int(only_b)]
+        table[b][a] = [int(only_b), int(only_a)]
+    return table
+
+
+def paired_difference(discordant: Sequence[int], samples: int) -> tuple[float, float]:
+    """Accuracy difference of two classifiers on the same ``samples`` images and its standard
+    error, from the discordant counts ``(only first right, only second right)``:
+    ``Δ = (n₁₀ − n₀₁)/N``, ``SE = √(n₁₀ + n₀₁ − N·Δ²)/N`` (McNemar). Images both classify
+    alike carry no information about the difference, which is why the paired error is far
+    smaller than the binomial error of either accuracy."""
+    only_first, only_second = discordant
+    n = max(int(samples), 1)
+    delta = (only_first - only_second) / n
+    return delta, math.sqrt(max(only_first + only_second - n * delta * delta, 0.0)) / n
 
 
 def _ann_sites(model: nn.Module):
@@ -141,7 +179,7 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
     base, originals = convert_for_calibration(model, training, config=config.replace(time_steps=time_steps[0]))
     from_relu = any(o.levels is None for o in originals.values())
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
-    ann_accuracy, ann_loss, samples = _accuracy_and_loss(lambda x: model(x.to(device)), test, description="ANN")
+    ann_accuracy, ann_loss, samples, _ = _accuracy_and_loss(lambda x: model(x.to(device)), test, description="ANN")
     report = AblationReport(model=model_name or type(model).__name__, dataset=dataset, from_relu=from_relu,
                             ann_accuracy=ann_accuracy, ann_loss=ann_loss, samples=samples, config=config)
     plot_inputs, ann_values, layers = None, None, None
@@ -175,20 +213,25 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
             networks["full"], _ = correct_temporal_bias(networks["spatial"], training, config=step_config,
                                                         validation=validation)
             seconds["full"] = seconds["spatial"] + time.perf_counter() - stamp
-            baseline_accuracy = None
+            baseline_accuracy, correct, cells = None, {}, []
             for name, stages in VARIANTS:
                 network = networks[name]
-                accuracy, loss, _ = _accuracy_and_loss(lambda x: network(x.to(device), time_steps=T), test,
-                                                       description=f"SNN T={T} {'†' if with_da else ''}{name}")
+                accuracy, loss, _, correct[name] = _accuracy_and_loss(
+                    lambda x: network(x.to(device), time_steps=T), test,
+                    description=f"SNN T={T} {'†' if with_da else ''}{name}")
                 if baseline_accuracy is None:
                     baseline_accuracy = accuracy
                 held = evaluate_loss(network, validation, time_steps=T) if has_validation else None
-                report.cells.append(AblationCell(
+                cells.append(AblationCell(
                     time_steps=T, da=with_da, variant=name,
                     stages=[s.value for s in ((Stage.DA,) if with_da else ()) + stages], accuracy=accuracy,
                     delta_vs_ann=accuracy - ann_accuracy, gain_vs_baseline=accuracy - baseline_accuracy,
                     test_loss=loss, validation=held, seconds=seconds[name],
                     reverted=[s for s in ("da", "bn") if s in reverted and (s == "da" or Stage.BN in stages)]))
+            table = discordant_counts(correct)  # one collective for all pairs
+            for cell, (name, _) in zip(cells, VARIANTS):
+                cell.discordant = table[name]
+            report.cells.extend(cells)
             if plots is not None and distributed.is_main_process():
                 report.plots.append(str(_plot(plots, networks, ann_values, plot_inputs, layers, T=T, da=with_da,
                                               report=report, device=device)))

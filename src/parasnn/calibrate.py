@@ -110,10 +110,10 @@ def parse_stages(text: str | Iterable[str | Stage]) -> tuple[Stage, ...]:
 class QuantizerGradient(str, enum.Enum):
     """Which gradient flows through the quantizer (the neuron) in stage 1.
 
-    ``STRAIGHT_THROUGH``: the DA-QCFS ANN's own estimator (paper 003 Alg. 2 runs on the
-    DA-QCFS ANN, trained like QCFS): ``∂count/∂U = 1/θ`` wherever ``0 < (U+ψ)/θ < T``, zero
-    outside (``floor`` passes gradients, ``clip`` blocks them). ``SURROGATE``: the IF
-    neuron's triangle surrogate of ``Σ_t H(v_t − θ)`` (the gradient of stage 2).
+    ``SURROGATE`` (default): the IF neuron's triangle surrogate of ``Σ_t H(v_t − θ)`` (the
+    gradient of stage 2). ``STRAIGHT_THROUGH``: the DA-QCFS ANN's own estimator (paper 003
+    Alg. 2 runs on the DA-QCFS ANN, trained like QCFS): ``∂count/∂U = 1/θ`` wherever
+    ``0 < (U+ψ)/θ < T``, zero outside (``floor`` passes gradients, ``clip`` blocks them).
     """
 
     STRAIGHT_THROUGH = "ste"
@@ -154,7 +154,14 @@ class CalibrationConfig:
             measured on Fashion-MNIST, ReLU VGG at T = 4: 90.0 % at 1e-3 × 1 epoch, 92.8 % at
             5e-3 × 3 epochs).
         bn_epochs: passes of affine fine-tuning (paper §4.2: "a few epochs"; Alg. 2: one).
-        bn_gradient: :class:`QuantizerGradient` through the neurons (default straight-through).
+        bn_gradient: :class:`QuantizerGradient` through the neurons. Default: the IF neuron's
+            triangle surrogate (paper 003 App. C: "spiking nonlinearity is treated as a
+            Heaviside step with a smooth surrogate derivative during fine-tuning"). Measured on
+            Fashion-MNIST, stage 1 alone, three seeds (ReLU VGG): 86.24 % against 83.48 % with
+            the straight-through estimator at T = 2, 92.59 against 92.47 at T = 4, 93.61
+            against 93.42 at T = 8; QCFS L = 4 VGG at T = 2, seed 0: 87.34 against 85.10. The
+            STE passes a gradient of 1 over the whole clipping range and so cannot see where
+            the few levels of a small T lie; the surrogate can.
     Stage 2 (§4c):
         bias_learning_rate, bias_final_learning_rate: AdamW peak and final rate. Default 2e-2 →
             2e-3, ten times the paper's CIFAR rate: the paper takes one epoch of a training set
@@ -164,7 +171,11 @@ class CalibrationConfig:
         bias_epochs: passes over the training batches (paper: one; default three, early
             stopping usually ends sooner).
         clip_norm: gradient-norm clipping of the biases.
-        patience: validations without improvement before stopping.
+        patience: validations without improvement before stopping. Default 10 (100 steps):
+            with 5, stage 2 stopped during the high learning rates of the schedule, where
+            the held-out loss is noisy (Fashion-MNIST, ReLU VGG, T = 2, seed 1: 82.32 %
+            after 130 of 189 steps against 86.62 % when run to the end; the kept biases are
+            the best on held-out data either way).
         validation_interval: steps between validations.
     Both training stages: warmup_fraction of the steps warm up linearly; no weight decay.
     Guard:
@@ -190,12 +201,12 @@ class CalibrationConfig:
     bn_learning_rate: float = 5e-3
     bn_final_learning_rate: float = 5e-4
     bn_epochs: int = 3
-    bn_gradient: QuantizerGradient = QuantizerGradient.STRAIGHT_THROUGH
+    bn_gradient: QuantizerGradient = QuantizerGradient.SURROGATE
     bias_learning_rate: float = 2e-2
     bias_final_learning_rate: float = 2e-3
     bias_epochs: int = 3
     clip_norm: float = 1.0
-    patience: int = 5
+    patience: int = 10
     validation_interval: int = 10
     warmup_fraction: float = 0.1
     revert_if_worse: bool = True
@@ -737,12 +748,12 @@ def recalibrate_batchnorm(network: SpikingNetwork, batches: Iterable, *, config:
        final γ, β (the fine-tuning changed the inputs of every later BN);
     4. every BN back to eval.
 
-    Gradient through the neurons (``config.bn_gradient``): by default the straight-through
-    estimator of the DA-QCFS ANN that Alg. 2 trains (``∂a/∂z = θ_post/θ`` on the clipping
-    range, see :class:`_StraightThroughNeuron`) — decision: stage 1 is, in the paper, ANN
-    fine-tuning of the DA-QCFS model, and the STE is that model's gradient;
-    ``QuantizerGradient.SURROGATE`` uses the IF neuron's own triangle surrogate instead
-    (the gradient of stage 2). The forward values are the same either way.
+    Gradient through the neurons (``config.bn_gradient``): by default the IF neuron's own
+    triangle surrogate, the gradient of stage 2 (decision, measured: see
+    :class:`CalibrationConfig`); ``QuantizerGradient.STRAIGHT_THROUGH`` uses the
+    straight-through estimator of the DA-QCFS ANN instead (``∂a/∂z = θ_post/θ`` on the
+    clipping range, see :class:`_StraightThroughNeuron`). The forward values are the same
+    either way.
     Under torchrun the statistics are those of the global batch and gradients are averaged.
     """
     batches = _materialise(batches, where="stage bn")

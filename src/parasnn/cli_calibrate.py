@@ -76,7 +76,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
                     help=f"learning rate at the end of the cosine (default {defaults.bn_final_learning_rate})")
     bn.add_argument("--bn-epochs", type=int, default=defaults.bn_epochs)
     bn.add_argument("--bn-gradient", choices=[g.value for g in QuantizerGradient], default=defaults.bn_gradient.value,
-                    help="gradient through the neurons: straight-through (ste, default) or triangle surrogate")
+                    help="gradient through the neurons: the IF triangle surrogate (default) or straight-through (ste)")
     bias = parser.add_argument_group("stage bias (temporal correction)")
     bias.add_argument("--bias-lr", type=float, default=defaults.bias_learning_rate,
                       help=f"peak AdamW learning rate (default {defaults.bias_learning_rate})")
