@@ -30,11 +30,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from parasnn.ablate import COMPARISONS, paired_difference
+
 __all__ = ["summarise", "markdown", "main"]
 
 COLUMNS = ("baseline", "spatial", "temporal", "full")
-# (better, worse) pairs of the promised order full ≥ each single stage ≥ baseline.
-COMPARISONS = (("full", "spatial"), ("full", "temporal"), ("spatial", "baseline"), ("temporal", "baseline"))
 
 
 def summarise(reports: dict[int, dict]) -> dict:
@@ -73,7 +73,6 @@ def summarise(reports: dict[int, dict]) -> dict:
 def _paired(reports: dict[int, dict], time_steps: int) -> dict[str, dict] | None:
     """Per comparison of :data:`COMPARISONS`: the mean accuracy difference over seeds, its
     standard error (test images and seeds, see the module docstring) and the verdict."""
-    from parasnn.ablate import paired_difference
     result = {}
     for better, worse in COMPARISONS:
         deltas, errors = [], []

@@ -9,7 +9,8 @@ from helpers import train_briefly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parasnn.ablate import VARIANTS, PlotRequest, discordant_counts, format_markdown, paired_difference, run_ablation
+from parasnn.ablate import (VARIANTS, AblationReport, PlotRequest, discordant_counts, format_markdown, paired_difference,
+                            run_ablation)
 from parasnn.calibrate import CalibrationConfig
 from parasnn.checkpoint import load_snn, save_ann
 from parasnn.cli import main
@@ -69,9 +70,13 @@ def test_ablation_grid_has_paper_layout_and_plots(trained, tmp_path):
             assert partner.discordant[cell.variant] == [only_other, only_this]
     table = format_markdown(report)
     assert "| Baseline (FS-PC) | + Spatial (bn) | + Temporal (bias) | Full (bn+bias) |" in table
-    assert table.count("\n| ") == 3  # header + two rows (T = 2 without and with †)
+    assert table.count("\n| ") == 6  # two tables: header + two rows (T = 2 without and with †)
+    delta, error = paired_difference(report.cell(2, "full", da=False).discordant["spatial"], report.samples)
+    assert f"| 2 |  | {100 * delta:+.2f} ± {100 * error:.2f} |" in table
     assert f"{100 * report.ann_accuracy:.2f}" in table
     assert json.loads(json.dumps(report.to_dict()))["cells"][0]["accuracy"] == report.cells[0].accuracy
+    reloaded = AblationReport.from_dict(json.loads(json.dumps(report.to_dict())))
+    assert reloaded == report and format_markdown(reloaded) == table
     assert [p.split("/")[-1] for p in report.plots] == ["distributions_T2.png", "distributions_T2_da.png"]
     for plot in report.plots:
         with open(plot, "rb") as stream:

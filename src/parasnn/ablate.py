@@ -33,7 +33,7 @@ from .graph import trace
 from .network import SpikingNetwork, device_of
 from .progress import progress
 
-__all__ = ["VARIANTS", "AblationCell", "AblationReport", "PlotRequest", "run_ablation", "format_markdown",
+__all__ = ["VARIANTS", "COMPARISONS", "AblationCell", "AblationReport", "PlotRequest", "run_ablation", "format_markdown",
            "discordant_counts", "paired_difference"]
 
 # (name, stages without da) in the column order of paper 003 Table 3.
@@ -43,6 +43,9 @@ VARIANTS: tuple[tuple[str, tuple[Stage, ...]], ...] = (
     ("temporal", (Stage.BIAS,)),
     ("full", (Stage.BN, Stage.BIAS)),
 )
+# (better, worse): the order the method promises, full ≥ each single stage ≥ baseline.
+COMPARISONS: tuple[tuple[str, str], ...] = (("full", "spatial"), ("full", "temporal"), ("spatial", "baseline"),
+                                            ("temporal", "baseline"))
 _COLUMN_TITLES = {"baseline": "Baseline (FS-PC)", "spatial": "+ Spatial (bn)", "temporal": "+ Temporal (bias)",
                   "full": "Full (bn+bias)"}
 
@@ -94,6 +97,16 @@ class AblationReport:
                 "ann": {"accuracy": self.ann_accuracy, "loss": self.ann_loss, "samples": self.samples},
                 "config": self.config.to_dict(), "cells": [c.to_dict() for c in self.cells],
                 "plots": self.plots, "plot_statistics": self.plot_statistics}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "AblationReport":
+        """The report of :meth:`to_dict` (e.g. ``ablation.json``), to re-render its tables."""
+        ann = data["ann"]
+        return cls(model=data["model"], dataset=data["dataset"], from_relu=data["from_relu"],
+                   ann_accuracy=ann["accuracy"], ann_loss=ann["loss"], samples=ann["samples"],
+                   config=CalibrationConfig.from_dict(data["config"]),
+                   cells=[AblationCell(**cell) for cell in data["cells"]], plots=list(data.get("plots", [])),
+                   plot_statistics=dict(data.get("plot_statistics", {})))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,4 +302,15 @@ def format_markdown(report: AblationReport) -> str:
         cells = [report.cell(T, name, da=da) for name, _ in VARIANTS]
         lines.append(f"| {100 * report.ann_accuracy:.2f} | {T} | {'†' if da else ''} | "
                      + " | ".join(_cell_text(c) for c in cells) + " |")
+    lines += ["", "Paired differences on the same test images (points ± McNemar standard error; only the "
+              "images two configurations classify differently count):", "",
+              "| T | † | " + " | ".join(f"{a} − {b}" for a, b in COMPARISONS) + " |",
+              "|---:|:-:|" + "---:|" * len(COMPARISONS)]
+    for T, da in keys:
+        cells = []
+        for better, worse in COMPARISONS:
+            delta, error = paired_difference(report.cell(T, better, da=da).discordant.get(worse, (0, 0)),
+                                             report.samples)
+            cells.append(f"{100 * delta:+.2f} ± {100 * error:.2f}")
+        lines.append(f"| {T} | {'†' if da else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
