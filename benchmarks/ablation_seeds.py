@@ -113,7 +113,8 @@ def markdown(summary: dict, *, title: str) -> str:
     lines = [f"### {title}", "",
              f"ANN {100 * ann:.2f}%. Mean ± standard deviation over seeds {summary['seeds']} (the seed orders the "
              "calibration batches); in brackets the loss of the mean against the ANN.", "",
-             "| T | Baseline (FS-PC) | + Spatial (bn) | + Temporal (bias) | Full (bn+bias) | full ≥ each ≥ baseline |",
+             "| T | Baseline (FS-PC) | + Spatial (bn) | + Temporal (bias) | Full (bn+bias) "
+             "| full ≥ each ≥ baseline, point estimates |",
              "|---:|---:|---:|---:|---:|:-:|"]
     for row in summary["rows"]:
         cells = [f"{100 * row['mean'][v]:.2f} ± {100 * row['stdev'][v]:.2f} ({100 * (row['mean'][v] - ann):+.2f})"
@@ -132,7 +133,7 @@ def markdown(summary: dict, *, title: str) -> str:
     if rows:
         lines += ["", "Paired accuracy differences on the same test images (points, mean over seeds ± standard "
                   "error of test images and seeds; a negative difference within two errors is a tie):", "",
-                  "| T | " + " | ".join(f"{a} − {b}" for a, b in COMPARISONS) + " | full ≥ each ≥ baseline |",
+                  "| T | " + " | ".join(f"{a} − {b}" for a, b in COMPARISONS) + " | full ≥ each ≥ baseline, paired |",
                   "|---:|" + "---:|" * len(COMPARISONS) + ":-:|"]
         for row in rows:
             cells = []

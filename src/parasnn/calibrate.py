@@ -159,7 +159,7 @@ class CalibrationConfig:
             Heaviside step with a smooth surrogate derivative during fine-tuning"). Measured on
             Fashion-MNIST, stage 1 alone, three seeds (ReLU VGG): 86.24 % against 83.48 % with
             the straight-through estimator at T = 2, 92.59 against 92.47 at T = 4, 93.61
-            against 93.42 at T = 8; QCFS L = 4 VGG at T = 2, seed 0: 87.34 against 85.10. The
+            against 93.42 at T = 8; QCFS L = 4 VGG at T = 2: 87.39 against 84.96. The
             STE passes a gradient of 1 over the whole clipping range and so cannot see where
             the few levels of a small T lie; the surrogate can.
     Stage 2 (§4c):
