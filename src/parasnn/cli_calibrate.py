@@ -84,7 +84,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     bias.add_argument("--bias-epochs", type=int, default=defaults.bias_epochs)
     bias.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="gradient-norm clipping")
     bias.add_argument("--patience", type=int, default=defaults.patience,
-                      help="validations without improvement before stopping")
+                      help=f"validations without improvement before stopping (default {defaults.patience})")
     bias.add_argument("--validation-interval", type=int, default=defaults.validation_interval,
                       help="training steps between validations")
     parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
