@@ -77,6 +77,10 @@ def test_ablation_grid_has_paper_layout_and_plots(trained, tmp_path):
     assert json.loads(json.dumps(report.to_dict()))["cells"][0]["accuracy"] == report.cells[0].accuracy
     reloaded = AblationReport.from_dict(json.loads(json.dumps(report.to_dict())))
     assert reloaded == report and format_markdown(reloaded) == table
+    # A report saved before paired counts were recorded renders without the paired table.
+    for cell in reloaded.cells:
+        cell.discordant = {}
+    assert format_markdown(reloaded) == table.split("\n\nPaired differences")[0]
     assert [p.split("/")[-1] for p in report.plots] == ["distributions_T2.png", "distributions_T2_da.png"]
     for plot in report.plots:
         with open(plot, "rb") as stream:

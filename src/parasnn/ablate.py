@@ -302,6 +302,8 @@ def format_markdown(report: AblationReport) -> str:
         cells = [report.cell(T, name, da=da) for name, _ in VARIANTS]
         lines.append(f"| {100 * report.ann_accuracy:.2f} | {T} | {'†' if da else ''} | "
                      + " | ".join(_cell_text(c) for c in cells) + " |")
+    if not all(cell.discordant for cell in report.cells):  # a report saved before paired counts existed
+        return "\n".join(lines)
     lines += ["", "Paired differences on the same test images (points ± McNemar standard error; only the "
               "images two configurations classify differently count):", "",
               "| T | † | " + " | ".join(f"{a} − {b}" for a, b in COMPARISONS) + " |",
@@ -309,8 +311,7 @@ def format_markdown(report: AblationReport) -> str:
     for T, da in keys:
         cells = []
         for better, worse in COMPARISONS:
-            delta, error = paired_difference(report.cell(T, better, da=da).discordant.get(worse, (0, 0)),
-                                             report.samples)
+            delta, error = paired_difference(report.cell(T, better, da=da).discordant[worse], report.samples)
             cells.append(f"{100 * delta:+.2f} ± {100 * error:.2f}")
         lines.append(f"| {T} | {'†' if da else ''} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

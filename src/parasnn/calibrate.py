@@ -169,7 +169,7 @@ class CalibrationConfig:
             per epoch, and Adam moves a parameter by about one learning rate per step
             (measured on Fashion-MNIST: 2e-2 beats 2e-3; see the ablation notes).
         bias_epochs: passes over the training batches (paper: one; default three, early
-            stopping usually ends sooner).
+            stopping may end sooner).
         clip_norm: gradient-norm clipping of the biases.
         patience: validations without improvement before stopping. Default 10 (100 steps):
             with 5, stage 2 stopped during the high learning rates of the schedule, where
