@@ -1,13 +1,18 @@
-"""``argparse`` types shared by every ``parasnn`` command: each turns a command-line string
-into a value or raises :class:`argparse.ArgumentTypeError`, which argparse reports as a usage
-error naming the option."""
+"""Options from the user, parsed once for every ``parasnn`` command: ``argparse`` types (each
+turns a command-line string into a value or raises :class:`argparse.ArgumentTypeError`,
+which argparse reports as a usage error naming the option) and option dataclasses read back
+from a saved checkpoint or JSON (:func:`dataclass_from_dict`)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+from typing import Any, Mapping, TypeVar
 
 import torch
 
-__all__ = ["positive_int", "positive_int_list", "device"]
+__all__ = ["positive_int", "positive_int_list", "device", "dataclass_from_dict"]
+
+_Options = TypeVar("_Options")
 
 
 def positive_int(text: str) -> int:
@@ -39,3 +44,13 @@ def device(text: str) -> torch.device:
         return torch.device(text)
     except RuntimeError as error:
         raise argparse.ArgumentTypeError(f"unknown device {text!r}: {error}") from None
+
+
+def dataclass_from_dict(cls: type[_Options], data: Mapping[str, Any], *,
+                        error: type[Exception] = ValueError) -> _Options:
+    """``cls(**data)`` for an options dataclass, refusing entries it does not know (a saved
+    configuration from another version, or a typo) with ``error`` naming them."""
+    unknown = set(data) - {field.name for field in dataclasses.fields(cls)}
+    if unknown:
+        raise error(f"{cls.__name__}: unknown entries {sorted(unknown)}")
+    return cls(**data)

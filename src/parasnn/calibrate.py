@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import distributed
+from .arguments import dataclass_from_dict
 from .convert import (BatchNormMode, ConversionConfig, ThresholdStatistic, convert, isolate_activations,
                       quantize_relus, set_submodule)
 from .graph import check_convertible, trace
@@ -254,11 +255,7 @@ class CalibrationConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CalibrationConfig":
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise CalibrationError(f"CalibrationConfig: unknown entries {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, error=CalibrationError)
 
 
 # -- the original activation of a site ---------------------------------------------------

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .arguments import dataclass_from_dict
 from .checkpoint import CheckpointError, save_ann
 from .data import augment, calibration_split, load_dataset, make_loader
 from .evaluate import ann_accuracy
@@ -84,11 +85,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"TrainConfig: unknown entries {sorted(unknown)}")
-        return cls(**data)
+        return dataclass_from_dict(cls, data)
 
     def model_spec(self, input_shape: tuple[int, int, int], num_classes: int) -> ModelSpec:
         return ModelSpec(name=self.model, input_shape=tuple(input_shape), num_classes=num_classes,
