@@ -12,7 +12,7 @@ run again. Writes ``OUT/seeds.json`` and ``OUT/seeds.md``.
 How "≥" is judged. A single test-set accuracy on 10 000 images has a binomial standard
 error of about 0.25 points at 93 %, but two configurations are evaluated on the *same*
 images, so their difference is measured far more precisely: only the images on which they
-disagree carry information (McNemar; :func:`parasnn.ablate.paired_difference`). For each
+disagree carry information (McNemar; :func:`parasnn.evaluation.ablation.paired_difference`). For each
 comparison the table gives the mean difference over seeds ± its standard error, which adds
 the test-set error of the paired difference (taken as fully correlated across seeds, since
 the test images are the same: the root mean square of the per-seed errors) and the spread
@@ -30,7 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from parasnn.ablate import COMPARISONS, paired_difference
+from parasnn.evaluation.ablation import COMPARISONS, paired_difference
 
 __all__ = ["summarise", "markdown", "main"]
 
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             print("running " + shlex.join(command), file=sys.stderr, flush=True)
             subprocess.run(command, check=True)
         reports[seed] = json.loads(result.read_text())
-    from parasnn.files import write_json, write_text
+    from parasnn.io.files import write_json, write_text
     summary = summarise(reports)
     summary["command"] = "python " + shlex.join(["benchmarks/ablation_seeds.py",
                                                  *(sys.argv[1:] if argv is None else argv)])

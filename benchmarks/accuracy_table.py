@@ -15,7 +15,7 @@ Rows are a registry: a **row** is a function ``(context, T) -> RowResult`` regis
 
     @row("full", description="main paper: DA + BN recalibration + temporal bias (parallel)")
     def full(context, time_steps):
-        from parasnn.calibrate import CalibrationConfig, calibrate
+        from parasnn.calibration.pipeline import CalibrationConfig, calibrate
         network = calibrate(context.model, context.calibration_batches,
                             config=CalibrationConfig(time_steps=time_steps))
         return evaluate_network(context, network, time_steps=time_steps, form=Form.PARALLEL)
@@ -39,13 +39,13 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling baselines module
 
-from parasnn.arguments import device as device_argument  # noqa: E402
-from parasnn.checkpoint import load_ann  # noqa: E402
-from parasnn.convert import convert  # noqa: E402
-from parasnn.energy import ActivityReport  # noqa: E402
-from parasnn.evaluate import Form, ann_accuracy, snn_accuracy  # noqa: E402
-from parasnn.models import ActivationKind, ModelSpec  # noqa: E402
-from parasnn.network import SpikingNetwork  # noqa: E402
+from parasnn.cli.arguments import device as device_argument  # noqa: E402
+from parasnn.io.checkpoint import load_ann  # noqa: E402
+from parasnn.conversion.stages import convert  # noqa: E402
+from parasnn.evaluation.energy import ActivityReport  # noqa: E402
+from parasnn.evaluation.accuracy import Form, ann_accuracy, snn_accuracy  # noqa: E402
+from parasnn.zoo.models import ActivationKind, ModelSpec  # noqa: E402
+from parasnn.conversion.network import SpikingNetwork  # noqa: E402
 
 __all__ = ["Backbone", "BACKBONES", "Context", "RowResult", "Row", "ROWS", "DEFAULT_METHODS", "row",
            "evaluate_network", "build_table", "markdown_table", "main"]
@@ -197,11 +197,11 @@ def fs_pc_parallel(context: Context, time_steps: int) -> RowResult:
 
 def _calibrated_row(stages: str):
     """A row of the main paper's calibration (paper 003): the backbone calibrated for each T
-    on the held-apart training slice with :func:`parasnn.calibrate.calibrate` and the given
-    stages (default hyperparameters, :class:`~parasnn.calibrate.CalibrationConfig`), then run in
+    on the held-apart training slice with :func:`parasnn.calibration.pipeline.calibrate` and the given
+    stages (default hyperparameters, :class:`~parasnn.calibration.pipeline.CalibrationConfig`), then run in
     parallel."""
     def function(context: Context, time_steps: int) -> RowResult:
-        from parasnn.calibrate import CalibrationConfig, calibrate
+        from parasnn.calibration.pipeline import CalibrationConfig, calibrate
         config = CalibrationConfig(stages=stages, time_steps=time_steps)
         start = time.perf_counter()
         network = calibrate(context.model, context.calibration_batches, config=config)
@@ -222,8 +222,8 @@ row("full-dagger", description="main paper with †: DA-QCFS + BN recalibration 
 @row("pascal", description="PASCAL (paper 002): inhibitory-spike neurons run serially, layer-pipelined; exact "
      "at T = L, reported in the T = L column with its effective latency T_eff", applies_to=(ActivationKind.QCFS,))
 def pascal(context: Context, time_steps: int) -> RowResult:
-    from parasnn.methods import neuron_factory
-    from parasnn.pascal import evaluate_pascal
+    from parasnn.conversion.methods import neuron_factory
+    from parasnn.methods.pascal import evaluate_pascal
     from parasnn.neurons.qcfs import QCFS
     levels = sorted({int(module.levels) for module in context.model.modules() if isinstance(module, QCFS)})
     if time_steps != max(levels, default=0):  # one cell: its timing is the layers' L, not T
@@ -239,7 +239,7 @@ def pascal(context: Context, time_steps: int) -> RowResult:
 
 def _pmsm_network(context: Context) -> SpikingNetwork:
     if "pmsm" not in context.cache:
-        from parasnn.methods import neuron_factory
+        from parasnn.conversion.methods import neuron_factory
         context.cache["pmsm"] = convert(context.model, neuron=neuron_factory("pmsm")).to(context.device)
     return context.cache["pmsm"]
 
@@ -401,8 +401,8 @@ def _load_context(backbone: Backbone, path: Path, *, device: torch.device, limit
                   calibration_size: int | None, batch_size: int, root: Path) -> Context:
     """Test batches (``batch_size``) and calibration batches of the held-apart training slice
     (the calibration stages' own batch size, so the rows match ``parasnn ablate``)."""
-    from parasnn.calibrate import CalibrationConfig
-    from parasnn.data import first_examples, load_dataset, make_loader, recorded_split
+    from parasnn.calibration.pipeline import CalibrationConfig
+    from parasnn.datasets.data import first_examples, load_dataset, make_loader, recorded_split
     model, spec, checkpoint = load_ann(path)
     config = checkpoint.get("config", {})
     splits = load_dataset(config.get("dataset", "fashion-mnist"), data_dir=config.get("data_dir"))
@@ -439,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/accuracy"))
     parser.add_argument("--title", help="a line of Markdown put before the tables in accuracy.md")
     args = parser.parse_args(argv)
-    from parasnn import bench
-    from parasnn.files import write_json, write_text
+    from parasnn.bench import measure as bench
+    from parasnn.io.files import write_json, write_text
     device = args.device
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ROWS]

@@ -25,8 +25,8 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from parasnn.bench import relu_twin
-from parasnn.network import device_of
+from parasnn.bench.measure import relu_twin
+from parasnn.conversion.network import device_of
 from parasnn.neurons import QCFS
 
 __all__ = ["FoldedParallelNeuron", "folded_network", "run_folded", "require_spikingjelly", "spikingjelly_network",

@@ -29,7 +29,7 @@ import ablation_seeds  # noqa: E402
 import accuracy_table  # noqa: E402
 import speed  # noqa: E402
 import update_readme  # noqa: E402
-from parasnn.bench import CLOCKS  # noqa: E402
+from parasnn.bench.measure import CLOCKS  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ SpikingJelly and FS-PC's time-folded network — same process, same batch, same 
 Models (random weights: Kaiming initialisation, seed 0, BatchNorm in eval at its initial
 statistics; speed does not depend on the weights' values): VGG-16 and ResNet-20 on
 3×32×32 inputs, the small Fashion-MNIST VGG on 1×28×28, all with QCFS activations (L = 4,
-θ = 1). Engines, per model × batch size × T (see :mod:`parasnn.bench` for the method):
+θ = 1). Engines, per model × batch size × T (see :mod:`parasnn.bench.measure` for the method):
 
 =================  ===========================================================================
 ``ann``            the QCFS ANN (the network's own activations: the same elementwise work)
@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling baseline
 
 from baselines import folded_network, run_folded, run_spikingjelly, spikingjelly_network  # noqa: E402
 
-from parasnn import bench  # noqa: E402
-from parasnn.arguments import device as device_argument  # noqa: E402
-from parasnn.convert import convert  # noqa: E402
-from parasnn.models import ActivationSpec, ModelSpec, build_model  # noqa: E402
+from parasnn.bench import measure as bench  # noqa: E402
+from parasnn.cli.arguments import device as device_argument  # noqa: E402
+from parasnn.conversion.stages import convert  # noqa: E402
+from parasnn.zoo.models import ActivationSpec, ModelSpec, build_model  # noqa: E402
 
 MODELS = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "vgg-small": (1, 28, 28)}
 FOLDED, SPIKINGJELLY = "folded", "spikingjelly"
@@ -52,8 +52,8 @@ NOTES = (
     "`spikingjelly`: SpikingJelly 0.0.0.0.14 ann2snn.Converter on the ReLU twin, scales set to the QCFS θ, "
     "v₀ = θ/2, stateless layers wrapped in SeqToANNContainer, IF nodes in multi-step mode "
     "(benchmarks/baselines.py says why each correction is needed). It folds BN into the convolutions.",
-    "`serial` is parasnn.simulate.serial_forward: the fx graph interpreted once per step (it also counts "
-    "spikes per layer); `parallel+trains` is parasnn.simulate.spike_trains for every neuron layer.",
+    "`serial` is parasnn.simulation.forms.serial_forward: the fx graph interpreted once per step (it also counts "
+    "spikes per layer); `parallel+trains` is parasnn.simulation.forms.spike_trains for every neuron layer.",
     "`folded`: FS-PC's reference style, T copies of the input in the batch through parallel neurons that "
     "materialise their trains.",
     "Ratios are per round (paired), median [q1–q3]; engines whose cost grows with T are capped, skipped cases "
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-folded", action="store_true", help="leave the FS-PC folded baseline out")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc malloc keeps freed memory (no page faults on every pass; see "
-                             "parasnn.bench.keep_freed_cpu_memory); default: the allocator as it comes")
+                             "parasnn.bench.measure.keep_freed_cpu_memory); default: the allocator as it comes")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/bench/speed"))
@@ -107,7 +107,7 @@ def _share_weights_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def model_cases(name: str, *, batch_size: int, time_steps: list[int], width: int | None, device: torch.device,
                 seed: int, spikingjelly: bool, folded: bool) -> tuple[list[bench.Case], dict, list[str]]:
-    """Every engine of one model × batch size, as :class:`parasnn.bench.Case` objects."""
+    """Every engine of one model × batch size, as :class:`parasnn.bench.measure.Case` objects."""
     shape = MODELS[name]
     spec = ModelSpec(name=name, input_shape=shape, num_classes=10, width=width,
                      activation=ActivationSpec(kind="qcfs", levels=4, threshold=1.0))

@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     # Named after the last three parts of the path: the run, the experiment and the file.
     figures = [Path("docs/figures") / "-".join(source.parts[-3:]) for source in args.figure]
     if not args.check:
-        from parasnn.files import atomic_path
+        from parasnn.io.files import atomic_path
         for source, figure in zip(args.figure, figures):
             with atomic_path(args.readme.parent / figure) as temporary:
                 temporary.write_bytes(source.read_bytes())
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if updated != text:
-        from parasnn.files import write_text
+        from parasnn.io.files import write_text
         write_text(args.readme, updated)
         print(f"updated the results section of {args.readme}", file=sys.stderr)
     return 0

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from parasnn.checkpoint import load_ann
+from parasnn.io.checkpoint import load_ann
 from parasnn.cli import DEMO_CHECKPOINT, DEMO_TEST_SLICE
-from parasnn.data import load_dataset, save_subset, to_uint8
-from parasnn.files import atomic_path
+from parasnn.datasets.data import load_dataset, save_subset, to_uint8
+from parasnn.io.files import atomic_path
 
 
 def main() -> None:

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from parasnn.data import make_loader
+from parasnn.datasets.data import make_loader
 
 
 class LargestTensor(TorchDispatchMode):

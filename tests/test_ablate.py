@@ -9,16 +9,16 @@ from helpers import train_briefly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from parasnn.ablate import (VARIANTS, AblationReport, PlotRequest, discordant_counts, format_markdown, paired_difference,
+from parasnn.evaluation.ablation import (VARIANTS, AblationReport, PlotRequest, discordant_counts, format_markdown, paired_difference,
                             run_ablation)
-from parasnn.calibrate import CalibrationConfig
-from parasnn.checkpoint import load_snn, save_ann
+from parasnn.calibration.pipeline import CalibrationConfig
+from parasnn.io.checkpoint import load_snn, save_ann
 from parasnn.cli import main
-from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model
-from parasnn.plots import resolve_layers, summarize
+from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
+from parasnn.evaluation.plots import resolve_layers, summarize
 
 pytest.importorskip("sklearn")
-from parasnn.data import calibration_split, load_dataset, make_loader  # noqa: E402
+from parasnn.datasets.data import calibration_split, load_dataset, make_loader  # noqa: E402
 
 SPEC = ModelSpec(name="vgg-small", input_shape=(1, 8, 8), num_classes=10, width=4,
                  activation=ActivationSpec(kind=ActivationKind.RELU))

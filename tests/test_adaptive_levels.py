@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
-from parasnn.adaptive_levels import (DEFAULT_LEVEL_CHOICES, agreement, assign_levels, cluster_1d,
+from parasnn.methods.adaptive_levels import (DEFAULT_LEVEL_CHOICES, agreement, assign_levels, cluster_1d,
                                      excess_kurtosis, kurtosis_term, output_histograms, sensitivity, skewness)
 from parasnn.neurons.qcfs import QCFS
 
@@ -157,7 +157,7 @@ def test_output_histograms_count_every_output_in_forward_order():
 
 def test_train_levels_auto_end_to_end_on_digits(tmp_path, capsys):
     pytest.importorskip("sklearn")
-    from parasnn.checkpoint import load_ann
+    from parasnn.io.checkpoint import load_ann
     from parasnn.cli import main
     out = tmp_path / "al"
     arguments = ["train", "--dataset", "digits", "--model", "vgg-small", "--width", "4", "--levels", "auto",

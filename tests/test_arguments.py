@@ -3,9 +3,9 @@ import argparse
 
 import pytest
 
-from parasnn.arguments import dataclass_from_dict, positive_int, positive_int_list
-from parasnn.calibrate import CalibrationConfig, CalibrationError
-from parasnn.train import TrainConfig
+from parasnn.cli.arguments import dataclass_from_dict, positive_int, positive_int_list
+from parasnn.calibration.pipeline import CalibrationConfig, CalibrationError
+from parasnn.training.train import TrainConfig
 
 
 def test_argparse_types_accept_positive_integers_and_name_bad_text():

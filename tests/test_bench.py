@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from parasnn import bench
-from parasnn.checkpoint import save_ann
+from parasnn.bench import measure as bench
+from parasnn.io.checkpoint import save_ann
 from parasnn.cli import main as cli_main
-from parasnn.convert import convert
-from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model
-from parasnn.simulate import serial_forward
+from parasnn.conversion.stages import convert
+from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
+from parasnn.simulation.forms import serial_forward
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))

@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from parasnn.checkpoint import CheckpointError, load_ann, load_snn, read_checkpoint, save_ann, save_snn
-from parasnn.convert import ConversionConfig, convert
-from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model
+from parasnn.io.checkpoint import CheckpointError, load_ann, load_snn, read_checkpoint, save_ann, save_snn
+from parasnn.conversion.stages import ConversionConfig, convert
+from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
 
 
 def _spec(kind=ActivationKind.QCFS):

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import LargestTensor
-from parasnn.convert import BatchNormMode, ConversionConfig, RateMaxPool, convert, quantize_relus
-from parasnn.graph import ConversionError
+from parasnn.conversion.stages import BatchNormMode, ConversionConfig, RateMaxPool, convert, quantize_relus
+from parasnn.conversion.graph import ConversionError
 from parasnn.neurons import QCFS
-from parasnn.simulate import parallel_forward, serial_forward, serial_outputs, serial_step, spike_trains
+from parasnn.simulation.forms import parallel_forward, serial_forward, serial_outputs, serial_step, spike_trains
 
 
 def _randomise_batchnorm(model):

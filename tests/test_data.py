@@ -1,4 +1,4 @@
-"""Tests for parasnn.data: every on-disk layout written small into tmp_path, plus the real
+"""Tests for parasnn.datasets.data: every on-disk layout written small into tmp_path, plus the real
 Fashion-MNIST files when the Debian package is installed."""
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from parasnn import data
-from parasnn.data import (DataError, DatasetInfo, DatasetName, augment, calibration_split, first_examples,
+from parasnn.datasets import data
+from parasnn.datasets.data import (DataError, DatasetInfo, DatasetName, augment, calibration_split, first_examples,
                           load_dataset, load_subset, make_loader, recorded_split, save_subset, to_uint8)
 
 REAL_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")

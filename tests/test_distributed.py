@@ -23,10 +23,10 @@ import torch.multiprocessing as mp
 pytest.importorskip("sklearn")
 
 from helpers import train_briefly
-from parasnn import distributed  # noqa: E402
-from parasnn.calibrate import CalibrationConfig, calibrate_with_report, evaluate_loss  # noqa: E402
-from parasnn.data import calibration_split, load_dataset, make_loader  # noqa: E402
-from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model  # noqa: E402
+from parasnn.runtime import distributed  # noqa: E402
+from parasnn.calibration.pipeline import CalibrationConfig, calibrate_with_report, evaluate_loss  # noqa: E402
+from parasnn.datasets.data import calibration_split, load_dataset, make_loader  # noqa: E402
+from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model  # noqa: E402
 
 SPEC = ModelSpec(name="vgg-small", input_shape=(1, 8, 8), num_classes=10, width=4,
                  activation=ActivationSpec(kind=ActivationKind.RELU))
@@ -132,7 +132,7 @@ def test_the_commands_run_unchanged_under_torchrun(tmp_path):
     same reason) and the same evaluation counts — accuracies and spike counts are sums of
     integers over shards, so they must be equal up to the float64 division."""
     from parasnn.cli import main
-    from parasnn.train import TrainConfig, train
+    from parasnn.training.train import TrainConfig, train
     train(TrainConfig(dataset="digits", model="vgg-small", width=4, activation="relu", epochs=2, batch_size=64,
                       holdout=256, seed=0), out_dir=tmp_path / "ann", device=torch.device("cpu"))
     checkpoint = str(tmp_path / "ann" / "model.pt")

@@ -1,4 +1,4 @@
-"""The model zoo (parasnn.models): shapes, activation sites, tracing, specs."""
+"""The model zoo (parasnn.zoo.models): shapes, activation sites, tracing, specs."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import torch
 import torch.fx
 from torch import nn
 
-from parasnn.models import (DEFAULT_WIDTHS, MODEL_NAMES, ActivationKind, ActivationSpec, ModelSpec,
+from parasnn.zoo.models import (DEFAULT_WIDTHS, MODEL_NAMES, ActivationKind, ActivationSpec, ModelSpec,
                             build_model, count_activation_sites)
 from parasnn.neurons import QCFS, ActivationQuantizer
 

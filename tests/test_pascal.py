@@ -9,16 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from parasnn.checkpoint import load_snn, save_ann, save_snn
-from parasnn.convert import convert
-from parasnn.methods import Method, neuron_factory
-from parasnn.models import ActivationSpec, ModelSpec, build_model
+from parasnn.io.checkpoint import load_snn, save_ann, save_snn
+from parasnn.conversion.stages import convert
+from parasnn.conversion.methods import Method, neuron_factory
+from parasnn.zoo.models import ActivationSpec, ModelSpec, build_model
 from parasnn.neurons.pascal import (PascalNeuron, PipelinedOnlyError, accumulate, correction_steps,
                                     emission_train, membrane_charge, pascal_step, soft_reset_step,
                                     sufficient_correction_steps)
 from parasnn.neurons.qcfs import QCFS, qcfs_level
-from parasnn.pascal import compare_with_ann, effective_latency, evaluate_pascal, pascal_simulation, schedule
-from parasnn.simulate import parallel_forward, parallel_simulation, serial_forward
+from parasnn.methods.pascal import compare_with_ann, effective_latency, evaluate_pascal, pascal_simulation, schedule
+from parasnn.simulation.forms import parallel_forward, parallel_simulation, serial_forward
 
 levels_strategy = st.integers(min_value=1, max_value=9)
 seeds = st.integers(min_value=0, max_value=2**31 - 1)

@@ -10,18 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from parasnn.checkpoint import load_ann, load_snn, save_ann, save_snn
-from parasnn.convert import convert
-from parasnn.graph import ConversionError
-from parasnn.methods import Method, neuron_factory
-from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model
+from parasnn.io.checkpoint import load_ann, load_snn, save_ann, save_snn
+from parasnn.conversion.stages import convert
+from parasnn.conversion.graph import ConversionError
+from parasnn.conversion.methods import Method, neuron_factory
+from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
 from parasnn.neurons import QCFS
 from parasnn.neurons.pmsm import (PolarityMultiSpikeNeuron, PolarityQuantizer, entropy_initialisation,
                                   level_entropy, level_probabilities, parallel_polarity_count,
                                   percentile_initialisation, polarity_level, polarity_spike_train, signed_clip,
                                   simulate_multi_spike)
-from parasnn.pmsm import Initialisation, PMSMConfig, quantize_network, record_preactivations, signed_sites
-from parasnn.simulate import parallel_forward, parallel_simulation, serial_forward, serial_simulation
+from parasnn.methods.pmsm import Initialisation, PMSMConfig, quantize_network, record_preactivations, signed_sites
+from parasnn.simulation.forms import parallel_forward, parallel_simulation, serial_forward, serial_simulation
 
 # Dyadic values (multiples of 1/16, |x| < 2^9) and power-of-two thresholds: every sum, product
 # and quotient below is exact in float64, so serial and parallel forms can be compared bit for bit.
@@ -358,7 +358,7 @@ def test_wrong_networks_for_a_method_fail_at_conversion():
 def test_command_line_quantizes_converts_and_evaluates(tmp_path):
     pytest.importorskip("sklearn")
     from parasnn.cli import main
-    from parasnn.train import TrainConfig, train
+    from parasnn.training.train import TrainConfig, train
     train(TrainConfig(dataset="digits", model="vgg-small", width=8, activation="signed", levels=2, threshold=1.0,
                       epochs=2, batch_size=64, learning_rate=0.1, holdout=200), out_dir=tmp_path / "fp",
           device=torch.device("cpu"))

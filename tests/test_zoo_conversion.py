@@ -5,9 +5,9 @@ import pytest
 import torch
 from torch import nn
 
-from parasnn.convert import convert
-from parasnn.models import ActivationKind, ActivationSpec, ModelSpec, build_model, count_activation_sites
-from parasnn.simulate import parallel_forward, serial_forward
+from parasnn.conversion.stages import convert
+from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model, count_activation_sites
+from parasnn.simulation.forms import parallel_forward, serial_forward
 
 
 def _randomised(model):

@@ -1,6 +1,6 @@
 """What every spiking layer of a converted network provides.
 
-A converted network runs in two forms (see :mod:`parasnn.simulate`):
+A converted network runs in two forms (see :mod:`parasnn.simulation.forms`):
 
 * **parallel** — one pass over *time-averaged* quantities. A synaptic layer fed the
   average ``r = (1/T)·Σ_t x_t`` of its inputs outputs the average of its per-step outputs,
@@ -10,7 +10,7 @@ A converted network runs in two forms (see :mod:`parasnn.simulate`):
   layers get their state passed in and return it; nothing is hidden in the module.
 
 :class:`SerialOp` is the serial contract (``initial_state`` / ``step``); every
-:class:`SpikingNeuron` is one, and so is the rate max-pool of :mod:`parasnn.convert`.
+:class:`SpikingNeuron` is one, and so is the rate max-pool of :mod:`parasnn.conversion.stages`.
 """
 from __future__ import annotations
 

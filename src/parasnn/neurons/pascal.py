@@ -191,10 +191,10 @@ class PascalNeuron(SpikingNeuron):
     the layer's own L (bit for bit, for any ``time_steps``); :meth:`spike_count` is the
     emitted (net) count ``q``; :meth:`spike_train` is the emission train ``(L, B, ...)``.
 
-    The serial form is the layer-pipelined simulation of :mod:`parasnn.pascal`, which calls
+    The serial form is the layer-pipelined simulation of :mod:`parasnn.methods.pascal`, which calls
     :meth:`charge`, :meth:`accumulate` and :meth:`emitted_value`. :meth:`initial_state` /
     :meth:`step` raise :class:`PipelinedOnlyError`: the step-synchronous simulator of
-    :mod:`parasnn.simulate` runs every layer at every step on a constant input, which a layer
+    :mod:`parasnn.simulation.forms` runs every layer at every step on a constant input, which a layer
     that waits for its whole input cannot follow.
     """
 
@@ -248,7 +248,7 @@ class PascalNeuron(SpikingNeuron):
     def initial_state(self, current: Tensor, *, time_steps: int):
         raise PipelinedOnlyError(
             "PASCAL layers wait for their whole input before they emit, so they do not run in the "
-            "step-synchronous serial simulation; use parasnn.pascal.pascal_simulation (or "
+            "step-synchronous serial simulation; use parasnn.methods.pascal.pascal_simulation (or "
             "`parasnn evaluate --method pascal`). The parallel form (network(x, time_steps=T)) works.")
 
     def step(self, state, current: Tensor, *, time_steps: int):

@@ -332,7 +332,7 @@ def _best_on_grid(sample: Tensor, grid: Tensor, negative: int, positive: int) ->
 
 def percentile_initialisation(values: Tensor, *, levels: int, percentile: float = 99.9) -> LevelChoice:
     """The plain baseline: symmetric levels ``L⁺ = L⁻ = L`` and ``Lθ`` = the ``percentile`` of
-    ``|x|`` over the sample (the percentile rule of :class:`parasnn.convert.ThresholdStatistic`,
+    ``|x|`` over the sample (the percentile rule of :class:`parasnn.conversion.stages.ThresholdStatistic`,
     applied to both polarities). ``entropy`` reports what that choice keeps, in bits."""
     if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
         raise ValueError(f"percentile_initialisation: levels must be an integer >= 1, got {levels!r}")
@@ -361,7 +361,7 @@ class PolarityQuantizer(ActivationQuantizer):
         scale: initial r (the full-precision signed clip's half-range).
         negative_levels: L⁻ (default: ``levels``).
         quantized: round to the grid (the PMSM network) or not (``False``: the signed clip of
-            the full-precision network, the form :class:`~parasnn.models.ActivationKind`
+            the full-precision network, the form :class:`~parasnn.zoo.models.ActivationKind`
             ``SIGNED`` builds for training).
 
     ``positive_levels``, ``negative_levels`` and ``quantized`` are kept in the state dict

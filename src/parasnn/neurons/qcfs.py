@@ -117,5 +117,5 @@ def require_qcfs(activation: nn.Module, *, converter: str) -> QCFS:
     (e.g. ``"IFNeuron.from_qcfs"``) and what to do with a ReLU network."""
     if not isinstance(activation, QCFS):
         raise TypeError(f"{converter} converts QCFS activations, got {type(activation).__name__}; "
-                        "ReLU networks are quantized first (parasnn.convert(..., calibration_data=...))")
+                        "ReLU networks are quantized first (parasnn.conversion.stages(..., calibration_data=...))")
     return activation

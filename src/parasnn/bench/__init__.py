@@ -1,0 +1,1 @@
+"""Speed and memory measurement of ANNs, parallel and serial SNNs and peers."""

@@ -1,0 +1,56 @@
+"""Options from the user, parsed once for every ``parasnn`` command: ``argparse`` types (each
+turns a command-line string into a value or raises :class:`argparse.ArgumentTypeError`,
+which argparse reports as a usage error naming the option) and option dataclasses read back
+from a saved checkpoint or JSON (:func:`dataclass_from_dict`)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from typing import Any, Mapping, TypeVar
+
+import torch
+
+__all__ = ["positive_int", "positive_int_list", "device", "dataclass_from_dict"]
+
+_Options = TypeVar("_Options")
+
+
+def positive_int(text: str) -> int:
+    """One integer ≥ 1 (a T, a batch size, a count)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def positive_int_list(text: str) -> list[int]:
+    """Comma-separated integers ≥ 1, e.g. ``1,2,4,8`` (time steps, batch sizes, levels)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1 such as 1,2,4,8, got {text!r}")
+    return [positive_int(part) for part in parts]
+
+
+def device(text: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:1``, … or ``auto``: this process's GPU when there is one (its
+    local rank's under torchrun), else the CPU."""
+    if text == "auto":
+        from ..runtime.distributed import default_device
+        return default_device()
+    try:
+        return torch.device(text)
+    except RuntimeError as error:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: {error}") from None
+
+
+def dataclass_from_dict(cls: type[_Options], data: Mapping[str, Any], *,
+                        error: type[Exception] = ValueError) -> _Options:
+    """``cls(**data)`` for an options dataclass, refusing entries it does not know (a saved
+    configuration from another version, or a typo) with ``error`` naming them."""
+    unknown = set(data) - {field.name for field in dataclasses.fields(cls)}
+    if unknown:
+        raise error(f"{cls.__name__}: unknown entries {sorted(unknown)}")
+    return cls(**data)

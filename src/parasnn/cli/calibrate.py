@@ -1,0 +1,251 @@
+"""``parasnn calibrate`` and ``parasnn ablate`` — distribution-aware parallel calibration
+(paper 003) from the command line.
+
+::
+
+    parasnn calibrate ANN.pt --stages da,bn,bias --time-steps 4 --out SNN.pt
+    parasnn ablate ANN.pt --time-steps 2,4,8 --out DIR [--plots --layers 2,4,7]
+
+Calibration data is the slice of the training set that ``parasnn train`` held apart
+(``--holdout``, recorded in the checkpoint), never the test set; ``--calibration-size``
+takes its first N images. ``calibrate`` writes the SNN with :func:`parasnn.io.checkpoint.save_snn`
+(reload with ``load_snn``, evaluate with ``parasnn evaluate ANN.pt --snn SNN.pt --time-steps T``)
+and ``<out stem>.config.json``; ``ablate`` writes ``ablation.md``, ``ablation.json`` (and
+``ablation.config.json``), and with ``--plots`` one PNG per T and † variant.
+
+Both run unchanged under ``torchrun --nproc_per_node N``: each process takes its shard of
+the calibration and test data (a distributed sampler, ``--batch-size`` is the global batch),
+statistics and gradients are reduced across processes, and rank 0 alone writes files.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .arguments import device, positive_int, positive_int_list
+
+__all__ = ["add_command"]
+
+
+def _stages(text: str):
+    from ..calibration.pipeline import CalibrationError, parse_stages
+    try:
+        return parse_stages(text)
+    except CalibrationError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+
+
+def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    from ..calibration.pipeline import CalibrationConfig, QuantizerGradient
+    defaults = CalibrationConfig()
+    data = parser.add_argument_group("data")
+    data.add_argument("--calibration-size", type=int,
+                      help="images of the held-apart training slice to calibrate on (default: all of it)")
+    data.add_argument("--data-dir", help="dataset directory (default: where the checkpoint's dataset was read from)")
+    data.add_argument("--batch-size", type=int, default=defaults.batch_size,
+                      help=f"global calibration batch size (default {defaults.batch_size})")
+    data.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
+                      help="share of the calibration batches held out for stage 2's early stopping "
+                           f"(default {defaults.validation_fraction})")
+    data.add_argument("--seed", type=int, default=defaults.seed)
+    data.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    relu = parser.add_argument_group("ReLU backbones")
+    relu.add_argument("--percentile", type=float, default=defaults.percentile,
+                      help=f"activation percentile recorded as threshold, 100 = max (default {defaults.percentile})")
+    relu.add_argument("--levels", type=int, default=defaults.levels,
+                      help=f"L of the QCFS proxy stored in the checkpoint (default {defaults.levels})")
+    da = parser.add_argument_group("stage da (DA-QCFS error calibration, †)")
+    da.add_argument("--momentum", type=float, default=defaults.momentum,
+                    help=f"α of the running error averages (default {defaults.momentum})")
+    da.add_argument("--da-epochs", type=int, default=defaults.da_epochs)
+    da.add_argument("--no-da-debias", action="store_true",
+                    help="plain running averages started at 0 (as the reference code), no 1 − α^n correction")
+    parser.add_argument("--no-revert", action="store_true",
+                        help="keep the result of stages da and bn even when it raises the held-out loss "
+                             "(default: such a stage is undone)")
+    bn = parser.add_argument_group("stage bn (spatial recalibration)")
+    bn.add_argument("--bn-lr", type=float, default=defaults.bn_learning_rate,
+                    help=f"peak AdamW learning rate (default {defaults.bn_learning_rate})")
+    bn.add_argument("--bn-final-lr", type=float, default=defaults.bn_final_learning_rate,
+                    help=f"learning rate at the end of the cosine (default {defaults.bn_final_learning_rate})")
+    bn.add_argument("--bn-epochs", type=int, default=defaults.bn_epochs)
+    bn.add_argument("--bn-gradient", choices=[g.value for g in QuantizerGradient], default=defaults.bn_gradient.value,
+                    help="gradient through the neurons: the IF triangle surrogate (default) or straight-through (ste)")
+    bias = parser.add_argument_group("stage bias (temporal correction)")
+    bias.add_argument("--bias-lr", type=float, default=defaults.bias_learning_rate,
+                      help=f"peak AdamW learning rate (default {defaults.bias_learning_rate})")
+    bias.add_argument("--bias-final-lr", type=float, default=defaults.bias_final_learning_rate)
+    bias.add_argument("--bias-epochs", type=int, default=defaults.bias_epochs)
+    bias.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="gradient-norm clipping")
+    bias.add_argument("--patience", type=int, default=defaults.patience,
+                      help=f"validations without improvement before stopping (default {defaults.patience})")
+    bias.add_argument("--validation-interval", type=int, default=defaults.validation_interval,
+                      help="training steps between validations")
+    parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
+                        help="share of the training steps of stages bn and bias that warm up linearly")
+
+
+def add_command(commands) -> None:
+    calibrate = commands.add_parser(
+        "calibrate", help="convert and calibrate a network for one T (paper 003: da, bn, bias)",
+        description="Convert an ANN checkpoint (QCFS or ReLU) into a parallel SNN calibrated for T time steps: "
+                    "DA-QCFS error calibration (da, the paper's †), BatchNorm recalibration (bn, stage 1) and "
+                    "per-channel temporal bias correction (bias, stage 2), any subset, always in that order. "
+                    "Calibration data is the held-apart training slice; the test set is never used.")
+    calibrate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
+    calibrate.add_argument("--stages", type=_stages, default="da,bn,bias",
+                           help="comma-separated subset of da,bn,bias (default all; 'none' = plain FS-PC)")
+    calibrate.add_argument("--time-steps", "-T", type=positive_int, required=True, help="the target T")
+    calibrate.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
+    _add_calibration_options(calibrate)
+    calibrate.set_defaults(handler=_command_calibrate)
+
+    ablate = commands.add_parser(
+        "ablate", help="paper 003's ablation table (baseline / spatial / temporal / full, each with †)",
+        description="For every T: the FS-PC baseline, + spatial recalibration (bn), + temporal correction (bias) "
+                    "and both (full), each without and with DA-QCFS error calibration (†), evaluated on the test "
+                    "set against the ANN. Writes ablation.md and ablation.json into --out; --plots adds PNG "
+                    "histograms of ANN activations vs SNN time-averaged outputs (paper 003 Figures 1 and 4).")
+    ablate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
+    ablate.add_argument("--time-steps", "-T", type=positive_int_list, default=[2, 4, 8], help="T values (default 2,4,8)")
+    ablate.add_argument("--out", type=Path, required=True, help="directory for the table, JSON and plots")
+    ablate.add_argument("--plots", action="store_true", help="also draw activation / firing-rate histograms")
+    ablate.add_argument("--layers", help="layers to plot: neuron paths or 1-based positions, comma-separated "
+                                         "(default: the 2nd, a middle and the last activation layer)")
+    ablate.add_argument("--plot-images", type=int, default=256, help="test images used for the plots (default 256)")
+    ablate.add_argument("--limit", type=int, help="evaluate on the first N test images only")
+    ablate.add_argument("--no-dagger", action="store_true", help="skip the † (da) rows")
+    _add_calibration_options(ablate)
+    ablate.set_defaults(handler=_command_ablate)
+
+
+# -- shared pieces ----------------------------------------------------------------------------
+
+def _config(args, *, stages, time_steps: int):
+    from ..calibration.pipeline import CalibrationConfig
+    return CalibrationConfig(
+        stages=stages, time_steps=time_steps, batch_size=args.batch_size, seed=args.seed,
+        validation_fraction=args.validation_fraction, percentile=args.percentile, levels=args.levels,
+        momentum=args.momentum, da_epochs=args.da_epochs, da_debias=not args.no_da_debias,
+        bn_learning_rate=args.bn_lr, bn_final_learning_rate=args.bn_final_lr, bn_epochs=args.bn_epochs,
+        bn_gradient=args.bn_gradient, bias_learning_rate=args.bias_lr, bias_final_learning_rate=args.bias_final_lr,
+        bias_epochs=args.bias_epochs, clip_norm=args.clip_norm, patience=args.patience,
+        validation_interval=args.validation_interval, warmup_fraction=args.warmup_fraction,
+        revert_if_worse=not args.no_revert)
+
+
+def _shard_loader(dataset, *, batch_size: int):
+    """Batches of ``dataset`` in order; under torchrun this process's shard, so that batch i
+    of all processes together is batch i of one process with the global ``batch_size``."""
+    from ..runtime import distributed
+    from ..datasets.data import make_loader
+    size = distributed.world_size()
+    if size == 1:
+        return list(make_loader(dataset, batch_size=batch_size, shuffle=False))
+    if batch_size % size:
+        raise ValueError(f"--batch-size {batch_size} must be divisible by the {size} processes")
+    return list(make_loader(dataset, batch_size=batch_size // size, shuffle=False, distributed=True,
+                            num_replicas=size, rank=distributed.rank()))
+
+
+def _load(args):
+    """``(model, spec, checkpoint, splits, calibration batches)``."""
+    from ..io.checkpoint import load_ann
+    from ..datasets.data import first_examples, load_dataset, recorded_split
+    model, spec, checkpoint = load_ann(args.checkpoint)
+    train_config = checkpoint.get("config", {})
+    splits = load_dataset(train_config.get("dataset", "fashion-mnist"),
+                          data_dir=args.data_dir or train_config.get("data_dir"))
+    if args.calibration_size is not None and args.calibration_size < 1:
+        raise ValueError(f"--calibration-size must be >= 1, got {args.calibration_size}")
+    _, held_apart = recorded_split(splits.train, config=train_config, fallback_size=args.calibration_size or 5000)
+    subset = first_examples(held_apart, args.calibration_size)
+    return model, spec, checkpoint, splits, _shard_loader(subset, batch_size=args.batch_size)
+
+
+def _run(handler, args) -> int:
+    from ..runtime import distributed
+    with distributed.process_group():
+        return handler(args)
+
+
+# -- parasnn calibrate ----------------------------------------------------------------------
+
+def _command_calibrate(args) -> int:
+    return _run(_calibrate, args)
+
+
+def _calibrate(args) -> int:
+    from ..runtime import distributed
+    from ..calibration.pipeline import calibrate_with_report
+    from ..io.checkpoint import save_snn
+    from ..io.files import write_json
+    from ..conversion.methods import Method
+    config = _config(args, stages=args.stages, time_steps=args.time_steps)
+    model, spec, checkpoint, splits, batches = _load(args)
+    model = model.to(args.device)
+    start = time.perf_counter()
+    network, report = calibrate_with_report(model, batches, config=config)
+    seconds = time.perf_counter() - start
+    if distributed.is_main_process():
+        resolved = {"command": "calibrate", "checkpoint": str(args.checkpoint), "calibration": config.to_dict(),
+                    "calibration_size": args.calibration_size, "dataset": splits.info.name,
+                    "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict()}
+        save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved)
+        write_json(args.out.with_name(args.out.stem + ".config.json"), resolved)
+        stages = ",".join(s.value for s in config.stages) or "none"
+        print(f"calibrated {spec.name} for T={config.time_steps} (stages {stages}) in {seconds:.1f} s -> {args.out}")
+        for name, values in report.validation.items():
+            print(f"  held-out after {name:6s}: accuracy {100 * values['accuracy']:.2f} %, "
+                  f"loss {values['loss']:.4f} ({int(values['samples'])} images)")
+        print(f"evaluate with: parasnn evaluate {args.checkpoint} --snn {args.out} --time-steps {config.time_steps}")
+    return 0
+
+
+# -- parasnn ablate ------------------------------------------------------------------------
+
+def _command_ablate(args) -> int:
+    return _run(_ablate, args)
+
+
+def _ablate(args) -> int:
+    from ..runtime import distributed
+    from ..evaluation.ablation import PlotRequest, format_markdown, run_ablation
+    from ..datasets.data import make_loader
+    from ..io.files import write_json, write_text
+    config = _config(args, stages=(), time_steps=args.time_steps[0])
+    model, spec, checkpoint, splits, batches = _load(args)
+    model = model.to(args.device)
+    test = splits.test
+    if args.limit:
+        test = torch.utils.data.TensorDataset(*(t[: args.limit] for t in test.tensors))
+    # Shards without the sampler's padding, so that every test image counts once.
+    test_batches = list(make_loader(distributed.shard(test), batch_size=256, shuffle=False))
+    plots = None
+    if args.plots:
+        layers = tuple(p.strip() for p in args.layers.split(",") if p.strip()) if args.layers else None
+        plots = PlotRequest(directory=args.out, layers=layers, images=args.plot_images)
+    start = time.perf_counter()
+    report = run_ablation(model, batches, test_batches, time_steps=args.time_steps, config=config,
+                          dagger=(False,) if args.no_dagger else (False, True), plots=plots, model_name=spec.name,
+                          dataset=splits.info.name)
+    if distributed.is_main_process():
+        table = format_markdown(report)
+        resolved = {"command": "ablate", "checkpoint": str(args.checkpoint), "time_steps": args.time_steps,
+                    "calibration": config.to_dict(), "calibration_size": args.calibration_size,
+                    "limit": args.limit, "dataset": splits.info.name, "processes": distributed.world_size(),
+                    "seconds": time.perf_counter() - start}
+        write_text(args.out / "ablation.md", table + "\n")
+        write_json(args.out / "ablation.json", {"config": resolved, **report.to_dict()})
+        write_json(args.out / "ablation.config.json", resolved)
+        print(table)
+        for path in report.plots:
+            print(f"plot: {path}")
+        print(f"-> {args.out / 'ablation.md'}, {args.out / 'ablation.json'}", file=sys.stderr)
+    return 0

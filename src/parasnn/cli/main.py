@@ -1,0 +1,333 @@
+"""``parasnn`` — the command line.
+
+::
+
+    parasnn train      train a ReLU or QCFS network (Fashion-MNIST, CIFAR, ImageFolder, digits)
+    parasnn convert    turn a trained network into a spiking network and save it
+    parasnn evaluate   ANN vs SNN accuracy at several T, parallel and serial, with firing
+                       rates and energy; table on screen, JSON on request
+    parasnn demo       the embedded Fashion-MNIST network, no download needed
+
+Every command that writes a file also writes the resolved configuration next to it
+(``<name>.config.json``). Run ``parasnn <command> --help`` for the options.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .. import __version__
+from .arguments import device, positive_int_list
+
+__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+
+# Modules that contribute subcommands: each defines ``add_command(commands)``, which adds its
+# parser to the ``argparse`` sub-parsers and sets ``handler=`` (a function of the parsed
+# arguments returning an exit status) with ``set_defaults``.
+COMMAND_MODULES: tuple[str, ...] = ("parasnn.cli.calibrate", "parasnn.cli.bench", "parasnn.cli.pmsm")
+
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+DEMO_CHECKPOINT = ASSETS / "fashion_mnist_vgg_small_qcfs.pt"
+DEMO_TEST_SLICE = ASSETS / "fashion_mnist_test_slice.npz"
+
+
+
+
+def _levels(text: str):
+    if text.strip().lower() == "auto":  # PASCAL's adaptive layerwise activation (parasnn.methods.adaptive_levels)
+        return "auto"
+    values = positive_int_list(text)
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+
+
+def _config_path(output: Path) -> Path:
+    return output.with_name(output.stem + ".config.json")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="dataset directory (default: where the checkpoint's dataset was read "
+                                           "from, e.g. /usr/share/datasets/fashion-mnist)")
+    parser.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ..conversion.stages import BatchNormMode
+    from ..conversion.methods import Method
+    from ..zoo.models import MODEL_NAMES, ActivationKind
+    from ..training.train import Optimizer
+
+    parser = argparse.ArgumentParser(
+        prog="parasnn", description="Convert trained PyTorch networks into spiking neural networks that keep the "
+                                    "ANN's accuracy at 1-8 time steps and run in one parallel pass.",
+        epilog="Start with `parasnn demo`. Typical use: parasnn train --out runs/vgg; "
+               "parasnn evaluate runs/vgg/model.pt --time-steps 1,2,4,8")
+    parser.add_argument("--version", action="version", version=f"parasnn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+
+    train = commands.add_parser("train", help="train a ReLU or QCFS network",
+                                description="Train an ANN with ReLU or QCFS activations. Seeded and resumable: "
+                                            "re-running with the same --out continues from the last epoch.")
+    train.add_argument("--model", choices=MODEL_NAMES, default="vgg-small")
+    train.add_argument("--dataset", default="fashion-mnist",
+                       help="fashion-mnist (default), cifar10, cifar100, digits or image-folder")
+    train.add_argument("--data-dir", help="dataset directory (default: the dataset's standard location)")
+    train.add_argument("--activation", choices=[kind.value for kind in ActivationKind], default="qcfs",
+                       help="qcfs (default), relu, or signed (the full-precision network PMSM quantizes; "
+                            "use --threshold 1)")
+    train.add_argument("--levels", type=_levels, default=4,
+                       help="QCFS levels L: one integer, one per activation site (4,4,8,...), or auto "
+                            "(PASCAL's adaptive layerwise activation: probe, choose L per layer, fine-tune)")
+    train.add_argument("--threshold", type=float, default=8.0, help="initial QCFS threshold (default 8)")
+    train.add_argument("--width", type=int, help="base channel width (default: the architecture's)")
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--optimizer", choices=[o.value for o in Optimizer], default="sgd")
+    train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay after warm-up)")
+    train.add_argument("--weight-decay", type=float, default=5e-4)
+    train.add_argument("--no-augment", action="store_true", help="no random shifts / flips")
+    train.add_argument("--holdout", type=int, default=5000,
+                       help="training images kept out of training for validation and calibration (default 5000)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--max-batches", type=int, help="stop each epoch after this many batches (quick runs)")
+    train.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default runs/train)")
+    train.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
+    train.add_argument("--device", type=device, default="auto")
+    from ..methods.adaptive_levels import add_train_arguments
+    add_train_arguments(train)
+
+    convert = commands.add_parser("convert", help="convert a trained network into a spiking network",
+                                  description="Convert an ANN checkpoint into an SNN checkpoint. QCFS networks "
+                                              "convert directly; ReLU networks get thresholds from a held-apart "
+                                              "slice of the training set.")
+    convert.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
+    convert.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
+    convert.add_argument("--method", choices=[m.value for m in Method],
+                         help="neurons to convert to (default: pmsm for signed networks, fs-pc otherwise)")
+    convert.add_argument("--batchnorm", choices=[m.value for m in BatchNormMode], default="keep",
+                         help="keep BN as frozen layers (bit-exact, default) or fold it into conv/linear")
+    convert.add_argument("--percentile", type=float, default=99.9,
+                         help="ReLU networks: activation percentile used as threshold (100 = max)")
+    convert.add_argument("--levels", type=int, default=8, help="ReLU networks: L of the QCFS proxy (default 8)")
+    convert.add_argument("--calibration-size", type=int, default=1024,
+                         help="ReLU networks: images from the held-apart training slice used to record thresholds")
+    _add_data_options(convert)
+
+    evaluate = commands.add_parser("evaluate", help="ANN vs SNN accuracy, firing rates and energy",
+                                   description="Evaluate an ANN and its spiking network at several T, in parallel "
+                                               "and serial form. Without --snn the ANN is converted on the fly.")
+    evaluate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt)")
+    evaluate.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert (default: convert now)")
+    evaluate.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8], help="T values (default 1,2,4,8)")
+    evaluate.add_argument("--forms", default="parallel,serial",
+                          help="parallel, serial or both (default parallel,serial)")
+    evaluate.add_argument("--limit", type=int, help="evaluate on the first N test images only")
+    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--no-activity", action="store_true", help="skip firing rates and energy")
+    evaluate.add_argument("--json", type=Path, help="also write the full report as JSON")
+    evaluate.add_argument("--method", choices=[m.value for m in Method],
+                          help="conversion method when converting now (default: pmsm for signed networks, fs-pc "
+                               "otherwise; a --snn checkpoint brings "
+                               "its own); pascal runs PASCAL's layer-pipelined serial SNN and reports its effective "
+                               "latency T_eff (its timing comes from the layers' L: --time-steps and --forms do "
+                               "not apply)")
+    evaluate.add_argument("--pascal-accumulation", choices=["inputs", "currents"], default="inputs",
+                          help="pascal: accumulate each synapse's input spikes (bit-exact, default) or sum "
+                               "per-step currents (floating-point rounding)")
+    evaluate.add_argument("--calibration-size", type=int, default=1024,
+                          help="ReLU networks: images used to record thresholds when converting on the fly")
+    _add_data_options(evaluate)
+
+    demo = commands.add_parser("demo", help="convert and evaluate the embedded Fashion-MNIST network",
+                               description="Runs the embedded QCFS VGG (trained on Fashion-MNIST by parasnn train) "
+                                           "on the embedded slice of the Fashion-MNIST test set: ANN vs SNN "
+                                           "accuracy at each T, parallel and serial, with timings.")
+    demo.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8])
+    demo.add_argument("--json", type=Path, help="also write the report as JSON")
+    demo.add_argument("--device", type=device, default="auto")
+
+    train.set_defaults(handler=_command_train)
+    convert.set_defaults(handler=_command_convert)
+    evaluate.set_defaults(handler=_command_evaluate)
+    demo.set_defaults(handler=_command_demo)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).add_command(commands)
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def _command_train(args) -> int:
+    from ..methods.adaptive_levels import PROBE_LEVELS, command_train
+    from ..training.train import TrainConfig, train
+    auto = args.levels == "auto"
+    config = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, activation=args.activation,
+                         levels=PROBE_LEVELS if auto else args.levels, threshold=args.threshold, width=args.width,
+                         epochs=args.epochs,
+                         batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.lr,
+                         weight_decay=args.weight_decay, augment=not args.no_augment, holdout=args.holdout,
+                         seed=args.seed, max_batches=args.max_batches)
+    if auto:
+        return command_train(config, args)
+    metrics = train(config, out_dir=args.out, resume=not args.no_resume, device=args.device)
+    print(f"test accuracy {100 * metrics['test_accuracy']:.2f}%  -> {args.out / 'model.pt'}")
+    return 0
+
+
+def _dataset_for(checkpoint: dict, data_dir: str | None):
+    from ..datasets.data import load_dataset
+    train_config = checkpoint.get("config", {})
+    name = train_config.get("dataset", "fashion-mnist")
+    return load_dataset(name, data_dir=data_dir or train_config.get("data_dir"))
+
+
+def _calibration_batches(checkpoint: dict, splits, *, size: int, batch_size: int = 256):
+    """The held-apart training slice recorded by parasnn train (never the test set)."""
+    from ..datasets.data import first_examples, make_loader, recorded_split
+    _, held_apart = recorded_split(splits.train, config=checkpoint.get("config", {}), fallback_size=size)
+    return list(make_loader(first_examples(held_apart, size), batch_size=batch_size, shuffle=False))
+
+
+def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, percentile, levels, calibration_size):
+    from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert
+    from ..conversion.methods import neuron_factory
+    from ..zoo.models import ActivationKind
+    config = ConversionConfig(levels=levels, threshold=ThresholdStatistic(percentile),
+                              batchnorm=BatchNormMode(batchnorm))
+    from_relu = spec.activation.kind is ActivationKind.RELU
+    data = _calibration_batches(checkpoint, splits, size=calibration_size) if from_relu else None
+    return convert(model, calibration_data=data, config=config, neuron=neuron_factory(method)), config, from_relu
+
+
+def _command_convert(args) -> int:
+    from ..io.checkpoint import load_ann, save_snn
+    from ..io.files import write_json
+    from ..conversion.methods import default_method
+    model, spec, checkpoint = load_ann(args.checkpoint)
+    method = args.method or default_method(spec.activation.kind).value
+    splits = _dataset_for(checkpoint, args.data_dir) if spec.activation.kind.value == "relu" else None
+    network, config, from_relu = _convert_checkpoint(
+        model, spec, checkpoint, splits, method=method, batchnorm=args.batchnorm, percentile=args.percentile,
+        levels=args.levels, calibration_size=args.calibration_size)
+    resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": method,
+                "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size}
+    save_snn(args.out, network, spec, method=method, from_relu=from_relu, config=resolved)
+    write_json(_config_path(args.out), resolved)
+    print(f"converted {spec.name} ({len(list(network.neurons()))} neuron layers, method {method}) -> {args.out}")
+    return 0
+
+
+def _parse_forms(text: str):
+    from ..evaluation.accuracy import Form
+    try:
+        return [Form(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"parasnn evaluate: --forms takes parallel and/or serial, got {text!r}") from None
+
+
+def _print_report(report, *, title: str) -> None:
+    from ..evaluation.accuracy import format_table
+    print(format_table(report, title=title))
+
+
+def _command_evaluate(args) -> int:
+    """Under torchrun each process evaluates its shard of the test set; counts are summed and
+    rank 0 prints and writes the report."""
+    from ..runtime import distributed
+    with distributed.process_group():
+        return _evaluate(args)
+
+
+def _evaluate(args) -> int:
+    from ..runtime import distributed
+    from ..io.checkpoint import load_ann, load_snn
+    from ..datasets.data import make_loader
+    from ..evaluation.accuracy import evaluate
+    from ..io.files import write_json
+    from ..conversion.methods import default_method
+    forms = _parse_forms(args.forms)
+    model, spec, checkpoint = load_ann(args.checkpoint)
+    splits = _dataset_for(checkpoint, args.data_dir)
+    method = args.method or default_method(spec.activation.kind).value
+    if args.snn is not None:
+        network, _, snn_checkpoint = load_snn(args.snn)
+        method = snn_checkpoint["method"]
+    else:
+        network, _, _ = _convert_checkpoint(model, spec, checkpoint, splits, method=method, batchnorm="keep",
+                                            percentile=99.9, levels=8, calibration_size=args.calibration_size)
+    test = splits.test
+    if args.limit:
+        test = torch.utils.data.TensorDataset(*(t[: args.limit] for t in test.tensors))
+    if method == "pascal" and distributed.world_size() > 1:
+        raise ValueError("parasnn evaluate --method pascal runs in one process; start it without torchrun")
+    batches = list(make_loader(distributed.shard(test), batch_size=args.batch_size, shuffle=False))
+    model, network = model.to(args.device), network.to(args.device)
+    if method == "pascal":  # its own serial simulation; T is set by the layers' L (parasnn.methods.pascal)
+        from ..methods.pascal import command_evaluate
+        return command_evaluate(args, model, network, batches, spec=spec, dataset=splits.info.name)
+    report = evaluate(model, network, batches, time_steps=args.time_steps, forms=forms, activity=not args.no_activity)
+    if not distributed.is_main_process():  # results are written once
+        return 0
+    _print_report(report, title=f"{spec.name} on {splits.info.name} ({report.samples} test images)")
+    if args.json:
+        resolved = {"command": "evaluate", "checkpoint": str(args.checkpoint), "snn": str(args.snn) if args.snn else None,
+                    "time_steps": args.time_steps, "forms": [f.value for f in forms], "limit": args.limit,
+                    "dataset": splits.info.name, "device": str(args.device),
+                    "processes": distributed.world_size()}
+        write_json(args.json, {"config": resolved, "model": spec.to_dict(), **report.to_dict()})
+        write_json(_config_path(args.json), resolved)
+    return 0
+
+
+def _command_demo(args) -> int:
+    from ..io.checkpoint import load_ann
+    from ..conversion.stages import convert
+    from ..datasets.data import load_subset, make_loader
+    from ..evaluation.accuracy import Form, evaluate
+    from ..io.files import write_json
+    for path in (DEMO_CHECKPOINT, DEMO_TEST_SLICE):
+        if not path.exists():
+            raise SystemExit(f"parasnn demo: embedded file {path} is missing; reinstall parasnn")
+    model, spec, checkpoint = load_ann(DEMO_CHECKPOINT)
+    test, info = load_subset(DEMO_TEST_SLICE)
+    start = time.perf_counter()
+    network = convert(model)
+    conversion_seconds = time.perf_counter() - start
+    batches = list(make_loader(test, batch_size=256, shuffle=False))
+    model, network = model.to(args.device), network.to(args.device)
+    report = evaluate(model, network, batches, time_steps=args.time_steps, forms=(Form.PARALLEL, Form.SERIAL))
+    levels = spec.activation.levels
+    print(f"\nEmbedded {spec.name}, QCFS L={levels}, trained on Fashion-MNIST "
+          f"(test accuracy {100 * checkpoint['metrics'].get('test_accuracy', float('nan')):.2f}% on all 10000 images); "
+          f"conversion took {conversion_seconds:.2f} s.")
+    _print_report(report, title=f"ANN vs SNN on the embedded slice of the Fashion-MNIST test set "
+                                f"({report.samples} images, device {args.device})")
+    print("\nAt T = L the parallel SNN reproduces the QCFS ANN exactly; the serial SNN shows what a step-by-step "
+          "simulation (as on neuromorphic hardware) loses. Times are for the whole slice.")
+    if args.json:
+        write_json(args.json, {"model": spec.to_dict(), **report.to_dict()})
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from ..io.checkpoint import CheckpointError
+    from ..datasets.data import DataError
+    from ..conversion.graph import ConversionError
+    try:
+        return args.handler(args)
+    except (CheckpointError, DataError, ConversionError, ValueError) as error:
+        print(f"parasnn {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

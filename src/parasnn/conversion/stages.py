@@ -1,0 +1,369 @@
+"""ANN → SNN conversion as a fixed sequence of graph stages.
+
+::
+
+    trace            torch.fx graph of a deep copy of the model (the argument is never touched)
+    check            every operation classified; one error lists all that cannot convert
+    isolate          every activation call site gets its own module (a ReLU module called twice
+                     becomes two neurons with their own thresholds)
+    quantize ReLUs   ReLU → QCFS, thresholds recorded on calibration data   (ReLU models only)
+    fold BN          optional: conv/linear → BatchNorm pairs folded into one layer
+    spike            QCFS → neuron (IF by default), max-pool → rate max-pool,
+                     a ``time_steps`` input threaded to every neuron
+
+The result is a :class:`~parasnn.conversion.network.SpikingNetwork`; run it with
+:func:`parasnn.simulation.forms.parallel_forward` (one pass) or :func:`parasnn.simulation.forms.serial_forward`
+(``T`` steps).
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import enum
+from typing import Callable, Iterable
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .graph import (ConversionError, NodeKind, check_convertible, classify, data_dependent_nodes, describe,
+                    module_path, trace)
+from ..neurons.base import SerialOp, SpikingNeuron
+from ..neurons.if_neuron import IFNeuron
+from ..neurons.qcfs import QCFS
+from .network import SpikingNetwork, observe
+
+__all__ = ["BatchNormMode", "ThresholdStatistic", "ConversionConfig", "convert", "quantize_relus",
+           "isolate_activations", "fold_batchnorm", "RateMaxPool", "ConversionError",
+           "activation_sites", "record_activation_thresholds"]
+
+NeuronFactory = Callable[[nn.Module], SpikingNeuron]
+
+
+class BatchNormMode(str, enum.Enum):
+    """What conversion does with BatchNorm layers.
+
+    ``KEEP`` leaves them as frozen affine layers: the SNN evaluates exactly the ANN's
+    floating-point operations, so at ``T = L`` its logits are bit-equal to a QCFS ANN's.
+    ``FOLD`` merges each BN into the conv/linear before it (one layer less per block, as
+    hardware would run it); the arithmetic then differs in the last bits, so a level on
+    a rounding boundary can flip.
+    """
+
+    KEEP = "keep"
+    FOLD = "fold"
+
+
+@dataclasses.dataclass(frozen=True)
+class ThresholdStatistic:
+    """How a ReLU's threshold θ is read off its activations on calibration data.
+
+    ``percentile`` of all activations of the layer (batch, channels, positions), computed per
+    batch and averaged over batches; ``100`` records the maximum over all batches instead.
+    99.9 follows the robust normalisation common in conversion work (Rueckauer et al. 2017).
+    """
+
+    percentile: float = 99.9
+
+    def __post_init__(self):
+        if not 0 < self.percentile <= 100:
+            raise ValueError(f"ThresholdStatistic: percentile must be in (0, 100], got {self.percentile}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConversionConfig:
+    """Options of :func:`convert`. ``levels`` is the L of the QCFS layers that replace ReLUs
+    (it only shapes the QCFS proxy network; the spiking network's T is chosen at run time)."""
+
+    levels: int = 8
+    threshold: ThresholdStatistic = ThresholdStatistic()
+    batchnorm: BatchNormMode = BatchNormMode.KEEP
+
+    def to_dict(self) -> dict:
+        return {"levels": self.levels, "percentile": self.threshold.percentile, "batchnorm": self.batchnorm.value}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ConversionConfig":
+        return cls(levels=int(data["levels"]), threshold=ThresholdStatistic(float(data["percentile"])),
+                   batchnorm=BatchNormMode(data["batchnorm"]))
+
+
+class RateMaxPool(SerialOp):
+    """Max-pooling applied to rates.
+
+    Parallel form: ``pool(r)`` on time-averaged inputs — exactly the ANN's max-pool.
+    Serial form: the output at step t is ``pool(Σ_{τ≤t} x_τ) − pool(Σ_{τ<t} x_τ)``. The sum of
+    the outputs telescopes to ``pool(Σ_t x_t)``, so the time average is again the max-pool
+    of the rates; and when the inputs are spikes of one amplitude the outputs are spikes
+    too (the running maximum of counts grows by 0 or 1 per step).
+    """
+
+    def __init__(self, pool: nn.Module):
+        super().__init__()
+        self.pool = pool
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(x)
+
+    def initial_state(self, current: Tensor, *, time_steps: int):
+        total = torch.zeros_like(current)
+        return total, self.pool(total)
+
+    def step(self, state, current: Tensor, *, time_steps: int):
+        total, pooled = state
+        total = total + current
+        new_pooled = self.pool(total)
+        return (total, new_pooled), new_pooled - pooled
+
+
+# -- stages ---------------------------------------------------------------------------
+
+def _fresh_name(gm: fx.GraphModule, base: str) -> str:
+    name, index = base, 1
+    while _has_path(gm, name):
+        name, index = f"{base}_{index}", index + 1
+    return name
+
+
+def _has_path(root: nn.Module, path: str) -> bool:
+    """Whether ``path`` (dotted) names any attribute of ``root`` — a module, parameter or other."""
+    parent_path, _, leaf = path.rpartition(".")
+    try:
+        parent = root.get_submodule(parent_path) if parent_path else root
+    except AttributeError:
+        return False
+    return hasattr(parent, leaf)
+
+
+def _replace_with_module(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Module,
+                         args: tuple, kwargs: dict | None = None) -> fx.Node:
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_before(node):
+        new = gm.graph.call_module(name, args, kwargs or {})
+    new.meta = dict(node.meta)
+    node.replace_all_uses_with(new)
+    gm.graph.erase_node(node)
+    return new
+
+
+def activation_sites(gm: fx.GraphModule) -> list[fx.Node]:
+    """Activation call sites (ReLU or quantizer), in graph order."""
+    dependent = data_dependent_nodes(gm.graph)
+    return [n for n in gm.graph.nodes if classify(gm, n, dependent) in (NodeKind.RELU, NodeKind.QUANTIZER)]
+
+
+def isolate_activations(gm: fx.GraphModule) -> fx.GraphModule:
+    """Give every activation call site its own module (in place on ``gm``, a private copy).
+
+    ``F.relu``/``torch.relu``/``x.relu()`` become ``nn.ReLU`` modules named after the module
+    they were called in (``layer1.0.relu_2``); a module called at several sites is copied
+    so each site can get its own threshold and, later, its own neuron.
+    """
+    seen: set[str] = set()
+    for node in activation_sites(gm):
+        if node.op == "call_module" and node.target not in seen:
+            seen.add(node.target)
+            module = gm.get_submodule(node.target)
+            if isinstance(module, nn.ReLU) and module.inplace:
+                set_submodule(gm, node.target, nn.ReLU())  # in-place would clobber a shared input
+            continue
+        if node.op == "call_module":
+            module = copy.deepcopy(gm.get_submodule(node.target))
+            if isinstance(module, nn.ReLU):
+                module = nn.ReLU()
+            name = _fresh_name(gm, node.target)
+        else:
+            module = nn.ReLU()
+            owner = module_path(node)
+            name = _fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
+        _replace_with_module(gm, node, name, module, (node.args[0],))
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
+    """Replace the submodule at dotted ``path`` of ``root`` by ``module``."""
+    parent_path, _, leaf = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    setattr(parent, leaf, module)
+
+
+def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: Iterable,
+                                 statistic: ThresholdStatistic, *, reduce: Callable[[dict], dict] | None = None
+                                 ) -> dict[str, float]:
+    """Run ``batches`` (tensors, or ``(inputs, labels)`` pairs) through ``gm`` in eval mode and
+    return θ per activation module path, per ``statistic``. ``reduce`` (optional) combines
+    the per-process partial results ``{path: (sum_or_max, batches)}`` across processes."""
+    sites = list(sites)
+    partial: dict[str, list[float]] = {site: [0.0, 0] for site in sites}
+    use_max = statistic.percentile >= 100
+
+    def make_hook(site):
+        def hook(module, inputs, output):
+            values = output.detach().flatten().float()
+            if use_max:
+                partial[site][0] = max(partial[site][0], float(values.max()))
+            else:
+                rank = max(1, min(values.numel(), int(round(values.numel() * statistic.percentile / 100))))
+                partial[site][0] += float(values.kthvalue(rank).values)
+            partial[site][1] += 1
+        return hook
+
+    observe(gm, batches, [(gm.get_submodule(site), make_hook(site)) for site in sites],
+            description="recording activation ranges")
+    if reduce is not None:
+        partial = reduce(partial)
+    empty = [site for site, (_, count) in partial.items() if count == 0]
+    if empty:
+        raise ConversionError(
+            "calibration data is empty: no batch reached activation(s) " + ", ".join(empty[:5]) +
+            ". Pass a non-empty iterable of input batches as calibration_data.")
+    thresholds = {}
+    for site, (value, count) in partial.items():
+        theta = value if use_max else value / count
+        # A ReLU that never fires on the calibration data still needs a positive θ.
+        thresholds[site] = max(float(theta), 1e-3)
+    return thresholds
+
+
+def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int = 8,
+                   statistic: ThresholdStatistic = ThresholdStatistic(), leaf_modules: tuple[type, ...] = (),
+                   reduce: Callable[[dict], dict] | None = None) -> fx.GraphModule:
+    """A copy of ``model`` with every ReLU site replaced by QCFS(levels, θ), θ recorded on
+    ``calibration_data`` (the "clipped ReLU / QCFS" step of MATH.md §4d). Quantizer sites
+    already present are kept."""
+    gm = _prepare(model, leaf_modules)
+    relu_sites = [n.target for n in activation_sites(gm) if isinstance(gm.get_submodule(n.target), nn.ReLU)]
+    if relu_sites:
+        thresholds = record_activation_thresholds(gm, relu_sites, calibration_data, statistic, reduce=reduce)
+        for site in relu_sites:
+            set_submodule(gm, site, QCFS(levels=levels, threshold=thresholds[site]))
+    gm.recompile()
+    return gm
+
+
+def _prepare(model: nn.Module, leaf_modules) -> fx.GraphModule:
+    model = copy.deepcopy(model).eval()
+    gm = trace(model, leaf_modules=leaf_modules)
+    check_convertible(gm, model_name=type(model).__name__)
+    return isolate_activations(gm)
+
+
+def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:
+    """Fold every ``conv/linear → BatchNorm`` pair (BN the conv's only user) into the conv (in place)."""
+    for node in list(gm.graph.nodes):
+        if node.op != "call_module" or not isinstance(gm.get_submodule(node.target), nn.modules.batchnorm._BatchNorm):
+            continue
+        source = node.args[0]
+        if not (isinstance(source, fx.Node) and source.op == "call_module" and len(source.users) == 1):
+            continue
+        layer = gm.get_submodule(source.target)
+        if not isinstance(layer, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            continue
+        set_submodule(gm, source.target, _folded(layer, gm.get_submodule(node.target)))
+        node.replace_all_uses_with(source)
+        gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def _folded(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
+    folded = copy.deepcopy(layer)
+    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else \
+        1.0 / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias.detach() if bn.affine else torch.zeros_like(scale)
+    bias = layer.bias.detach() if layer.bias is not None else torch.zeros_like(scale)
+    with torch.no_grad():
+        folded.weight.copy_(layer.weight * scale.view(-1, *([1] * (layer.weight.dim() - 1))))
+        folded.bias = nn.Parameter((bias - bn.running_mean) * scale + shift)
+    return folded
+
+
+_MAX_POOL_FUNCTION_MODULES = {
+    F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d,
+    F.adaptive_max_pool1d: nn.AdaptiveMaxPool1d, F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
+    F.adaptive_max_pool3d: nn.AdaptiveMaxPool3d,
+}
+
+
+def _max_pool_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
+    if node.op == "call_module":
+        return copy.deepcopy(gm.get_submodule(node.target))
+    arguments = list(node.args[1:]) + list(node.kwargs.values())
+    if any(isinstance(a, fx.Node) for a in arguments):
+        raise ConversionError(f"{describe(gm, node)}: max-pool parameters computed from tensors are not supported")
+    kwargs = dict(node.kwargs)
+    kwargs.pop("return_indices", None)
+    return _MAX_POOL_FUNCTION_MODULES[node.target](*node.args[1:], **kwargs)
+
+
+def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
+    """Replace quantizer sites with neurons and max-pools with rate max-pools; add ``time_steps``."""
+    first = next(iter(gm.graph.nodes))
+    with gm.graph.inserting_before(first):
+        time_steps = gm.graph.placeholder("time_steps")  # first, so model defaults stay valid
+    dependent = data_dependent_nodes(gm.graph)
+    for node in list(gm.graph.nodes):
+        kind = classify(gm, node, dependent)
+        if kind is NodeKind.QUANTIZER:
+            activation = gm.get_submodule(node.target)
+            try:
+                spiking = neuron(activation)
+            except (TypeError, ValueError) as error:
+                raise ConversionError(f"{describe(gm, node)}: {error}") from error
+            set_submodule(gm, node.target, spiking)
+            node.kwargs = {**node.kwargs, "time_steps": time_steps}
+        elif kind is NodeKind.SERIAL_OP and isinstance(gm.get_submodule(node.target), SpikingNeuron):
+            node.kwargs = {**node.kwargs, "time_steps": time_steps}
+        elif kind is NodeKind.MAX_POOL:
+            pool = RateMaxPool(_max_pool_module(gm, node))
+            name = node.target if node.op == "call_module" else _fresh_name(
+                gm, f"{module_path(node)}.{node.name}" if module_path(node) else node.name)
+            if node.op == "call_module":
+                set_submodule(gm, name, pool)
+            else:
+                _replace_with_module(gm, node, name, pool, (node.args[0],))
+        elif kind is NodeKind.RELU:
+            raise ConversionError(
+                f"{describe(gm, node)} is a ReLU without a threshold. Pass calibration_data= to convert() so "
+                "thresholds can be recorded, or train the network with QCFS activations.")
+    gm.graph.lint()
+    gm.delete_all_unused_submodules()
+    gm.recompile()
+    return gm
+
+
+def convert(model: nn.Module, *, calibration_data: Iterable | None = None,
+            config: ConversionConfig = ConversionConfig(), neuron: NeuronFactory = IFNeuron.from_qcfs,
+            leaf_modules: tuple[type, ...] = (), reduce: Callable[[dict], dict] | None = None) -> SpikingNetwork:
+    """Convert ``model`` into a spiking network. ``model`` is not modified.
+
+    Args:
+        model: any ``nn.Module`` whose forward torch.fx can trace, with ReLU and/or QCFS
+            activations (see :mod:`parasnn.conversion.graph` for what else may appear).
+        calibration_data: batches (tensors or ``(inputs, labels)``) used to record ReLU
+            thresholds; required when the model has ReLUs, unused otherwise.
+        config: see :class:`ConversionConfig`.
+        neuron: builds the neuron that replaces one quantizer module (default: the parallel
+            IF neuron, :meth:`IFNeuron.from_qcfs`).
+        leaf_modules: module classes torch.fx must not trace into.
+        reduce: combines threshold statistics across processes (see
+            :mod:`parasnn.runtime.distributed`); ``None`` in a single process.
+
+    Raises:
+        ConversionError: listing every operation that cannot be converted, or naming the
+            ReLUs that need calibration data.
+    """
+    if calibration_data is not None:
+        gm = quantize_relus(model, calibration_data, levels=config.levels, statistic=config.threshold,
+                            leaf_modules=leaf_modules, reduce=reduce)
+    else:
+        gm = _prepare(model, leaf_modules)
+    if config.batchnorm is BatchNormMode.FOLD:
+        gm = fold_batchnorm(gm)
+    gm = _spike(gm, neuron)
+    return SpikingNetwork(gm, source=type(model).__name__, config=config)

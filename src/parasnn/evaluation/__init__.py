@@ -1,0 +1,1 @@
+"""Measuring converted networks: accuracy, firing rates and energy, ablations, plots."""

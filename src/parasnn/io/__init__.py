@@ -1,0 +1,1 @@
+"""Files: checkpoints of trained and converted networks, atomic writes."""

@@ -1,0 +1,1 @@
+"""Process-level helpers: torch.distributed (torchrun) and progress reporting."""

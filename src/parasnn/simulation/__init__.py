@@ -1,0 +1,1 @@
+"""Running a converted network: the parallel form (one pass) and the serial form (T steps, explicit state)."""

@@ -1,0 +1,1 @@
+"""Training ANNs (ReLU, QCFS, signed) for conversion."""

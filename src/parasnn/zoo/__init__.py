@@ -1,0 +1,1 @@
+"""Model architectures (the model zoo) and their specifications."""
