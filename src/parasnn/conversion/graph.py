@@ -1,91 +1,45 @@
-"""Tracing a model with torch.fx and sorting its operations into what conversion needs.
+"""Tracing a model with torch.fx and sorting its operations by the rule that claims them.
 
-A network converts to spikes when every operation between its input and output is one of
+A network converts to spikes when a rule of :mod:`parasnn.conversion.rules` claims every
+operation between its input and output (the built-in ones are listed in
+:mod:`parasnn.conversion.builtin_rules`: activation sites, max-pools, and operations that
+are affine in the activations). :func:`check_convertible` lists every unclaimed node in one
+error, grouped by type.
 
-* an **activation site** — ``nn.ReLU``, ``F.relu``, ``torch.relu``, ``x.relu()`` (in-place
-  variants included), or a quantizer module such as :class:`~parasnn.neurons.QCFS` —
-  which becomes a spiking neuron;
-* a **max-pool**, which becomes a rate max-pool (exact on rates, see
-  :class:`parasnn.conversion.stages.RateMaxPool`);
-* an operation that is **affine in the activations** (conv, linear, batch norm in eval,
-  average pooling, dropout in eval, additions, concatenation, reshapes, scaling by a
-  constant, …): averaging over time commutes with it, so the parallel network can run it
-  once on time-averaged values and the serial network once per step.
-
-Anything else (sigmoid, products of two activations, LayerNorm, …) is not a function of
-spike *rates*; :func:`check_convertible` lists every such node in one error.
+Values computed from shapes only (``x.size(0)``, ``x.dim() == 3``, ``torch._assert`` on
+them) do not depend on the activations: they are static and run unchanged.
 """
 from __future__ import annotations
 
-import enum
-import operator
+import collections
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from ..neurons.base import ActivationQuantizer, SerialOp
+from .rules import Role, Rule, match
 
 __all__ = ["ConversionError", "NodeKind", "trace", "classify", "check_convertible", "data_dependent_nodes",
-           "describe", "QUANTIZER_TYPES", "SYNAPTIC_TYPES", "module_path"]
+           "describe", "QUANTIZER_TYPES", "SYNAPTIC_TYPES", "module_path", "shape_valued_nodes"]
 
 
 class ConversionError(Exception):
     """A model (or part of one) that parasnn cannot convert; the message says what and why."""
 
 
-class NodeKind(enum.Enum):
-    RELU = "relu"  # becomes a neuron after thresholds are known
-    QUANTIZER = "quantizer"  # QCFS-like module: becomes a neuron directly
-    SERIAL_OP = "serial-op"  # already converted (neuron, rate max-pool)
-    MAX_POOL = "max-pool"
-    AFFINE = "affine"
-    STATIC = "static"  # does not depend on the input (parameters, constants)
-    UNSUPPORTED = "unsupported"
-
+NodeKind = Role  # deprecated name of :class:`parasnn.conversion.rules.Role`
 
 # Activation modules that quantize (the ANN side of a neuron): QCFS and every other
 # subclass of ActivationQuantizer.
 QUANTIZER_TYPES: tuple[type, ...] = (ActivationQuantizer,)
 
-SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
-                  nn.ConvTranspose3d, nn.Linear)
 
-_AFFINE_MODULES = SYNAPTIC_TYPES + (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-    nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.Flatten, nn.Unflatten, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-)
-_MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
-                     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
-
-_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
-_RELU_METHODS = {"relu", "relu_"}
-_MAX_POOL_FUNCTIONS = {F.max_pool1d, F.max_pool2d, F.max_pool3d,
-                       F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d}
-_AFFINE_FUNCTIONS = {
-    operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, operator.pos,
-    operator.getitem, getattr,
-    torch.add, torch.sub, torch.cat, torch.concat, torch.stack, torch.flatten, torch.reshape,
-    torch.transpose, torch.permute, torch.squeeze, torch.unsqueeze, torch.chunk, torch.split,
-    torch.mean, torch.sum, torch.narrow,
-    F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-    F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.linear, F.conv1d, F.conv2d, F.conv3d,
-    F.pad, F.batch_norm,
-}
-# Affine only while at most one operand carries activations (and it is not a divisor).
-_SCALING_FUNCTIONS = {operator.mul, operator.imul, operator.truediv, operator.itruediv, torch.mul, torch.div}
-_AFFINE_METHODS = {
-    "view", "reshape", "flatten", "unflatten", "size", "dim", "contiguous", "permute", "transpose",
-    "squeeze", "unsqueeze", "mean", "sum", "add", "add_", "sub", "sub_", "neg", "chunk", "split",
-    "expand", "expand_as", "view_as", "reshape_as", "clone", "narrow", "t",
-}
-_SCALING_METHODS = {"mul", "mul_", "div", "div_"}
+def __getattr__(name: str):
+    if name == "SYNAPTIC_TYPES":  # kept here for old imports; defined with the built-in rules
+        from .builtin_rules import SYNAPTIC_TYPES
+        return SYNAPTIC_TYPES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class _Tracer(fx.Tracer):
@@ -132,62 +86,47 @@ def module_path(node: fx.Node) -> str:
     return str(next(reversed(stack))).split("@")[0] if stack else ""
 
 
+_SHAPE_METHODS = {"size", "dim", "numel", "nelement"}
+_SHAPE_ATTRIBUTES = {"shape", "ndim", "dtype", "device", "is_cuda"}
+
+
+def shape_valued_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """Nodes whose value is computed from tensor shapes (or dtypes) only, never from values."""
+    shapes: set[fx.Node] = set()
+    for node in graph.nodes:
+        if node.op == "call_method" and node.target in _SHAPE_METHODS:
+            shapes.add(node)
+        elif node.op == "call_function" and node.target is getattr and len(node.args) > 1 and \
+                node.args[1] in _SHAPE_ATTRIBUTES:
+            shapes.add(node)
+        elif node.op in ("call_function", "call_method") and node.all_input_nodes and \
+                all(arg in shapes for arg in node.all_input_nodes):
+            shapes.add(node)
+    return shapes
+
+
 def data_dependent_nodes(graph: fx.Graph) -> set[fx.Node]:
-    """Nodes whose value depends on a graph input (placeholder)."""
+    """Nodes whose value depends on the values of a graph input (placeholder)."""
+    shapes = shape_valued_nodes(graph)
     dependent: set[fx.Node] = set()
     for node in graph.nodes:
-        if node.op == "placeholder" or any(arg in dependent for arg in node.all_input_nodes):
+        if node.op == "placeholder" or (node not in shapes and any(arg in dependent for arg in node.all_input_nodes)):
             dependent.add(node)
     return dependent
 
 
-def _is_scaling_affine(node: fx.Node, dependent: set[fx.Node]) -> bool:
-    operands = list(node.args) + list(node.kwargs.values())
-    carrying = [arg for arg in operands if isinstance(arg, fx.Node) and arg in dependent]
-    if len(carrying) != 1:
-        return False
-    is_division = node.target in (operator.truediv, operator.itruediv, torch.div) or node.target in ("div", "div_")
-    return not (is_division and len(node.args) > 1 and node.args[1] in dependent)
+_PASS_THROUGH = Rule("graph boundary", Role.AFFINE, lambda gm, node, dependent: True)
+_STATIC = Rule("static", Role.STATIC, lambda gm, node, dependent: True)
 
 
-def classify(gm: fx.GraphModule, node: fx.Node, dependent: set[fx.Node]) -> NodeKind:
-    """What conversion does with ``node`` (see the module docstring)."""
+def classify(gm: fx.GraphModule, node: fx.Node, dependent: set[fx.Node]) -> Rule | None:
+    """The rule that claims ``node`` (``None``: nothing does). Inputs and outputs pass
+    through; nodes that do not depend on the inputs' values are static."""
     if node.op in ("placeholder", "output"):
-        return NodeKind.AFFINE
-    if node not in dependent:
-        return NodeKind.STATIC
-    if node.op == "call_module":
-        module = gm.get_submodule(node.target)
-        if isinstance(module, SerialOp):
-            return NodeKind.SERIAL_OP
-        if isinstance(module, QUANTIZER_TYPES):
-            return NodeKind.QUANTIZER
-        if isinstance(module, nn.ReLU):
-            return NodeKind.RELU
-        if isinstance(module, _MAX_POOL_MODULES):
-            return NodeKind.UNSUPPORTED if getattr(module, "return_indices", False) else NodeKind.MAX_POOL
-        if isinstance(module, _AFFINE_MODULES):
-            return NodeKind.AFFINE
-        return NodeKind.UNSUPPORTED
-    if node.op == "call_function":
-        if node.target in _RELU_FUNCTIONS:
-            return NodeKind.RELU
-        if node.target in _MAX_POOL_FUNCTIONS:
-            return NodeKind.UNSUPPORTED if node.kwargs.get("return_indices") else NodeKind.MAX_POOL
-        if node.target in _AFFINE_FUNCTIONS:
-            return NodeKind.AFFINE
-        if node.target in _SCALING_FUNCTIONS and _is_scaling_affine(node, dependent):
-            return NodeKind.AFFINE
-        return NodeKind.UNSUPPORTED
-    if node.op == "call_method":
-        if node.target in _RELU_METHODS:
-            return NodeKind.RELU
-        if node.target in _AFFINE_METHODS:
-            return NodeKind.AFFINE
-        if node.target in _SCALING_METHODS and _is_scaling_affine(node, dependent):
-            return NodeKind.AFFINE
-        return NodeKind.UNSUPPORTED
-    return NodeKind.STATIC  # get_attr
+        return _PASS_THROUGH
+    if node not in dependent or node.op == "get_attr":
+        return _STATIC
+    return match(gm, node, dependent)
 
 
 def describe(gm: fx.GraphModule, node: fx.Node) -> str:
@@ -207,19 +146,42 @@ def describe(gm: fx.GraphModule, node: fx.Node) -> str:
     return f"node '{node.name}' ({node.op} {node.target})"
 
 
-def check_convertible(gm: fx.GraphModule, *, model_name: str | None = None) -> dict[fx.Node, NodeKind]:
-    """Classify every node; raise one :class:`ConversionError` listing all unsupported ones."""
+def operation_type(gm: fx.GraphModule, node: fx.Node) -> str:
+    """What kind of operation ``node`` is, for grouping: a module class, a function or a method."""
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return f"module {type(module).__module__}.{type(module).__name__}"
+    if node.op == "call_function":
+        target = getattr(node.target, "__qualname__", None) or getattr(node.target, "__name__", str(node.target))
+        module = getattr(node.target, "__module__", None) or ""
+        return f"function {module + '.' if module else ''}{target}"
+    return f"method Tensor.{node.target}"
+
+
+def check_convertible(gm: fx.GraphModule, *, model_name: str | None = None) -> dict[fx.Node, Rule]:
+    """The rule of every node; raise one :class:`ConversionError` listing all unclaimed
+    ones, grouped by operation type with counts."""
     dependent = data_dependent_nodes(gm.graph)
-    kinds = {node: classify(gm, node, dependent) for node in gm.graph.nodes}
-    bad = [node for node, kind in kinds.items() if kind is NodeKind.UNSUPPORTED]
+    claimed = {node: classify(gm, node, dependent) for node in gm.graph.nodes}
+    bad = [node for node, rule in claimed.items() if rule is None]
     if bad:
-        lines = "\n".join(f"  - {describe(gm, node)}" for node in bad)
+        groups: dict[str, list[fx.Node]] = collections.defaultdict(list)
+        for node in bad:
+            groups[operation_type(gm, node)].append(node)
+        lines = []
+        for kind, nodes in sorted(groups.items(), key=lambda item: -len(item[1])):
+            shown = "\n".join(f"      {describe(gm, node)}" for node in nodes[:5])
+            more = f"\n      … and {len(nodes) - 5} more" if len(nodes) > 5 else ""
+            lines.append(f"  - {len(nodes)} × {kind}:\n{shown}{more}")
         raise ConversionError(
             f"cannot convert {len(bad)} operation{'s' if len(bad) > 1 else ''} of "
-            f"{model_name or 'the model'} to spikes:\n{lines}\n"
-            "A spiking network can reproduce ReLU/QCFS activations, max-pooling and operations that "
-            "are affine in the activations (conv, linear, batch norm, average pooling, dropout, "
-            "additions, concatenation, reshapes, scaling by constants). Replace the operations above "
-            "with supported ones (e.g. nn.ReLU instead of other nonlinearities)."
+            f"{model_name or 'the model'} to spikes ({len(groups)} type{'s' if len(groups) > 1 else ''}):\n"
+            + "\n".join(lines) + "\n"
+            "No conversion rule claims them. Rules exist for ReLU/QCFS activations, max-pooling, operations "
+            "affine in the activations (conv, linear, batch norm, average pooling, dropout, additions, "
+            "concatenation, reshapes, scaling by constants) and those registered by neuron kinds "
+            "(parasnn.conversion.rules.rules()). Replace the operations above with supported ones, mark a "
+            "submodule that is affine in its input as a leaf (leaf_modules=...), or register a rule "
+            "(docs/architecture.md shows how)."
         )
-    return kinds
+    return claimed

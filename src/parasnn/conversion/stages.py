@@ -27,9 +27,10 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .graph import (ConversionError, NodeKind, check_convertible, classify, data_dependent_nodes, describe,
-                    module_path, trace)
+from .graph import ConversionError, check_convertible, classify, data_dependent_nodes, describe, module_path, trace
 from ..neurons.base import SerialOp, SpikingNeuron
+from .pooling import RateMaxPool
+from .rules import Role
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS
 from .network import SpikingNetwork, observe
@@ -89,34 +90,6 @@ class ConversionConfig:
                    batchnorm=BatchNormMode(data["batchnorm"]))
 
 
-class RateMaxPool(SerialOp):
-    """Max-pooling applied to rates.
-
-    Parallel form: ``pool(r)`` on time-averaged inputs — exactly the ANN's max-pool.
-    Serial form: the output at step t is ``pool(Σ_{τ≤t} x_τ) − pool(Σ_{τ<t} x_τ)``. The sum of
-    the outputs telescopes to ``pool(Σ_t x_t)``, so the time average is again the max-pool
-    of the rates; and when the inputs are spikes of one amplitude the outputs are spikes
-    too (the running maximum of counts grows by 0 or 1 per step).
-    """
-
-    def __init__(self, pool: nn.Module):
-        super().__init__()
-        self.pool = pool
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.pool(x)
-
-    def initial_state(self, current: Tensor, *, time_steps: int):
-        total = torch.zeros_like(current)
-        return total, self.pool(total)
-
-    def step(self, state, current: Tensor, *, time_steps: int):
-        total, pooled = state
-        total = total + current
-        new_pooled = self.pool(total)
-        return (total, new_pooled), new_pooled - pooled
-
-
 # -- stages ---------------------------------------------------------------------------
 
 def _fresh_name(gm: fx.GraphModule, base: str) -> str:
@@ -150,7 +123,8 @@ def _replace_with_module(gm: fx.GraphModule, node: fx.Node, name: str, module: n
 def activation_sites(gm: fx.GraphModule) -> list[fx.Node]:
     """Activation call sites (ReLU or quantizer), in graph order."""
     dependent = data_dependent_nodes(gm.graph)
-    return [n for n in gm.graph.nodes if classify(gm, n, dependent) in (NodeKind.RELU, NodeKind.QUANTIZER)]
+    return [n for n in gm.graph.nodes
+            if getattr(classify(gm, n, dependent), "role", None) in (Role.ACTIVATION, Role.QUANTIZER)]
 
 
 def isolate_activations(gm: fx.GraphModule) -> fx.GraphModule:
@@ -283,54 +257,48 @@ def _folded(layer: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
     return folded
 
 
-_MAX_POOL_FUNCTION_MODULES = {
-    F.max_pool1d: nn.MaxPool1d, F.max_pool2d: nn.MaxPool2d, F.max_pool3d: nn.MaxPool3d,
-    F.adaptive_max_pool1d: nn.AdaptiveMaxPool1d, F.adaptive_max_pool2d: nn.AdaptiveMaxPool2d,
-    F.adaptive_max_pool3d: nn.AdaptiveMaxPool3d,
-}
-
-
-def _max_pool_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module:
-    if node.op == "call_module":
-        return copy.deepcopy(gm.get_submodule(node.target))
-    arguments = list(node.args[1:]) + list(node.kwargs.values())
-    if any(isinstance(a, fx.Node) for a in arguments):
-        raise ConversionError(f"{describe(gm, node)}: max-pool parameters computed from tensors are not supported")
-    kwargs = dict(node.kwargs)
-    kwargs.pop("return_indices", None)
-    return _MAX_POOL_FUNCTION_MODULES[node.target](*node.args[1:], **kwargs)
-
-
 def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
-    """Replace quantizer sites with neurons and max-pools with rate max-pools; add ``time_steps``."""
+    """Replace every node by what its rule makes of it: quantizer sites by the method's
+    neurons, spiking operations by the layer their rule builds, ignored ones by their
+    input; thread a ``time_steps`` input to every layer that takes it."""
     first = next(iter(gm.graph.nodes))
     with gm.graph.inserting_before(first):
         time_steps = gm.graph.placeholder("time_steps")  # first, so model defaults stay valid
     dependent = data_dependent_nodes(gm.graph)
     for node in list(gm.graph.nodes):
-        kind = classify(gm, node, dependent)
-        if kind is NodeKind.QUANTIZER:
-            activation = gm.get_submodule(node.target)
+        rule = classify(gm, node, dependent)
+        role = rule.role if rule is not None else None
+        if role is Role.QUANTIZER:
             try:
-                spiking = neuron(activation)
+                spiking = neuron(gm.get_submodule(node.target))
             except (TypeError, ValueError) as error:
                 raise ConversionError(f"{describe(gm, node)}: {error}") from error
             set_submodule(gm, node.target, spiking)
-            node.kwargs = {**node.kwargs, "time_steps": time_steps}
-        elif kind is NodeKind.SERIAL_OP and isinstance(gm.get_submodule(node.target), SpikingNeuron):
-            node.kwargs = {**node.kwargs, "time_steps": time_steps}
-        elif kind is NodeKind.MAX_POOL:
-            pool = RateMaxPool(_max_pool_module(gm, node))
-            name = node.target if node.op == "call_module" else _fresh_name(
-                gm, f"{module_path(node)}.{node.name}" if module_path(node) else node.name)
+        elif role is Role.SPIKING:
+            try:
+                spiking = rule.build(gm, node)
+            except (TypeError, ValueError) as error:
+                raise ConversionError(f"{describe(gm, node)} ({rule.name}): {error}") from error
             if node.op == "call_module":
-                set_submodule(gm, name, pool)
+                set_submodule(gm, node.target, spiking)
+                node.args, node.kwargs = tuple(node.args[i] for i in rule.inputs), {}
             else:
-                _replace_with_module(gm, node, name, pool, (node.args[0],))
-        elif kind is NodeKind.RELU:
+                owner = module_path(node)
+                name = _fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
+                node = _replace_with_module(gm, node, name, spiking, tuple(node.args[i] for i in rule.inputs))
+        elif role is Role.IGNORED:
+            if rule.replacement is not None:
+                node.replace_all_uses_with(node.args[rule.replacement])
+            gm.graph.erase_node(node)
+            continue
+        elif role is Role.ACTIVATION:
             raise ConversionError(
                 f"{describe(gm, node)} is a ReLU without a threshold. Pass calibration_data= to convert() so "
                 "thresholds can be recorded, or train the network with QCFS activations.")
+        if role in (Role.QUANTIZER, Role.SPIKING, Role.CONVERTED):
+            module = gm.get_submodule(node.target)
+            if getattr(module, "takes_time_steps", False):
+                node.kwargs = {**node.kwargs, "time_steps": time_steps}
     gm.graph.lint()
     gm.delete_all_unused_submodules()
     gm.recompile()

@@ -25,12 +25,12 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from ..conversion.graph import SYNAPTIC_TYPES
+from ..conversion.rules import OperationCost, has_cost, operation_cost
 from ..conversion.network import SpikingNetwork
 from ..neurons.base import SpikingNeuron
 from ..simulation.forms import SimulationResult
 
-__all__ = ["E_AC_PJ", "E_MAC_PJ", "LayerActivity", "LayerCost", "ActivityReport", "synaptic_macs",
+__all__ = ["E_AC_PJ", "E_MAC_PJ", "LayerActivity", "LayerCost", "ActivityReport", "synaptic_macs", "layer_costs",
            "ActivityMeter", "measure_activity", "cost_report"]
 
 E_AC_PJ = 0.9
@@ -104,31 +104,30 @@ class ActivityReport:
         }
 
 
-def _layer_macs(module: nn.Module, inputs: Tensor, output: Tensor) -> int:
-    batch = output.shape[0]
-    if isinstance(module, nn.Linear):
-        return output.numel() // batch * module.in_features
-    if isinstance(module, (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)):
-        return inputs.numel() // batch * (module.out_channels // module.groups) * math.prod(module.kernel_size)
-    return output.numel() // batch * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-
-
-def synaptic_macs(network: SpikingNetwork, *inputs: Tensor, time_steps: int = 1) -> dict[str, int]:
-    """MACs per sample of every synaptic layer (graph order), measured with one forward pass."""
-    macs: dict[str, int] = {}
+def layer_costs(network: SpikingNetwork, *inputs: Tensor, time_steps: int = 1) -> dict[str, OperationCost]:
+    """Operations per sample of every layer with a registered cost (graph order), measured
+    with one forward pass (costs are registered with the conversion rules,
+    :func:`parasnn.conversion.rules.register_cost`)."""
+    costs: dict[str, OperationCost] = {}
     handles = []
-    for node in network.graph_module.graph.nodes:
-        if node.op == "call_module" and isinstance(network.graph_module.get_submodule(node.target), SYNAPTIC_TYPES):
-            module = network.graph_module.get_submodule(node.target)
-            handles.append(module.register_forward_hook(
-                lambda m, args, out, path=node.target: macs.__setitem__(path, _layer_macs(m, args[0], out))))
+    gm = network.graph_module
+    for node in gm.graph.nodes:
+        if node.op == "call_module" and has_cost(gm.get_submodule(node.target)):
+            handles.append(gm.get_submodule(node.target).register_forward_hook(
+                lambda m, args, out, path=node.target: costs.__setitem__(path, operation_cost(m, args, out))))
     try:
         with torch.no_grad():
             network(*inputs, time_steps=time_steps)
     finally:
         for handle in handles:
             handle.remove()
-    return macs
+    return costs
+
+
+def synaptic_macs(network: SpikingNetwork, *inputs: Tensor, time_steps: int = 1) -> dict[str, int]:
+    """MACs per sample of every synaptic layer (graph order), measured with one forward pass."""
+    return {path: cost.synaptic for path, cost in layer_costs(network, *inputs, time_steps=time_steps).items()
+            if cost.synaptic}
 
 
 def _upstream_neurons(gm: fx.GraphModule, node: fx.Node) -> tuple[set[str], bool]:
@@ -149,7 +148,7 @@ def _upstream_neurons(gm: fx.GraphModule, node: fx.Node) -> tuple[set[str], bool
             if isinstance(module, SpikingNeuron):
                 neurons.add(current.target)
                 continue
-            if isinstance(module, SYNAPTIC_TYPES):
+            if has_cost(module):
                 analog = True  # a synaptic layer's output is a current, not spikes
                 continue
         stack.extend(current.all_input_nodes)

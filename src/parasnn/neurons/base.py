@@ -45,15 +45,28 @@ class ActivationQuantizer(nn.Module):
 
 
 class SerialOp(nn.Module):
-    """A layer with state in the serial simulation. State is any pytree of tensors."""
+    """A layer with state in the serial simulation. State is any pytree of tensors.
 
-    def initial_state(self, current: Tensor, *, time_steps: int) -> Any:
-        """State before step 1 for an input shaped like ``current`` ``(B, ...)``."""
+    A layer may take several inputs (a product of two spiking tensors): the simulator
+    passes every input the graph feeds it, in order, to ``forward``, ``initial_state``
+    and ``step``. ``takes_time_steps``: whether the converter passes ``time_steps=T`` to
+    ``forward`` (the parallel form); ``initial_state`` and ``step`` always receive it.
+    """
+
+    takes_time_steps: bool = True
+
+    def initial_state(self, *inputs: Tensor, time_steps: int) -> Any:
+        """State before step 1 for inputs shaped like ``inputs`` (each ``(B, ...)``)."""
         raise NotImplementedError
 
-    def step(self, state: Any, current: Tensor, *, time_steps: int) -> tuple[Any, Tensor]:
-        """One step: ``(state, input at t)`` → ``(state, output at t)``."""
+    def step(self, state: Any, *inputs: Tensor, time_steps: int) -> tuple[Any, Tensor]:
+        """One step: ``(state, inputs at t)`` → ``(state, output at t)``."""
         raise NotImplementedError
+
+    def spikes_in(self, output: Tensor) -> Tensor | None:
+        """Spikes per neuron in one serial step's ``output``, or ``None`` for a layer that
+        emits no spikes of its own (it relays or combines its inputs' spikes)."""
+        return None
 
 
 class SpikingNeuron(SerialOp):

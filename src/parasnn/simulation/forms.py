@@ -45,14 +45,14 @@ class _StepInterpreter(fx.Interpreter):
         module = self.fetch_attr(target)
         if not isinstance(module, SerialOp):
             return super().call_module(target, args, kwargs)
-        current = args[0]
         state = self.states.get(target)
         if state is None:
-            state = module.initial_state(current, time_steps=self.time_steps)
-        state, output = module.step(state, current, time_steps=self.time_steps)
+            state = module.initial_state(*args, time_steps=self.time_steps)
+        state, output = module.step(state, *args, time_steps=self.time_steps)
         self.new_states[target] = state
-        if isinstance(module, SpikingNeuron):
-            self.spikes[target] = module.spikes_in(output)
+        spikes = module.spikes_in(output)
+        if spikes is not None:
+            self.spikes[target] = spikes
         return output
 
 
