@@ -1,6 +1,6 @@
 """The benchmark code at a tiny size, so it cannot rot: memory accounting, interleaved timing
-with skips and reasons, the baselines' agreement with parasnn, the reports, the README
-regeneration, the accuracy-table registry and ``parasnn bench``. Real timings only in
+with skips and reasons, the baselines' agreement with parasnn, the reports, the
+regeneration of docs/results.md, the accuracy-table registry and ``parasnn bench``. Real timings only in
 ``make bench``."""
 import json
 import sys
@@ -150,6 +150,26 @@ def test_readme_section_is_replaced_between_markers_only():
     assert update_readme.replace_section("# t\n", "x\n", append=True).endswith(
         f"{update_readme.START}\nx\n{update_readme.END}\n")
 
+
+
+def test_results_page_is_regenerated_with_figures_next_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    speed_json = tmp_path / "speed.json"
+    speed_json.write_text(json.dumps({"results": []}))
+    source = tmp_path / "run" / "speed" / "plot.png"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"not really a png")
+    # The default target is docs/results.md; without it (and without --append) a clear error.
+    assert update_readme.main(["--speed", str(speed_json)]) == 2
+    results = tmp_path / "docs" / "results.md"
+    results.parent.mkdir()
+    results.write_text(f"# Results\n\nhand-written\n{update_readme.START}\nold\n{update_readme.END}\nnotes\n")
+    assert update_readme.main(["--speed", str(speed_json), f"--figure={source}"]) == 0
+    text = results.read_text()
+    assert text.startswith("# Results\n\nhand-written\n") and text.endswith(f"{update_readme.END}\nnotes\n")
+    assert "old" not in text and "](figures/run-speed-plot.png)" in text
+    assert (tmp_path / "docs" / "figures" / "run-speed-plot.png").read_bytes() == b"not really a png"
+    assert update_readme.main(["--speed", str(speed_json), f"--figure={source}", "--check"]) == 0
 
 def _tiny_context(kind: str):
     model, spec = tiny_model(kind)
