@@ -211,7 +211,7 @@ def test_accuracy_table_runs_every_registered_default_row(kind):
     assert "T=4" in markdown and "full-precision ANN" in markdown
     assert all(f"| {m} |" in markdown for m, _ in ran)
     section = update_readme.results_section(accuracy={"tables": [table], "machine": {}, "command": "x"}, speed=None)
-    assert "## Results" in section and next(iter(ran))[0] in section
+    assert "## Measured results" in section and next(iter(ran))[0] in section
 
 
 @pytest.mark.parametrize("kind", ["qcfs", "signed"])  # a signed network is converted with PMSM neurons
