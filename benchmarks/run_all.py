@@ -10,8 +10,8 @@
     OUT/ablation-relu-dagger/, ...-qcfs-l4-dagger/   parasnn ablate with the † rows (seed 0)
     OUT/pmsm-init/    init-table.md, init-table.json        PMSM initialisations (parasnn pmsm --compare)
 
-then the README's results section is regenerated when README.md has the markers
-(benchmarks/update_readme.py). Missing Fashion-MNIST backbones are trained first
+then the generated part of docs/results.md is rewritten when it has the markers
+(benchmarks/update_readme.py; the README links to it). Missing Fashion-MNIST backbones are trained first
 (``parasnn train``, resumable; ``--no-train`` skips them instead).
 
     python benchmarks/run_all.py --out runs/bench
@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-ablation", action="store_true", help="skip the ablations and the PMSM table")
-    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--results", "--readme", dest="results", type=Path, default=Path("docs/results.md"),
+                        help="Markdown file whose generated part is rewritten (default docs/results.md)")
     args = parser.parse_args(argv)
 
     threads = (["--threads", str(args.threads)] if args.threads else []) + ["--clock", args.clock]
@@ -94,20 +95,20 @@ def main(argv: list[str] | None = None) -> int:
                      "--json", str(table.with_suffix(".json")), "--markdown", str(table),
                      *(["--max-batches", "50"] if args.quick else [])])
             includes.append(table)
-    # The figures the README shows: time and memory against T, and what calibration does to
+    # The figures docs/results.md shows: time and memory against T, and what calibration does to
     # the distributions (paper 003 Figures 1 and 4).
     figures = [args.out / "speed-keep-memory" / f"{name}-vs-T.png" for name in ("vgg-small-b1", "vgg16-b128")]
     figures += [args.out / "ablation-relu" / "seed-0" / f"distributions_T{t}.png" for t in (2, 4)]
     figures += [args.out / "ablation-qcfs-l4" / "seed-0" / "distributions_T2.png"]
-    readme = args.readme
-    if readme.is_file() and update_readme.START in readme.read_text():
+    results = args.results
+    if results.is_file() and update_readme.START in results.read_text():
         update_readme.main(["--accuracy", str(args.out / "accuracy" / "accuracy.json"),
                             "--speed", str(args.out / "speed" / "speed.json"),
-                            "--speed", str(args.out / "speed-keep-memory" / "speed.json"), "--readme", str(readme),
+                            "--speed", str(args.out / "speed-keep-memory" / "speed.json"), "--results", str(results),
                             *[f"--include={path}" for path in includes if path.is_file()],
                             *[f"--figure={path}" for path in figures if path.is_file()]])
     else:
-        print(f"{readme} has no {update_readme.START} marker: results section not written "
+        print(f"{results} has no {update_readme.START} marker: generated results not written "
               "(add the markers, or run benchmarks/update_readme.py --append)", file=sys.stderr)
     return 0
 

@@ -1,6 +1,6 @@
 """The benchmark code at a tiny size, so it cannot rot: memory accounting, interleaved timing
-with skips and reasons, the baselines' agreement with parasnn, the reports, the README
-regeneration, the accuracy-table registry and ``parasnn bench``. Real timings only in
+with skips and reasons, the baselines' agreement with parasnn, the reports, the
+regeneration of docs/results.md, the accuracy-table registry and ``parasnn bench``. Real timings only in
 ``make bench``."""
 import json
 import sys
@@ -151,6 +151,26 @@ def test_readme_section_is_replaced_between_markers_only():
         f"{update_readme.START}\nx\n{update_readme.END}\n")
 
 
+
+def test_results_page_is_regenerated_with_figures_next_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    speed_json = tmp_path / "speed.json"
+    speed_json.write_text(json.dumps({"results": []}))
+    source = tmp_path / "run" / "speed" / "plot.png"
+    source.parent.mkdir(parents=True)
+    source.write_bytes(b"not really a png")
+    # The default target is docs/results.md; without it (and without --append) a clear error.
+    assert update_readme.main(["--speed", str(speed_json)]) == 2
+    results = tmp_path / "docs" / "results.md"
+    results.parent.mkdir()
+    results.write_text(f"# Results\n\nhand-written\n{update_readme.START}\nold\n{update_readme.END}\nnotes\n")
+    assert update_readme.main(["--speed", str(speed_json), f"--figure={source}"]) == 0
+    text = results.read_text()
+    assert text.startswith("# Results\n\nhand-written\n") and text.endswith(f"{update_readme.END}\nnotes\n")
+    assert "old" not in text and "](figures/run-speed-plot.png)" in text
+    assert (tmp_path / "docs" / "figures" / "run-speed-plot.png").read_bytes() == b"not really a png"
+    assert update_readme.main(["--speed", str(speed_json), f"--figure={source}", "--check"]) == 0
+
 def _tiny_context(kind: str):
     model, spec = tiny_model(kind)
     generator = torch.Generator().manual_seed(0)
@@ -191,7 +211,7 @@ def test_accuracy_table_runs_every_registered_default_row(kind):
     assert "T=4" in markdown and "full-precision ANN" in markdown
     assert all(f"| {m} |" in markdown for m, _ in ran)
     section = update_readme.results_section(accuracy={"tables": [table], "machine": {}, "command": "x"}, speed=None)
-    assert "## Results" in section and next(iter(ran))[0] in section
+    assert "## Measured results" in section and next(iter(ran))[0] in section
 
 
 @pytest.mark.parametrize("kind", ["qcfs", "signed"])  # a signed network is converted with PMSM neurons
