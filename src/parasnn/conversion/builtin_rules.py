@@ -26,7 +26,7 @@ from ..neurons.base import ActivationQuantizer, SerialOp
 from .pooling import MAX_POOL_FUNCTIONS, MAX_POOL_MODULES, RateMaxPool, max_pool_module
 from .rules import OperationCost, Role, function_rule, method_rule, module_rule, register, register_cost
 
-__all__ = ["SYNAPTIC_TYPES", "AFFINE_MODULES", "AFFINE_FUNCTIONS", "AFFINE_METHODS", "RELU_FUNCTIONS", "RELU_METHODS"]
+__all__ = ["SYNAPTIC_TYPES", "AFFINE_MODULES", "AFFINE_FUNCTIONS", "AFFINE_METHODS", "RELU_FUNCTIONS", "RELU_METHODS", "RELU6_FUNCTIONS"]
 
 SYNAPTIC_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                   nn.ConvTranspose3d, nn.Linear)
@@ -62,6 +62,8 @@ _DIVISIONS = {operator.truediv, operator.itruediv, torch.div, "div", "div_"}
 
 RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 RELU_METHODS = {"relu", "relu_"}
+# ReLU6 = min(ReLU, 6): a QCFS with θ ≤ 6 reproduces it as it does a ReLU (docs/decisions.md)
+RELU6_FUNCTIONS = {F.relu6}
 
 
 def _is_scaling(node, dependent) -> bool:
@@ -105,6 +107,8 @@ register(function_rule("max-pool function", MAX_POOL_FUNCTIONS, Role.SPIKING, bu
 register(module_rule("relu", (nn.ReLU,), Role.ACTIVATION))
 register(function_rule("relu function", RELU_FUNCTIONS, Role.ACTIVATION))
 register(method_rule("relu method", RELU_METHODS, Role.ACTIVATION))
+register(module_rule("relu6", (nn.ReLU6,), Role.ACTIVATION))
+register(function_rule("relu6 function", RELU6_FUNCTIONS, Role.ACTIVATION))
 register(module_rule("quantizer", (ActivationQuantizer,), Role.QUANTIZER))
 register(module_rule("converted", (SerialOp,), Role.CONVERTED))
 register_cost(SYNAPTIC_TYPES, _synaptic_cost)

@@ -21,7 +21,7 @@ from ..neurons.base import ActivationQuantizer, SerialOp
 from .rules import Role, Rule, match
 
 __all__ = ["ConversionError", "NodeKind", "trace", "classify", "check_convertible", "data_dependent_nodes",
-           "describe", "QUANTIZER_TYPES", "SYNAPTIC_TYPES", "module_path", "shape_valued_nodes"]
+           "describe", "QUANTIZER_TYPES", "SYNAPTIC_TYPES", "module_path", "shape_valued_nodes", "operation_type", "function_name"]
 
 
 class ConversionError(Exception):
@@ -152,10 +152,17 @@ def operation_type(gm: fx.GraphModule, node: fx.Node) -> str:
         module = gm.get_submodule(node.target)
         return f"module {type(module).__module__}.{type(module).__name__}"
     if node.op == "call_function":
-        target = getattr(node.target, "__qualname__", None) or getattr(node.target, "__name__", str(node.target))
-        module = getattr(node.target, "__module__", None) or ""
-        return f"function {module + '.' if module else ''}{target}"
+        return f"function {function_name(node.target)}"
     return f"method Tensor.{node.target}"
+
+
+def function_name(function) -> str:
+    """``torch.cumsum``, ``torch.nn.functional.gelu``, ``operator.mul``: the name a user wrote."""
+    name = getattr(function, "__qualname__", None) or getattr(function, "__name__", str(function))
+    if name.startswith("_VariableFunctionsClass."):  # torch's C functions
+        name = name.split(".", 1)[1]
+    module = getattr(function, "__module__", None) or "torch"
+    return f"{module}.{name}"
 
 
 def check_convertible(gm: fx.GraphModule, *, model_name: str | None = None) -> dict[fx.Node, Rule]:

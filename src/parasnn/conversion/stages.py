@@ -24,22 +24,24 @@ from typing import Callable, Iterable
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
-from .graph import ConversionError, check_convertible, classify, data_dependent_nodes, describe, module_path, trace
-from ..neurons.base import SerialOp, SpikingNeuron
-from .pooling import RateMaxPool
-from .rules import Role
+from ..neurons.base import SpikingNeuron
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS
+from .builtin_rules import RELU6_FUNCTIONS
+from .graph import ConversionError, check_convertible, classify, data_dependent_nodes, describe, module_path, trace
 from .network import SpikingNetwork, observe
+from .pooling import RateMaxPool
+from .rules import Role
 
 __all__ = ["BatchNormMode", "ThresholdStatistic", "ConversionConfig", "convert", "quantize_relus",
            "isolate_activations", "fold_batchnorm", "RateMaxPool", "ConversionError",
            "activation_sites", "record_activation_thresholds"]
 
 NeuronFactory = Callable[[nn.Module], SpikingNeuron]
+
+_RELUS = (nn.ReLU, nn.ReLU6)  # activation sites whose thresholds are recorded on data
 
 
 class BatchNormMode(str, enum.Enum):
@@ -139,16 +141,16 @@ def isolate_activations(gm: fx.GraphModule) -> fx.GraphModule:
         if node.op == "call_module" and node.target not in seen:
             seen.add(node.target)
             module = gm.get_submodule(node.target)
-            if isinstance(module, nn.ReLU) and module.inplace:
-                set_submodule(gm, node.target, nn.ReLU())  # in-place would clobber a shared input
+            if isinstance(module, _RELUS) and module.inplace:
+                set_submodule(gm, node.target, type(module)())  # in-place would clobber a shared input
             continue
         if node.op == "call_module":
             module = copy.deepcopy(gm.get_submodule(node.target))
-            if isinstance(module, nn.ReLU):
-                module = nn.ReLU()
+            if isinstance(module, _RELUS):
+                module = type(module)()
             name = _fresh_name(gm, node.target)
         else:
-            module = nn.ReLU()
+            module = nn.ReLU6() if node.target in RELU6_FUNCTIONS else nn.ReLU()
             owner = module_path(node)
             name = _fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
         _replace_with_module(gm, node, name, module, (node.args[0],))
@@ -209,10 +211,12 @@ def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int 
     ``calibration_data`` (the "clipped ReLU / QCFS" step of MATH.md §4d). Quantizer sites
     already present are kept."""
     gm = _prepare(model, leaf_modules)
-    relu_sites = [n.target for n in activation_sites(gm) if isinstance(gm.get_submodule(n.target), nn.ReLU)]
+    relu_sites = [n.target for n in activation_sites(gm) if isinstance(gm.get_submodule(n.target), _RELUS)]
     if relu_sites:
         thresholds = record_activation_thresholds(gm, relu_sites, calibration_data, statistic, reduce=reduce)
         for site in relu_sites:
+            if isinstance(gm.get_submodule(site), nn.ReLU6):  # QCFS clips at θ: θ ≤ 6 keeps ReLU6's ceiling
+                thresholds[site] = min(thresholds[site], 6.0)
             set_submodule(gm, site, QCFS(levels=levels, threshold=thresholds[site]))
     gm.recompile()
     return gm
