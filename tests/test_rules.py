@@ -166,3 +166,21 @@ def test_relu6_converts_with_its_ceiling():
     assert len(neurons) == 1
     threshold = float(next(iter(neurons.values())).threshold)
     assert 0 < threshold <= 6.0  # the recorded range (about 10·|x|) is capped at ReLU6's ceiling
+
+
+def test_stochastic_depth_in_eval_is_the_identity_and_disappears():
+    ops = pytest.importorskip("torchvision.ops")
+
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.q = nn.Linear(4, 4), QCFS(levels=2, threshold=1.0)
+
+        def forward(self, x):
+            return x + ops.stochastic_depth(self.q(self.fc(x)), 0.5, "row", self.training)
+
+    model = Residual().eval()
+    x = torch.randn(3, 4)
+    network = convert(model)
+    assert not any("stochastic_depth" in str(node.target) for node in network.graph_module.graph.nodes)
+    assert torch.equal(parallel_forward(network, x, time_steps=2), model(x))

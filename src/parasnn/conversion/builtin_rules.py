@@ -24,7 +24,7 @@ from torch import nn
 
 from ..neurons.base import ActivationQuantizer, SerialOp
 from .pooling import MAX_POOL_FUNCTIONS, MAX_POOL_MODULES, RateMaxPool, max_pool_module
-from .rules import OperationCost, Role, function_rule, method_rule, module_rule, register, register_cost
+from .rules import OperationCost, Role, Rule, function_rule, method_rule, module_rule, register, register_cost
 
 __all__ = ["SYNAPTIC_TYPES", "AFFINE_MODULES", "AFFINE_FUNCTIONS", "AFFINE_METHODS", "RELU_FUNCTIONS", "RELU_METHODS", "RELU6_FUNCTIONS"]
 
@@ -78,6 +78,17 @@ def _without_indices(node, dependent) -> bool:
     return not node.kwargs.get("return_indices")
 
 
+def _is_stochastic_depth_in_eval(gm, node, dependent) -> bool:
+    """torchvision's ``stochastic_depth(input, p, mode, training)`` is the identity when
+    ``training`` is false (a traced model in eval mode passes the constant False)."""
+    target = node.target if node.op == "call_function" else None
+    if getattr(target, "__name__", None) != "stochastic_depth" or \
+            not str(getattr(target, "__module__", "")).startswith("torchvision"):
+        return False
+    training = node.args[3] if len(node.args) > 3 else node.kwargs.get("training", True)
+    return training is False
+
+
 def _build_rate_max_pool(gm, node):
     return RateMaxPool(max_pool_module(gm, node))
 
@@ -104,6 +115,7 @@ register(module_rule("max-pool", MAX_POOL_MODULES, Role.SPIKING, build=_build_ra
                      when=lambda module: not getattr(module, "return_indices", False)))
 register(function_rule("max-pool function", MAX_POOL_FUNCTIONS, Role.SPIKING, build=_build_rate_max_pool,
                        when=_without_indices))
+register(Rule("stochastic depth in eval", Role.IGNORED, _is_stochastic_depth_in_eval, replacement=0))
 register(module_rule("relu", (nn.ReLU,), Role.ACTIVATION))
 register(function_rule("relu function", RELU_FUNCTIONS, Role.ACTIVATION))
 register(method_rule("relu method", RELU_METHODS, Role.ACTIVATION))

@@ -162,6 +162,7 @@ def function_name(function) -> str:
     if name.startswith("_VariableFunctionsClass."):  # torch's C functions
         name = name.split(".", 1)[1]
     module = getattr(function, "__module__", None) or "torch"
+    module = {"_operator": "operator", "torch._C._nn": "torch.nn.functional"}.get(module, module)
     return f"{module}.{name}"
 
 
