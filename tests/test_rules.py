@@ -81,7 +81,7 @@ class TwoBranches(nn.Module):
 
     def forward(self, x):
         a, b = self.q1(self.fc1(x)), self.q2(self.fc2(x))
-        return self.out(torch.mul(a, b)) + torch.sign(self.fc1(x)).sum(dim=1, keepdim=True)
+        return self.out(torch.mul(a, b)) + torch.sign(a - 0.5).sum(dim=1, keepdim=True)
 
 
 def test_a_new_kind_and_a_two_input_operation_plug_in_through_the_registry(toy_rules):
@@ -122,7 +122,12 @@ def test_rules_are_tried_newest_first_and_names_are_unique(toy_rules):
 
 def test_unconvertible_operations_are_grouped_by_type_with_counts():
     class Unclaimed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = QCFS(levels=2, threshold=1.0)
+
         def forward(self, x):
+            x = self.q(x)  # spike-coded from here on
             return torch.cumsum(x, 1) + torch.cumsum(x, 1) + torch.cumsum(x, 1) + torch.sort(x, 1).values
 
     with pytest.raises(ConversionError) as error:
@@ -184,3 +189,22 @@ def test_stochastic_depth_in_eval_is_the_identity_and_disappears():
     network = convert(model)
     assert not any("stochastic_depth" in str(node.target) for node in network.graph_module.graph.nodes)
     assert torch.equal(parallel_forward(network, x, time_steps=2), model(x))
+
+
+def test_operations_on_analog_values_before_any_neuron_run_unchanged():
+    """Before the first activation site values are constant over time: any operation on
+    them (a mask, a sort) is computed exactly in both forms and needs no rule."""
+    class MaskedInput(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.q = nn.Linear(4, 4), QCFS(levels=2, threshold=1.0)
+
+        def forward(self, x, mask):
+            weights = torch.sort(mask, dim=1).values / mask.sum(dim=1, keepdim=True)
+            return self.q(self.fc(x * weights)) / mask.sum(dim=1, keepdim=True)
+
+    model = MaskedInput().eval()
+    x, mask = torch.randn(3, 4), torch.rand(3, 4) + 0.5
+    network = convert(model)
+    assert torch.equal(parallel_forward(network, x, mask, time_steps=2), model(x, mask))
+    torch.testing.assert_close(serial_forward(network, x, mask, time_steps=2), model(x, mask))

@@ -21,7 +21,7 @@ from ..neurons.base import ActivationQuantizer, SerialOp
 from .rules import Role, Rule, match
 
 __all__ = ["ConversionError", "NodeKind", "trace", "classify", "check_convertible", "data_dependent_nodes",
-           "describe", "QUANTIZER_TYPES", "SYNAPTIC_TYPES", "module_path", "shape_valued_nodes", "operation_type", "function_name"]
+           "describe", "QUANTIZER_TYPES", "SYNAPTIC_TYPES", "module_path", "shape_valued_nodes", "operation_type", "function_name", "carrying_nodes"]
 
 
 class ConversionError(Exception):
@@ -115,13 +115,36 @@ def data_dependent_nodes(graph: fx.Graph) -> set[fx.Node]:
     return dependent
 
 
+# Roles whose nodes emit time-varying (spike-coded) values.
+_SOURCE_ROLES = frozenset({Role.ACTIVATION, Role.QUANTIZER, Role.CONVERTED, Role.FITTED})
+
+
+def carrying_nodes(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose value varies over the time steps: activation sites and everything
+    downstream of one. Before the first site a value is analog and constant over time (the
+    input layer, an attention mask, position embeddings): both forms compute it exactly as
+    the ANN does, whatever the operation, so it needs no rule."""
+    dependent = data_dependent_nodes(gm.graph)
+    carrying: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node not in dependent or node.op in ("placeholder", "output"):
+            continue
+        if any(arg in carrying for arg in node.all_input_nodes):
+            carrying.add(node)
+            continue
+        rule = match(gm, node, dependent)
+        if rule is not None and rule.role in _SOURCE_ROLES:
+            carrying.add(node)
+    return carrying
+
+
 _PASS_THROUGH = Rule("graph boundary", Role.AFFINE, lambda gm, node, dependent: True)
 _STATIC = Rule("static", Role.STATIC, lambda gm, node, dependent: True)
 
 
 def classify(gm: fx.GraphModule, node: fx.Node, dependent: set[fx.Node]) -> Rule | None:
     """The rule that claims ``node`` (``None``: nothing does). Inputs and outputs pass
-    through; nodes that do not depend on the inputs' values are static."""
+    through; nodes outside ``dependent`` (pass :func:`carrying_nodes`) are static."""
     if node.op in ("placeholder", "output"):
         return _PASS_THROUGH
     if node not in dependent or node.op == "get_attr":
@@ -169,7 +192,7 @@ def function_name(function) -> str:
 def check_convertible(gm: fx.GraphModule, *, model_name: str | None = None) -> dict[fx.Node, Rule]:
     """The rule of every node; raise one :class:`ConversionError` listing all unclaimed
     ones, grouped by operation type with counts."""
-    dependent = data_dependent_nodes(gm.graph)
+    dependent = carrying_nodes(gm)
     claimed = {node: classify(gm, node, dependent) for node in gm.graph.nodes}
     bad = [node for node, rule in claimed.items() if rule is None]
     if bad:

@@ -40,6 +40,8 @@ class Role(enum.Enum):
     ACTIVATION = "activation"  # a ReLU: thresholds are recorded, then it is quantized (QCFS)
     QUANTIZER = "quantizer"  # a quantized activation module: the method's neuron replaces it
     SPIKING = "spiking"  # replaced by the SerialOp that the rule builds
+    FITTED = "fitted"  # a scalar function: a neuron fitted to it on recorded inputs replaces it
+    EXPANDED = "expanded"  # replaced by a traced decomposition into operations other rules claim
     CONVERTED = "converted"  # already a SerialOp (a converted network traced again)
     STATIC = "static"  # does not depend on the inputs (parameters, constants, shapes)
     IGNORED = "ignored"  # does nothing at inference (shape checks, identity in eval): removed
@@ -57,7 +59,13 @@ class Rule:
         name: shown in errors and reports, e.g. ``"max-pool"``.
         role: what conversion does with a claimed node.
         matches: ``(graph module, node, input-dependent nodes) -> bool``.
-        build: for ``Role.SPIKING``: ``(graph module, node) -> SerialOp`` that replaces it.
+        build: for ``Role.SPIKING``: ``(graph module, node) -> SerialOp`` that replaces it;
+            for ``Role.EXPANDED``: ``(graph module, node) -> nn.Module`` computing the same
+            value from simpler operations, traced and inlined in its place (its forward
+            takes the node's ``inputs`` arguments).
+        fit: for ``Role.FITTED``: ``(graph module, node, samples, options) -> SerialOp``,
+            where ``samples`` holds input values recorded on calibration data (``None``
+            without data) and ``options`` is the conversion config.
         inputs: for ``Role.SPIKING``: the indices of ``node.args`` that carry activations
             and are passed to the built module, in order (``(0,)``: the first argument;
             ``(0, 1)``: a product of two activations).
@@ -71,10 +79,13 @@ class Rule:
     build: Build | None = None
     inputs: tuple[int, ...] = (0,)
     replacement: int | None = 0
+    fit: Callable | None = None
 
     def __post_init__(self):
-        if self.role is Role.SPIKING and self.build is None:
-            raise ValueError(f"rule {self.name!r}: a spiking rule needs build=")
+        if self.role in (Role.SPIKING, Role.EXPANDED) and self.build is None:
+            raise ValueError(f"rule {self.name!r}: a {self.role.value} rule needs build=")
+        if self.role is Role.FITTED and self.fit is None:
+            raise ValueError(f"rule {self.name!r}: a fitted rule needs fit=")
 
 
 _RULES: list[Rule] = []
@@ -113,37 +124,39 @@ def match(gm: fx.GraphModule, node: fx.Node, dependent: set[fx.Node]) -> Rule | 
 # -- helpers that build the common kinds of claims ---------------------------------------
 
 def module_rule(name: str, types: tuple[type, ...], role: Role, *, build: Build | None = None,
-                when: Callable[[nn.Module], bool] | None = None, inputs: tuple[int, ...] = (0,)) -> Rule:
+                when: Callable[[nn.Module], bool] | None = None, inputs: tuple[int, ...] = (0,),
+                fit: Callable | None = None) -> Rule:
     """A rule claiming ``call_module`` nodes of the given module ``types`` (and ``when``)."""
     def matches(gm, node, dependent):
         if node.op != "call_module" or node not in dependent:
             return False
         module = gm.get_submodule(node.target)
         return isinstance(module, types) and (when is None or when(module))
-    return Rule(name, role, matches, build=build, inputs=inputs)
+    return Rule(name, role, matches, build=build, inputs=inputs, fit=fit)
 
 
 def function_rule(name: str, functions: Iterable[Callable], role: Role, *, build: Build | None = None,
                   when: Callable[[fx.Node, set[fx.Node]], bool] | None = None, inputs: tuple[int, ...] = (0,),
-                  replacement: int | None = 0, dependent_only: bool = True) -> Rule:
+                  replacement: int | None = 0, dependent_only: bool = True, fit: Callable | None = None) -> Rule:
     """A rule claiming ``call_function`` nodes whose target is one of ``functions``."""
     targets = frozenset(functions)
 
     def matches(gm, node, dependent):
         return (node.op == "call_function" and node.target in targets and (node in dependent or not dependent_only)
                 and (when is None or when(node, dependent)))
-    return Rule(name, role, matches, build=build, inputs=inputs, replacement=replacement)
+    return Rule(name, role, matches, build=build, inputs=inputs, replacement=replacement, fit=fit)
 
 
 def method_rule(name: str, methods: Iterable[str], role: Role, *, build: Build | None = None,
-                when: Callable[[fx.Node, set[fx.Node]], bool] | None = None, inputs: tuple[int, ...] = (0,)) -> Rule:
+                when: Callable[[fx.Node, set[fx.Node]], bool] | None = None, inputs: tuple[int, ...] = (0,),
+                fit: Callable | None = None) -> Rule:
     """A rule claiming ``call_method`` nodes (``x.name(...)``) with one of the ``methods`` names."""
     names = frozenset(methods)
 
     def matches(gm, node, dependent):
         return node.op == "call_method" and node.target in names and node in dependent and \
             (when is None or when(node, dependent))
-    return Rule(name, role, matches, build=build, inputs=inputs)
+    return Rule(name, role, matches, build=build, inputs=inputs, fit=fit)
 
 
 # -- energy: what each layer costs ----------------------------------------------------------

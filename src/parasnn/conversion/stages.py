@@ -30,7 +30,7 @@ from ..neurons.base import SpikingNeuron
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS
 from .builtin_rules import RELU6_FUNCTIONS
-from .graph import ConversionError, check_convertible, classify, data_dependent_nodes, describe, module_path, trace
+from .graph import ConversionError, carrying_nodes, check_convertible, classify, describe, module_path, trace
 from .network import SpikingNetwork, observe
 from .pooling import RateMaxPool
 from .rules import Role
@@ -124,7 +124,7 @@ def _replace_with_module(gm: fx.GraphModule, node: fx.Node, name: str, module: n
 
 def activation_sites(gm: fx.GraphModule) -> list[fx.Node]:
     """Activation call sites (ReLU or quantizer), in graph order."""
-    dependent = data_dependent_nodes(gm.graph)
+    dependent = carrying_nodes(gm)
     return [n for n in gm.graph.nodes
             if getattr(classify(gm, n, dependent), "role", None) in (Role.ACTIVATION, Role.QUANTIZER)]
 
@@ -268,7 +268,7 @@ def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
     first = next(iter(gm.graph.nodes))
     with gm.graph.inserting_before(first):
         time_steps = gm.graph.placeholder("time_steps")  # first, so model defaults stay valid
-    dependent = data_dependent_nodes(gm.graph)
+    dependent = carrying_nodes(gm)
     for node in list(gm.graph.nodes):
         rule = classify(gm, node, dependent)
         role = rule.role if rule is not None else None
