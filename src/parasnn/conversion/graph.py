@@ -53,15 +53,17 @@ class _Tracer(fx.Tracer):
         return isinstance(module, self._extra_leaves) or super().is_leaf_module(module, qualified_name)
 
 
-def trace(model: nn.Module, *, leaf_modules: tuple[type, ...] = ()) -> fx.GraphModule:
-    """Symbolically trace ``model`` (which is not modified) into a GraphModule."""
+def trace(model: nn.Module, *, leaf_modules: tuple[type, ...] = (), concrete_args: dict | None = None
+          ) -> fx.GraphModule:
+    """Symbolically trace ``model`` (which is not modified) into a GraphModule;
+    ``concrete_args`` fixes arguments to constants while tracing (torch.fx's option)."""
     if not isinstance(model, nn.Module):
         raise ConversionError(f"expected an nn.Module to convert, got {type(model).__name__}")
     if isinstance(model, fx.GraphModule):  # already traced: copy, so the caller's graph is untouched
         return fx.GraphModule(model, _copy_graph(model.graph), model.__class__.__name__)
     tracer = _Tracer(leaf_modules)
     try:
-        graph = tracer.trace(model)
+        graph = tracer.trace(model, concrete_args=concrete_args)
     except Exception as error:  # fx raises many types; all mean "cannot trace this forward"
         raise ConversionError(
             f"torch.fx could not trace {type(model).__name__}.forward: {type(error).__name__}: {error}\n"
