@@ -21,8 +21,27 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedMultiheadAttention", "DecomposedAttention",
+# What a masked attention score becomes. -inf would make the serial form's running means
+# undefined (-inf - -inf); after the max-subtraction exp of this value is exactly 0 in
+# float32 and float64, as exp(-inf) is, so the ANN's output is unchanged.
+MASKED_SCORE = -1e9
+
+__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedMultiheadAttention", "DecomposedAttention",
            "inline_module"]
+
+
+class HardSigmoidAsReLU6(nn.Module):
+    """``hardsigmoid(x) = relu6(x + 3) / 6`` exactly: a ReLU6 site, which IF neurons reproduce."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu6(x + 3.0) / 6.0
+
+
+class Division(nn.Module):
+    """``a / b`` with ``b`` an activation: ``a · reciprocal(b)``."""
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        return a * torch.reciprocal(b)
 
 
 class DecomposedSoftmax(nn.Module):
@@ -74,7 +93,7 @@ class DecomposedAttention(nn.Module):
         scores = torch.matmul(query, key.transpose(-2, -1)) * scale
         if self.is_causal:
             causal = torch.ones(query.size(-2), key.size(-2), dtype=torch.bool, device=query.device).tril()
-            scores = scores.masked_fill(~causal, float("-inf"))
+            scores = scores + torch.zeros_like(causal, dtype=scores.dtype).masked_fill(~causal, MASKED_SCORE)
         if attn_mask is not None:  # additive (a boolean mask is turned additive before it comes here)
             scores = scores + attn_mask
         return torch.matmul(self.softmax(scores), value)
@@ -112,7 +131,7 @@ class DecomposedMultiheadAttention(nn.Module):
         mask = None
         if key_padding_mask is not None:  # (B, S), True = ignore -> additive (B, 1, 1, S)
             mask = torch.zeros_like(key_padding_mask, dtype=query.dtype).masked_fill(
-                key_padding_mask.bool(), float("-inf"))[:, None, None, :]
+                key_padding_mask.bool(), MASKED_SCORE)[:, None, None, :]
         if attn_mask is not None:  # additive float mask
             mask = attn_mask if mask is None else mask + attn_mask
         output = self.attention(heads(query, weight_q, bias_q), heads(key, weight_k, bias_k),

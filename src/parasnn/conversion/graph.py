@@ -117,15 +117,17 @@ def data_dependent_nodes(graph: fx.Graph) -> set[fx.Node]:
     return dependent
 
 
-# Roles whose nodes emit time-varying (spike-coded) values.
-_SOURCE_ROLES = frozenset({Role.ACTIVATION, Role.QUANTIZER, Role.CONVERTED, Role.FITTED})
+# Roles whose nodes start time-varying (spike-coded) values, even on analog inputs.
+_SOURCE_ROLES = frozenset({Role.ACTIVATION, Role.QUANTIZER, Role.CONVERTED, Role.FITTED, Role.EXPANDED})
 
 
 def carrying_nodes(gm: fx.GraphModule) -> set[fx.Node]:
-    """Nodes whose value varies over the time steps: activation sites and everything
-    downstream of one. Before the first site a value is analog and constant over time (the
-    input layer, an attention mask, position embeddings): both forms compute it exactly as
-    the ANN does, whatever the operation, so it needs no rule."""
+    """Nodes whose value varies over the time steps: activation sites (and operations that
+    expand into them) and everything downstream of one. Before the first site a value is
+    analog and constant over time (the input layer, an attention mask, position
+    embeddings): both forms compute it exactly as the ANN does, whatever the operation, so
+    it needs no rule. Rules see this set as ``dependent``: a node's operands are judged by
+    what precedes it (graph order), the node itself counts as dependent while it is tried."""
     dependent = data_dependent_nodes(gm.graph)
     carrying: set[fx.Node] = set()
     for node in gm.graph.nodes:
@@ -134,9 +136,10 @@ def carrying_nodes(gm: fx.GraphModule) -> set[fx.Node]:
         if any(arg in carrying for arg in node.all_input_nodes):
             carrying.add(node)
             continue
-        rule = match(gm, node, dependent)
-        if rule is not None and rule.role in _SOURCE_ROLES:
-            carrying.add(node)
+        carrying.add(node)  # tried as a candidate site
+        rule = match(gm, node, carrying)
+        if rule is None or rule.role not in _SOURCE_ROLES:
+            carrying.discard(node)
     return carrying
 
 

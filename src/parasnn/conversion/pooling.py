@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from ..neurons.base import SerialOp
 from .graph import ConversionError, describe
 
-__all__ = ["RateMaxPool", "MAX_POOL_MODULES", "MAX_POOL_FUNCTIONS", "max_pool_module"]
+__all__ = ["Amax", "RateMaxPool", "MAX_POOL_MODULES", "MAX_POOL_FUNCTIONS", "max_pool_module"]
 
 MAX_POOL_MODULES = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d,
                     nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d)
@@ -55,6 +55,17 @@ class RateMaxPool(SerialOp):
         total = total + current
         new_pooled = self.pool(total)
         return (total, new_pooled), new_pooled - pooled
+
+
+class Amax(nn.Module):
+    """``torch.amax(x, dim, keepdim)`` as a module, so :class:`RateMaxPool` can apply it to rates."""
+
+    def __init__(self, dim, keepdim: bool = False):
+        super().__init__()
+        self.dim, self.keepdim = dim, keepdim
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.amax(x, dim=self.dim, keepdim=self.keepdim)
 
 
 def max_pool_module(gm: fx.GraphModule, node: fx.Node) -> nn.Module:

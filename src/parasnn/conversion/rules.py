@@ -213,4 +213,4 @@ def _load_builtin() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        from . import builtin_rules  # noqa: F401  (registers on import)
+        from . import builtin_rules, transformer_rules  # noqa: F401  (register on import)

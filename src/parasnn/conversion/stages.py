@@ -3,10 +3,13 @@
 ::
 
     trace            torch.fx graph of a deep copy of the model (the argument is never touched)
+    expand           softmax, layer norm, attention, … replaced by their primitive operations
     check            every operation classified; one error lists all that cannot convert
     isolate          every activation call site gets its own module (a ReLU module called twice
                      becomes two neurons with their own thresholds)
     quantize ReLUs   ReLU → QCFS, thresholds recorded on calibration data   (ReLU models only)
+    fit              scalar functions (GELU, SiLU, exp, …) → multi-basis neurons fitted on the
+                     inputs recorded at each site
     fold BN          optional: conv/linear → BatchNorm pairs folded into one layer
     spike            QCFS → neuron (IF by default), max-pool → rate max-pool,
                      a ``time_steps`` input threaded to every neuron
@@ -30,6 +33,8 @@ from ..neurons.base import SpikingNeuron
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS
 from .builtin_rules import RELU6_FUNCTIONS
+from .expand import expand_operations
+from .fitting import fit_sites
 from .graph import ConversionError, carrying_nodes, check_convertible, classify, describe, module_path, trace
 from .network import SpikingNetwork, observe
 from .pooling import RateMaxPool
@@ -77,19 +82,36 @@ class ThresholdStatistic:
 @dataclasses.dataclass(frozen=True)
 class ConversionConfig:
     """Options of :func:`convert`. ``levels`` is the L of the QCFS layers that replace ReLUs
-    (it only shapes the QCFS proxy network; the spiking network's T is chosen at run time)."""
+    (it only shapes the QCFS proxy network; the spiking network's T is chosen at run time).
+    ``bases`` (the paper's N) and ``function_time_steps`` (the T's fitted) shape the
+    multi-basis neurons of scalar functions (GELU, SiLU, exp, …); such a network runs at
+    those T only, because an MBE neuron is fitted for one T."""
 
     levels: int = 8
     threshold: ThresholdStatistic = ThresholdStatistic()
     batchnorm: BatchNormMode = BatchNormMode.KEEP
+    bases: int = 4
+    function_time_steps: tuple[int, ...] = (2, 4, 8, 16)
+
+    def __post_init__(self):
+        steps = tuple(self.function_time_steps)
+        if not steps or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in steps):
+            raise ValueError(f"ConversionConfig: function_time_steps must be integers >= 1, got {steps}")
+        object.__setattr__(self, "function_time_steps", steps)
+        if isinstance(self.bases, bool) or not isinstance(self.bases, int) or self.bases < 1:
+            raise ValueError(f"ConversionConfig: bases must be an integer >= 1, got {self.bases!r}")
 
     def to_dict(self) -> dict:
-        return {"levels": self.levels, "percentile": self.threshold.percentile, "batchnorm": self.batchnorm.value}
+        return {"levels": self.levels, "percentile": self.threshold.percentile, "batchnorm": self.batchnorm.value,
+                "bases": self.bases, "function_time_steps": list(self.function_time_steps)}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConversionConfig":
+        defaults = cls()
         return cls(levels=int(data["levels"]), threshold=ThresholdStatistic(float(data["percentile"])),
-                   batchnorm=BatchNormMode(data["batchnorm"]))
+                   batchnorm=BatchNormMode(data["batchnorm"]), bases=int(data.get("bases", defaults.bases)),
+                   function_time_steps=tuple(int(t) for t in data.get("function_time_steps",
+                                                                       defaults.function_time_steps)))
 
 
 # -- stages ---------------------------------------------------------------------------
@@ -224,7 +246,7 @@ def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int 
 
 def _prepare(model: nn.Module, leaf_modules) -> fx.GraphModule:
     model = copy.deepcopy(model).eval()
-    gm = trace(model, leaf_modules=leaf_modules)
+    gm = expand_operations(trace(model, leaf_modules=leaf_modules))
     check_convertible(gm, model_name=type(model).__name__)
     return isolate_activations(gm)
 
@@ -331,10 +353,13 @@ def convert(model: nn.Module, *, calibration_data: Iterable | None = None,
             ReLUs that need calibration data.
     """
     if calibration_data is not None:
+        if iter(calibration_data) is calibration_data:  # a one-shot iterator: two stages read it
+            calibration_data = list(calibration_data)
         gm = quantize_relus(model, calibration_data, levels=config.levels, statistic=config.threshold,
                             leaf_modules=leaf_modules, reduce=reduce)
     else:
         gm = _prepare(model, leaf_modules)
+    gm = fit_sites(gm, calibration_data, config)
     if config.batchnorm is BatchNormMode.FOLD:
         gm = fold_batchnorm(gm)
     gm = _spike(gm, neuron)

@@ -68,6 +68,11 @@ class SerialOp(nn.Module):
         emits no spikes of its own (it relays or combines its inputs' spikes)."""
         return None
 
+    def step_spikes(self, state: Any, output: Tensor) -> Tensor | None:
+        """Spikes per neuron at the step that produced ``state`` and ``output`` (default:
+        :meth:`spikes_in` of the output; a layer whose state knows better overrides it)."""
+        return self.spikes_in(output)
+
 
 class SpikingNeuron(SerialOp):
     """Base class of neuron layers. Subclasses implement four pure-maths methods.

@@ -15,7 +15,7 @@ import os
 import warnings
 from pathlib import Path
 
-from ..files import write_json
+from ..io.files import write_json
 from .mbe_fit import MBEFit
 from .mbe_functions import ScalarFunction
 

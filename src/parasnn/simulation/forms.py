@@ -50,7 +50,7 @@ class _StepInterpreter(fx.Interpreter):
             state = module.initial_state(*args, time_steps=self.time_steps)
         state, output = module.step(state, *args, time_steps=self.time_steps)
         self.new_states[target] = state
-        spikes = module.spikes_in(output)
+        spikes = module.step_spikes(state, output)
         if spikes is not None:
             self.spikes[target] = spikes
         return output

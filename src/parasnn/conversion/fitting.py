@@ -1,0 +1,111 @@
+"""The conversion stage that fits a neuron to every ``FITTED`` call site (a scalar function
+such as GELU): the site's inputs are recorded on calibration data, then its rule's ``fit``
+builds the spiking layer, which replaces the call (docs/maths.md §7)."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.fx as fx
+from torch import Tensor
+
+from ..runtime.progress import progress
+from .graph import ConversionError, carrying_nodes, classify, describe, module_path
+from .network import device_of
+from .rules import Role
+
+__all__ = ["fitted_sites", "record_site_inputs", "fit_sites", "SAMPLES_PER_SITE"]
+
+SAMPLES_PER_SITE = 1 << 16  # values kept per site: enough for the fit's quantiles, small in memory
+
+
+def fitted_sites(gm: fx.GraphModule) -> list[fx.Node]:
+    """Nodes claimed by a ``FITTED`` rule, in graph order."""
+    dependent = carrying_nodes(gm)
+    return [node for node in gm.graph.nodes if getattr(classify(gm, node, dependent), "role", None) is Role.FITTED]
+
+
+class _Recorder(fx.Interpreter):
+    """Runs the graph and keeps a seeded random sample of each site's first input."""
+
+    def __init__(self, gm: fx.GraphModule, sites: set[str], samples: dict[str, list[Tensor]], generator):
+        super().__init__(gm)
+        self.sites, self.samples, self.generator = sites, samples, generator
+
+    def run_node(self, node):
+        if node.name in self.sites:
+            values = self.map_nodes_to_values(node.args[0], node).detach().flatten()
+            keep = min(values.numel(), SAMPLES_PER_SITE)
+            index = torch.randperm(values.numel(), generator=self.generator)[:keep].to(values.device)
+            self.samples.setdefault(node.name, []).append(values[index].float().cpu())
+        return super().run_node(node)
+
+
+def record_site_inputs(gm: fx.GraphModule, sites: list[fx.Node], batches: Iterable, *, seed: int = 0
+                       ) -> dict[str, Tensor]:
+    """A random sample (seeded) of the inputs each site sees on ``batches``:
+    ``{node name: (≤ SAMPLES_PER_SITE,)}``."""
+    samples: dict[str, list[Tensor]] = {}
+    generator = torch.Generator().manual_seed(seed)
+    recorder = _Recorder(gm, {node.name for node in sites}, samples, generator)
+    device = device_of(gm)
+    with torch.no_grad():
+        for batch in progress(batches, description="recording function inputs"):
+            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+            recorder.run(inputs.to(device))
+    merged = {}
+    for name, parts in samples.items():
+        values = torch.cat(parts)
+        if values.numel() > SAMPLES_PER_SITE:
+            values = values[torch.randperm(values.numel(), generator=generator)[:SAMPLES_PER_SITE]]
+        merged[name] = values
+    return merged
+
+
+def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config) -> fx.GraphModule:
+    """Replace every fitted site by the layer its rule fits (in place on ``gm``)."""
+    sites = fitted_sites(gm)
+    if not sites:
+        return gm
+    samples = record_site_inputs(gm, sites, calibration_data) if calibration_data is not None else {}
+    dependent = carrying_nodes(gm)
+    for node in progress(sites, description="fitting multi-basis neurons"):
+        rule = classify(gm, node, dependent)
+        try:
+            layer = rule.fit(gm, node, samples.get(node.name), config)
+        except (TypeError, ValueError) as error:
+            raise ConversionError(f"{describe(gm, node)} ({rule.name}): {error}") from error
+        owner = module_path(node)
+        base = f"{owner}.{node.name}" if owner and node.op != "call_module" else (
+            node.target if node.op == "call_module" else node.name)
+        name = base if node.op == "call_module" else _fresh(gm, base)
+        if node.op == "call_module":
+            parent, _, leaf = name.rpartition(".")
+            setattr(gm.get_submodule(parent) if parent else gm, leaf, layer)
+            node.args, node.kwargs = (node.args[0],), {}
+        else:
+            gm.add_submodule(name, layer)
+            with gm.graph.inserting_before(node):
+                new = gm.graph.call_module(name, (node.args[0],))
+            new.meta = dict(node.meta)
+            node.replace_all_uses_with(new)
+            gm.graph.erase_node(node)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _fresh(gm: fx.GraphModule, base: str) -> str:
+    name, index = base, 1
+    while _exists(gm, name):
+        name, index = f"{base}_{index}", index + 1
+    return name
+
+
+def _exists(gm: fx.GraphModule, path: str) -> bool:
+    parent, _, leaf = path.rpartition(".")
+    try:
+        owner = gm.get_submodule(parent) if parent else gm
+    except AttributeError:
+        return False
+    return hasattr(owner, leaf)
