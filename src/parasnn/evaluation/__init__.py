@@ -1,0 +1,1 @@
+"""Evaluation measures beyond image accuracy (image accuracy is in :mod:`parasnn.evaluate`)."""
