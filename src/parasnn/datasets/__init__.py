@@ -1,1 +1,1 @@
-"""Data sets: one reader per on-disk format, splits and loaders."""
+"""Data sets: one reader per on-disk format (images, and text that ships in packages), splits and loaders."""

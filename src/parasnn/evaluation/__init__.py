@@ -1,1 +1,1 @@
-"""Measuring converted networks: accuracy, firing rates and energy, ablations, plots."""
+"""Measuring converted networks: accuracy, firing rates and energy, ablations, plots, text-embedding measures."""

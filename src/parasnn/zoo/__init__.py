@@ -1,1 +1,1 @@
-"""Model architectures (the model zoo) and their specifications."""
+"""Model architectures (the model zoo): CNNs from a ModelSpec, a small ViT, and a BERT encoder that reads pretrained all-MiniLM-L6-v2 weights."""
