@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from .mbe import MBENeuron, MBEParameters, check_count, mbe_forward
-from .mbe_functions import (ScalarFunction, fixed_interval, is_decomposed, reduce_input, restore_output,
+from .mbe_functions import (ScalarFunction, as_scalar_function, fixed_interval, is_decomposed, reduce_input, restore_output,
                             target_values)
 
 __all__ = ["MBEFit", "fit_mbe", "fit_samples", "binary_encoder", "FIT_VERSION", "DEFAULT_SAMPLE_COUNT"]
@@ -53,9 +53,9 @@ _CHECK_POINTS = 8193  # the dense grid on which the maximum error is recorded
 class MBEFit:
     """A fitted MBE neuron and what it was fitted to.
 
-    ``parameters`` are float64 (cast them with ``parameters.to(dtype)``); ``lower``/``upper``
-    bound the neuron's input seen in the fit (the mantissa interval for decomposed
-    functions); ``mse`` and ``max_error`` are over the weighted fit samples, ``grid_max_error``
+    ``parameters`` are float64 (cast them with ``parameters.to(dtype)``); ``[lower, upper]``
+    is the input range of the fit: the explicit range, the samples' extremes, or the
+    mantissa interval of a decomposed function; ``mse`` and ``max_error`` are over the weighted fit samples, ``grid_max_error``
     on a uniform grid of ``8193`` points over ``[lower, upper]`` — all measured in float64 on
     the neuron's input, i.e. on the mantissa function for decomposed functions.
     """
@@ -125,7 +125,7 @@ def fit_samples(function: ScalarFunction | str, *, samples: Tensor | None = None
     the result independent of the samples' order. ``input_range`` ``(lower, upper)`` and
     decomposed functions give the midpoints of ``sample_count`` equal cells.
     """
-    function = ScalarFunction(function)
+    function = as_scalar_function(function)
     check_count(sample_count, "sample_count")
     if is_decomposed(function):
         if samples is not None or input_range is not None:
@@ -208,7 +208,7 @@ def _ramp_error(x: Tensor, y: Tensor, lower: Tensor, width: Tensor) -> Tensor:
     return (residual * residual).mean()
 
 
-def _relaxed_knots(x: Tensor, y: Tensor, bases: int, *, random_starts: int = 12) -> tuple[Tensor, Tensor]:
+def _relaxed_knots(x: Tensor, y: Tensor, bases: int, *, random_starts: int = 8) -> tuple[Tensor, Tensor]:
     """Stage 1: knots of the best linear spline of N ramps. Starts: three fixed layouts on
     the samples' quantiles and ``random_starts`` from a generator with a fixed seed (the loss
     has many local minima; a fixed seed keeps the search deterministic)."""
@@ -232,12 +232,11 @@ def _relaxed_knots(x: Tensor, y: Tensor, bases: int, *, random_starts: int = 12)
     for _ in range(random_starts):
         lower = quantile(torch.rand(bases, generator=generator, dtype=x.dtype) * 0.95)
         starts.append((lower, lower + span * (0.02 + 0.6 * torch.rand(bases, generator=generator, dtype=x.dtype))))
-    best = None
-    for lower, upper in starts:
-        width = (upper - lower).clamp_min(minimum_width * 10)
+
+    def descend(lower, width, iterations):
         lower = lower.clone().requires_grad_()
         raw_width = torch.log(torch.expm1(width)).requires_grad_()  # softplus keeps widths > 0
-        optimiser = torch.optim.LBFGS([lower, raw_width], max_iter=200, line_search_fn="strong_wolfe",
+        optimiser = torch.optim.LBFGS([lower, raw_width], max_iter=iterations, line_search_fn="strong_wolfe",
                                       tolerance_grad=1e-12, tolerance_change=1e-16)
 
         def closure():
@@ -250,9 +249,13 @@ def _relaxed_knots(x: Tensor, y: Tensor, bases: int, *, random_starts: int = 12)
         with torch.no_grad():
             width = torch.nn.functional.softplus(raw_width) + minimum_width
             error = float(_ramp_error(x, y, lower, width))
-            if math.isfinite(error) and (best is None or error < best[0]):
-                best = (error, lower.detach().clone(), (lower + width).detach().clone())
-    return best[1], best[2]
+        return (error if math.isfinite(error) else math.inf), lower.detach(), width.detach()
+
+    # A short descent from every start, then a long one from the two best.
+    results = [descend(lower, (upper - lower).clamp_min(minimum_width * 10), 25) for lower, upper in starts]
+    results = sorted(results, key=lambda result: result[0])[:2]
+    error, lower, width = min((descend(lower, width, 200) for _, lower, width in results), key=lambda r: r[0])
+    return lower, lower + width
 
 
 def _pattern_search(x, y, lower, upper, mirrored, time_steps, *, rounds: int = 6):
@@ -301,7 +304,8 @@ def _digest(function: ScalarFunction, x: Tensor, bases: int, time_steps: int) ->
     return hasher.hexdigest()
 
 
-def _fit(function: ScalarFunction, x: Tensor, bases: int, time_steps: int, digest: str) -> MBEFit:
+def _fit(function: ScalarFunction, x: Tensor, bases: int, time_steps: int, digest: str,
+         bounds: tuple[float, float]) -> MBEFit:
     y = target_values(function, x)
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"fit_mbe: {function.value} is not finite on the samples")
@@ -318,9 +322,9 @@ def _fit(function: ScalarFunction, x: Tensor, bases: int, time_steps: int, diges
                                weight=torch.ones(bases, dtype=_DTYPE), output_bias=coefficients[-1].clone())
     # Errors of the neuron itself (the parallel form), not of the design matrix.
     error = mbe_forward(x, parameters=parameters, time_steps=time_steps) - y
-    grid = torch.linspace(float(x[0]), float(x[-1]), _CHECK_POINTS, dtype=_DTYPE)
+    grid = torch.linspace(*bounds, _CHECK_POINTS, dtype=_DTYPE)
     grid_error = mbe_forward(grid, parameters=parameters, time_steps=time_steps) - target_values(function, grid)
-    return MBEFit(function=function, parameters=parameters, lower=float(x[0]), upper=float(x[-1]), digest=digest,
+    return MBEFit(function=function, parameters=parameters, lower=bounds[0], upper=bounds[1], digest=digest,
                   mse=float((error * error).mean()), max_error=float(error.abs().max()),
                   grid_max_error=float(grid_error.abs().max()))
 
@@ -339,7 +343,7 @@ def fit_mbe(function: ScalarFunction | str, *, bases: int, time_steps: int, samp
     """
     from .mbe_cache import load_fit, store_fit  # the cache imports MBEFit from here
 
-    function = ScalarFunction(function)
+    function = as_scalar_function(function)
     check_count(bases, "bases")
     check_count(time_steps, "time_steps")
     x = fit_samples(function, samples=samples, input_range=input_range, sample_count=sample_count)
@@ -348,7 +352,13 @@ def fit_mbe(function: ScalarFunction | str, *, bases: int, time_steps: int, samp
         cached = load_fit(function, bases=bases, time_steps=time_steps, digest=digest, cache_dir=cache_dir)
         if cached is not None:
             return cached
-    fit = _fit(function, x, bases, time_steps, digest)
+    if is_decomposed(function):
+        bounds = fixed_interval(function)
+    elif input_range is not None:
+        bounds = (float(input_range[0]), float(input_range[1]))
+    else:
+        bounds = (float(x[0]), float(x[-1]))
+    fit = _fit(function, x, bases, time_steps, digest, bounds)
     if cache:
         store_fit(fit, cache_dir=cache_dir)
     return fit
