@@ -15,7 +15,7 @@ from parasnn.neurons.mbe_cache import cache_path
 from parasnn.neurons.mbe_fit import fit_mbe, fit_samples
 from parasnn.neurons.mbe_functions import ScalarFunction, exact_values, fixed_interval, target_values
 
-FAST = dict(sample_count=512, cache=False)
+FAST = dict(sample_count=256, cache=False)
 
 
 def random_parameters(generator, bases, time_steps, dtype):
@@ -84,7 +84,7 @@ def gelu_fit():
 
 
 def test_fitted_gelu_meets_its_recorded_errors(gelu_fit):
-    x = fit_samples("gelu", input_range=(-6.0, 6.0), sample_count=512)
+    x = fit_samples("gelu", input_range=(-6.0, 6.0), sample_count=256)
     error = gelu_fit(x) - exact_values("gelu", x)
     assert math.isclose(float((error * error).mean()), gelu_fit.mse, rel_tol=1e-12)
     assert float(error.abs().max()) == gelu_fit.max_error
@@ -100,13 +100,13 @@ def test_fitted_gelu_meets_its_recorded_errors(gelu_fit):
     assert float((error32.double() ** 2).mean()) <= 1.2 * gelu_fit.mse
 
 
-def test_fit_is_deterministic_and_uses_signed_bases(gelu_fit):
+def test_fit_is_deterministic(gelu_fit):
     again = fit_mbe("gelu", bases=2, time_steps=4, input_range=(-6.0, 6.0), **FAST)
     assert again.parameters.equal(gelu_fit.parameters) and again.digest == gelu_fit.digest
     samples = torch.randn(3000, generator=torch.Generator().manual_seed(0)) * 1.5 - 1
     shuffled = samples[torch.randperm(3000, generator=torch.Generator().manual_seed(2))]
-    one = fit_mbe("silu", bases=2, time_steps=3, samples=samples, **FAST)
-    two = fit_mbe("silu", bases=2, time_steps=3, samples=shuffled.view(30, 100), **FAST)
+    one = fit_mbe("silu", bases=1, time_steps=2, samples=samples, **FAST)
+    two = fit_mbe("silu", bases=1, time_steps=2, samples=shuffled.view(30, 100), **FAST)
     assert one.parameters.equal(two.parameters)  # the samples' order and shape do not matter
 
 
@@ -142,7 +142,7 @@ def test_cache_round_trip(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("function", ["exp", "reciprocal", "rsqrt"])
 def test_decomposed_functions_over_many_decades(function):
-    fit = fit_mbe(function, bases=3, time_steps=6, **FAST)
+    fit = fit_mbe(function, bases=2, time_steps=5, **FAST)
     lower, upper = fixed_interval(function)
     assert (fit.lower, fit.upper) == (lower, upper)
     if function == "exp":
