@@ -60,6 +60,7 @@ import torch
 from torch import Tensor
 
 from .base import SpikingNeuron
+from .integrate_fire import ParameterCache
 
 __all__ = ["MBEParameters", "MBEState", "exponential_decay", "mbe_forward", "mbe_initial_state", "mbe_step",
            "mbe_readout", "mbe_step_value", "mbe_spike_train", "mbe_spike_count", "MBENeuron"]
@@ -273,8 +274,13 @@ class MBENeuron(SpikingNeuron):
 
     @property
     def parameters_(self) -> MBEParameters:
-        """The buffers as :class:`MBEParameters` (follows ``.to(device)``)."""
-        return MBEParameters(**{name: getattr(self, name) for name in MBEParameters.FIELDS})
+        """The buffers as :class:`MBEParameters` (follows ``.to(device)``, ``load_state_dict``).
+        Validated once per change of the buffers, not on every call (the checks sync the device)."""
+        tensors = tuple(self._buffers[name] for name in MBEParameters.FIELDS)
+        cache = self.__dict__.get("_parameter_cache")
+        if cache is None:
+            cache = self.__dict__["_parameter_cache"] = ParameterCache()
+        return cache.get(tensors, None, lambda: MBEParameters(*tensors))
 
     @property
     def time_steps(self) -> int:
