@@ -121,7 +121,8 @@ class MBEParameters:
                                  f"time_steps={time_steps}), got {tuple(tensor.shape)}")
         kinds = {(getattr(self, name).dtype, getattr(self, name).device) for name in self.FIELDS}
         if len(kinds) != 1:
-            raise ValueError(f"MBEParameters: all tensors must share one dtype and device, got {sorted(map(str, kinds))}")
+            raise ValueError(f"MBEParameters: all tensors must share one dtype and device, "
+                             f"got {sorted(map(str, kinds))}")
         if not all(bool(torch.isfinite(getattr(self, name)).all()) for name in self.FIELDS):
             raise ValueError("MBEParameters: every parameter must be finite (no NaN or inf)")
 

@@ -14,8 +14,10 @@ output bias come from one least-squares solve, and the fit may bend a basis's st
 
 1. **Knots, continuous relaxation**: ``f ≈ c + Σ_n w_n·clip((x − l_n)/(h_n − l_n), 0, 1)``, a
    linear spline with 2N knots; the knots ``(l_n, h_n)`` by L-BFGS (the weights by least
-   squares inside the loss) from a few fixed starts on the samples' quantiles, best kept.
-2. **Knots, spiking**: the same knots refined by a pattern search (fixed step halving) on
+   squares inside the loss) from three layouts on the samples' quantiles and eight drawn
+   with a fixed seed, the best two polished.
+2. **Knots, spiking**: the same knots refined by a coordinate pattern search (the step
+   shrinks fourfold per round) on
    the true T-step neuron's least-squares error — it accounts for the quantization.
 3. **Orientation**: a basis may be mirrored (``a_n < 0``: fire for inputs *below* the window);
    the fit mirrors a basis where that needs fewer spikes on the samples at no cost in error.
@@ -37,8 +39,8 @@ import torch
 from torch import Tensor
 
 from .mbe import MBENeuron, MBEParameters, check_count, mbe_forward
-from .mbe_functions import (ScalarFunction, as_scalar_function, fixed_interval, is_decomposed, reduce_input, restore_output,
-                            target_values)
+from .mbe_functions import (ScalarFunction, as_scalar_function, fixed_interval, is_decomposed, reduce_input,
+                            restore_output, target_values)
 
 __all__ = ["MBEFit", "fit_mbe", "fit_samples", "binary_encoder", "FIT_VERSION", "DEFAULT_SAMPLE_COUNT"]
 
@@ -53,11 +55,12 @@ _CHECK_POINTS = 8193  # the dense grid on which the maximum error is recorded
 class MBEFit:
     """A fitted MBE neuron and what it was fitted to.
 
-    ``parameters`` are float64 (cast them with ``parameters.to(dtype)``); ``[lower, upper]``
+    ``parameters`` are float64 (cast them with ``parameters.to(dtype)``). ``[lower, upper]``
     is the input range of the fit: the explicit range, the samples' extremes, or the
-    mantissa interval of a decomposed function; ``mse`` and ``max_error`` are over the weighted fit samples, ``grid_max_error``
-    on a uniform grid of ``8193`` points over ``[lower, upper]`` — all measured in float64 on
-    the neuron's input, i.e. on the mantissa function for decomposed functions.
+    mantissa interval of a decomposed function. ``mse`` and ``max_error`` are over the
+    weighted fit samples, ``grid_max_error`` on a uniform grid of 8193 points over
+    ``[lower, upper]``; all are measured in float64 on the neuron's input, i.e. on the
+    mantissa function ``g`` for decomposed functions.
     """
 
     function: ScalarFunction
