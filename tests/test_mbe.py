@@ -166,6 +166,27 @@ def test_decomposed_functions_over_many_decades(function):
         assert torch.equal(scaled, expected)
 
 
+@pytest.mark.parametrize("function", ["exp", "reciprocal", "rsqrt", "gelu"])
+def test_neuron_layer_computes_the_whole_function_in_both_forms(function):
+    source = {} if function != "gelu" else dict(input_range=(-4.0, 4.0))
+    fit = fit_mbe(function, bases=2, time_steps=3, **source, **FAST)
+    neuron = fit.neuron(torch.float64)
+    x = torch.tensor([[-3.0, -0.5, 0.0, 1e-3], [0.7, 2.5, 123.0, 6e20]], dtype=torch.float64)
+    parallel = neuron(x, time_steps=3)
+    # NaN (rsqrt of a negative) is not equal to itself: compare NaN positions, then the rest.
+    assert torch.equal(parallel.isnan(), fit(x).isnan())
+    assert torch.equal(parallel.nan_to_num(), fit(x).nan_to_num())
+    state, outputs = neuron.initial_state(x, time_steps=3), []
+    for _ in range(3):
+        state, output = neuron.step(state, torch.zeros_like(x), time_steps=3)
+        outputs.append(output)
+    readout = neuron.readout(state)
+    assert torch.equal(readout.isnan(), parallel.isnan())
+    assert torch.equal(readout.nan_to_num(), parallel.nan_to_num())
+    torch.testing.assert_close(torch.stack(outputs).mean(0), parallel, equal_nan=True)
+    assert neuron.spike_train(x, time_steps=3).shape == (3, 2, 2, 4)
+
+
 def test_decomposed_edge_values():
     reciprocal = fit_mbe("reciprocal", bases=1, time_steps=2, **FAST)
     rsqrt = fit_mbe("rsqrt", bases=1, time_steps=2, **FAST)

@@ -85,8 +85,8 @@ class MBEFit:
         return evaluate_fit(self, x)
 
     def neuron(self, dtype: torch.dtype = torch.float32) -> MBENeuron:
-        """The MBE neuron layer (for decomposed functions: the neuron on the mantissa)."""
-        return MBENeuron(self.parameters.to(dtype), function=self.function.value)
+        """The MBE neuron layer computing the fitted function (decomposition included)."""
+        return MBENeuron(self.parameters.to(dtype), function=self.function)
 
     def to_dict(self) -> dict:
         """JSON-ready: floats as Python floats (``repr`` round-trips float64 exactly)."""
