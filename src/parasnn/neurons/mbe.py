@@ -60,8 +60,10 @@ import torch
 from torch import Tensor
 
 from .base import SpikingNeuron
+from .integrate_fire import ParameterCache
+from .mbe_functions import ScalarFunction, as_scalar_function, reduce_input, restore_output
 
-__all__ = ["MBEParameters", "MBEState", "exponential_decay", "mbe_forward", "mbe_initial_state", "mbe_step",
+__all__ = ["MBEParameters", "MBEState", "MBEStepState", "exponential_decay", "mbe_forward", "mbe_initial_state", "mbe_step",
            "mbe_readout", "mbe_step_value", "mbe_spike_train", "mbe_spike_count", "MBENeuron"]
 
 
@@ -120,7 +122,8 @@ class MBEParameters:
                                  f"time_steps={time_steps}), got {tuple(tensor.shape)}")
         kinds = {(getattr(self, name).dtype, getattr(self, name).device) for name in self.FIELDS}
         if len(kinds) != 1:
-            raise ValueError(f"MBEParameters: all tensors must share one dtype and device, got {sorted(map(str, kinds))}")
+            raise ValueError(f"MBEParameters: all tensors must share one dtype and device, "
+                             f"got {sorted(map(str, kinds))}")
         if not all(bool(torch.isfinite(getattr(self, name)).all()) for name in self.FIELDS):
             raise ValueError("MBEParameters: every parameter must be finite (no NaN or inf)")
 
@@ -250,31 +253,50 @@ def _check_time_steps(time_steps, parameters: MBEParameters) -> int:
     return time_steps
 
 
+class MBEStepState(NamedTuple):
+    """:class:`MBENeuron`'s serial state: the neuron's state, the steps taken, and for a
+    decomposed function the exponent and the input (for signs and zeros), else ``None``."""
+
+    neuron: MBEState
+    steps_taken: int
+    exponent: Tensor | None
+    input: Tensor | None
+
+
 class MBENeuron(SpikingNeuron):
     """An MBE neuron layer: the parameters as buffers, the maths in the functions above.
 
-    The same (scalar) function for every element of the input; ``function`` names it for
-    ``repr``. ``time_steps`` is fixed by the fit: any other value is refused with an error.
+    The same scalar function for every element of the input. ``function`` (a
+    :class:`~parasnn.neurons.mbe_functions.ScalarFunction`, optional) names it; for exp,
+    reciprocal and rsqrt the layer also applies the IEEE-754 decomposition around the
+    neuron, so it computes the whole function (the neuron itself sees the mantissa).
+    ``time_steps`` is fixed by the fit: any other value is refused with an error.
 
     Serial contract: the neuron encodes its input once, so ``initial_state(current)`` takes
     the input value x (the time-averaged current) and ``step`` ignores its ``current``.
-    ``step`` returns ``T·Σ_n w_n·d_n(t)·s_n(t) + c``, whose mean over the T steps is f̂(x) (the
-    project's convention: a layer's parallel output is the time average of its serial
-    outputs) up to rounding; ``readout(state)`` after step T is f̂(x) bit for bit.
+    ``step`` returns ``T·Σ_n w_n·d_n(t)·s_n(t) + c`` (times ``2^E`` for a decomposed
+    function), whose mean over the T steps is the parallel output (the project's
+    convention: a layer's parallel output is the time average of its serial outputs) up to
+    rounding; ``readout(state)`` after step T equals ``forward`` bit for bit.
     """
 
-    def __init__(self, parameters: MBEParameters, *, function: str = ""):
+    def __init__(self, parameters: MBEParameters, *, function: ScalarFunction | str | None = None):
         super().__init__()
         if not isinstance(parameters, MBEParameters):
             raise TypeError(f"MBENeuron: parameters must be MBEParameters, got {type(parameters).__name__}")
         for name, tensor in parameters.as_dict().items():
             self.register_buffer(name, tensor.detach().clone())
-        self.function = function
+        self.function = None if function is None else as_scalar_function(function)
 
     @property
     def parameters_(self) -> MBEParameters:
-        """The buffers as :class:`MBEParameters` (follows ``.to(device)``)."""
-        return MBEParameters(**{name: getattr(self, name) for name in MBEParameters.FIELDS})
+        """The buffers as :class:`MBEParameters` (follows ``.to(device)``, ``load_state_dict``).
+        Validated once per change of the buffers, not on every call (the checks sync the device)."""
+        tensors = tuple(self._buffers[name] for name in MBEParameters.FIELDS)
+        cache = self.__dict__.get("_parameter_cache")
+        if cache is None:
+            cache = self.__dict__["_parameter_cache"] = ParameterCache()
+        return cache.get(tensors, None, lambda: MBEParameters(*tensors))
 
     @property
     def time_steps(self) -> int:
@@ -284,33 +306,43 @@ class MBENeuron(SpikingNeuron):
     def bases(self) -> int:
         return self.threshold.shape[0]
 
+    def _reduce(self, current: Tensor) -> tuple[Tensor, Tensor | None]:
+        return (current, None) if self.function is None else reduce_input(self.function, current)
+
+    def _restore(self, value: Tensor, exponent: Tensor | None, current: Tensor) -> Tensor:
+        return value if exponent is None else restore_output(self.function, value, exponent, current)
+
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
-        return mbe_forward(current, parameters=self.parameters_, time_steps=time_steps)
+        neuron_input, exponent = self._reduce(current)
+        value = mbe_forward(neuron_input, parameters=self.parameters_, time_steps=time_steps)
+        return self._restore(value, exponent, current)
 
     def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
-        return mbe_spike_count(current, parameters=self.parameters_, time_steps=time_steps)
+        return mbe_spike_count(self._reduce(current)[0], parameters=self.parameters_, time_steps=time_steps)
 
     def spike_train(self, current: Tensor, *, time_steps: int) -> Tensor:
         """``(T, N, *S)``: the basis axis follows time (a neuron has N spike outputs)."""
-        return mbe_spike_train(current, parameters=self.parameters_, time_steps=time_steps)
+        return mbe_spike_train(self._reduce(current)[0], parameters=self.parameters_, time_steps=time_steps)
 
-    def initial_state(self, current: Tensor, *, time_steps: int) -> tuple[MBEState, int]:
-        """``(MBEState, 0)``: the state and the number of steps taken."""
+    def initial_state(self, current: Tensor, *, time_steps: int) -> MBEStepState:
         parameters = self.parameters_
         _check_time_steps(time_steps, parameters)
-        return mbe_initial_state(current, parameters=parameters), 0
+        neuron_input, exponent = self._reduce(current)
+        return MBEStepState(mbe_initial_state(neuron_input, parameters=parameters), 0, exponent,
+                            None if exponent is None else current)
 
-    def step(self, state, current: Tensor, *, time_steps: int):
+    def step(self, state: MBEStepState, current: Tensor, *, time_steps: int) -> tuple[MBEStepState, Tensor]:
         parameters = self.parameters_
         _check_time_steps(time_steps, parameters)
-        inner, taken = state
-        inner, spikes = mbe_step(inner, parameters=parameters, step=taken + 1)
-        value = mbe_step_value(spikes, parameters=parameters, step=taken + 1)
-        return (inner, taken + 1), value * time_steps + parameters.output_bias
+        step = state.steps_taken + 1
+        inner, spikes = mbe_step(state.neuron, parameters=parameters, step=step)
+        value = mbe_step_value(spikes, parameters=parameters, step=step) * time_steps + parameters.output_bias
+        return state._replace(neuron=inner, steps_taken=step), self._restore(value, state.exponent, state.input)
 
-    def readout(self, state) -> Tensor:
-        """f̂(x) from a serial state (bit-equal to ``forward`` after T steps)."""
-        return mbe_readout(state[0], parameters=self.parameters_)
+    def readout(self, state: MBEStepState) -> Tensor:
+        """The output from a serial state (after step T: bit-equal to ``forward``)."""
+        value = mbe_readout(state.neuron, parameters=self.parameters_)
+        return self._restore(value, state.exponent, state.input)
 
     def spikes_in(self, output: Tensor) -> Tensor:
         raise NotImplementedError(
@@ -318,5 +350,5 @@ class MBENeuron(SpikingNeuron):
             "count spikes with MBENeuron.spike_count or the spikes returned by mbe_step")
 
     def extra_repr(self) -> str:
-        name = f"{self.function}, " if self.function else ""
+        name = f"{self.function.value}, " if self.function is not None else ""
         return f"{name}bases={self.bases}, time_steps={self.time_steps}"

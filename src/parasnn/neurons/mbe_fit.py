@@ -14,8 +14,10 @@ output bias come from one least-squares solve, and the fit may bend a basis's st
 
 1. **Knots, continuous relaxation**: ``f ≈ c + Σ_n w_n·clip((x − l_n)/(h_n − l_n), 0, 1)``, a
    linear spline with 2N knots; the knots ``(l_n, h_n)`` by L-BFGS (the weights by least
-   squares inside the loss) from a few fixed starts on the samples' quantiles, best kept.
-2. **Knots, spiking**: the same knots refined by a pattern search (fixed step halving) on
+   squares inside the loss) from three layouts on the samples' quantiles and eight drawn
+   with a fixed seed, the best two polished.
+2. **Knots, spiking**: the same knots refined by a coordinate pattern search (the step
+   shrinks fourfold per round) on
    the true T-step neuron's least-squares error — it accounts for the quantization.
 3. **Orientation**: a basis may be mirrored (``a_n < 0``: fire for inputs *below* the window);
    the fit mirrors a basis where that needs fewer spikes on the samples at no cost in error.
@@ -37,8 +39,8 @@ import torch
 from torch import Tensor
 
 from .mbe import MBENeuron, MBEParameters, check_count, mbe_forward
-from .mbe_functions import (ScalarFunction, fixed_interval, is_decomposed, reduce_input, restore_output,
-                            target_values)
+from .mbe_functions import (ScalarFunction, as_scalar_function, fixed_interval, is_decomposed, reduce_input,
+                            restore_output, target_values)
 
 __all__ = ["MBEFit", "fit_mbe", "fit_samples", "binary_encoder", "FIT_VERSION", "DEFAULT_SAMPLE_COUNT"]
 
@@ -53,11 +55,12 @@ _CHECK_POINTS = 8193  # the dense grid on which the maximum error is recorded
 class MBEFit:
     """A fitted MBE neuron and what it was fitted to.
 
-    ``parameters`` are float64 (cast them with ``parameters.to(dtype)``); ``lower``/``upper``
-    bound the neuron's input seen in the fit (the mantissa interval for decomposed
-    functions); ``mse`` and ``max_error`` are over the weighted fit samples, ``grid_max_error``
-    on a uniform grid of ``8193`` points over ``[lower, upper]`` — all measured in float64 on
-    the neuron's input, i.e. on the mantissa function for decomposed functions.
+    ``parameters`` are float64 (cast them with ``parameters.to(dtype)``). ``[lower, upper]``
+    is the input range of the fit: the explicit range, the samples' extremes, or the
+    mantissa interval of a decomposed function. ``mse`` and ``max_error`` are over the
+    weighted fit samples, ``grid_max_error`` on a uniform grid of 8193 points over
+    ``[lower, upper]``; all are measured in float64 on the neuron's input, i.e. on the
+    mantissa function ``g`` for decomposed functions.
     """
 
     function: ScalarFunction
@@ -82,8 +85,8 @@ class MBEFit:
         return evaluate_fit(self, x)
 
     def neuron(self, dtype: torch.dtype = torch.float32) -> MBENeuron:
-        """The MBE neuron layer (for decomposed functions: the neuron on the mantissa)."""
-        return MBENeuron(self.parameters.to(dtype), function=self.function.value)
+        """The MBE neuron layer computing the fitted function (decomposition included)."""
+        return MBENeuron(self.parameters.to(dtype), function=self.function)
 
     def to_dict(self) -> dict:
         """JSON-ready: floats as Python floats (``repr`` round-trips float64 exactly)."""
@@ -125,7 +128,7 @@ def fit_samples(function: ScalarFunction | str, *, samples: Tensor | None = None
     the result independent of the samples' order. ``input_range`` ``(lower, upper)`` and
     decomposed functions give the midpoints of ``sample_count`` equal cells.
     """
-    function = ScalarFunction(function)
+    function = as_scalar_function(function)
     check_count(sample_count, "sample_count")
     if is_decomposed(function):
         if samples is not None or input_range is not None:
@@ -208,7 +211,7 @@ def _ramp_error(x: Tensor, y: Tensor, lower: Tensor, width: Tensor) -> Tensor:
     return (residual * residual).mean()
 
 
-def _relaxed_knots(x: Tensor, y: Tensor, bases: int, *, random_starts: int = 12) -> tuple[Tensor, Tensor]:
+def _relaxed_knots(x: Tensor, y: Tensor, bases: int, *, random_starts: int = 8) -> tuple[Tensor, Tensor]:
     """Stage 1: knots of the best linear spline of N ramps. Starts: three fixed layouts on
     the samples' quantiles and ``random_starts`` from a generator with a fixed seed (the loss
     has many local minima; a fixed seed keeps the search deterministic)."""
@@ -232,12 +235,11 @@ def _relaxed_knots(x: Tensor, y: Tensor, bases: int, *, random_starts: int = 12)
     for _ in range(random_starts):
         lower = quantile(torch.rand(bases, generator=generator, dtype=x.dtype) * 0.95)
         starts.append((lower, lower + span * (0.02 + 0.6 * torch.rand(bases, generator=generator, dtype=x.dtype))))
-    best = None
-    for lower, upper in starts:
-        width = (upper - lower).clamp_min(minimum_width * 10)
+
+    def descend(lower, width, iterations):
         lower = lower.clone().requires_grad_()
         raw_width = torch.log(torch.expm1(width)).requires_grad_()  # softplus keeps widths > 0
-        optimiser = torch.optim.LBFGS([lower, raw_width], max_iter=200, line_search_fn="strong_wolfe",
+        optimiser = torch.optim.LBFGS([lower, raw_width], max_iter=iterations, line_search_fn="strong_wolfe",
                                       tolerance_grad=1e-12, tolerance_change=1e-16)
 
         def closure():
@@ -250,9 +252,13 @@ def _relaxed_knots(x: Tensor, y: Tensor, bases: int, *, random_starts: int = 12)
         with torch.no_grad():
             width = torch.nn.functional.softplus(raw_width) + minimum_width
             error = float(_ramp_error(x, y, lower, width))
-            if math.isfinite(error) and (best is None or error < best[0]):
-                best = (error, lower.detach().clone(), (lower + width).detach().clone())
-    return best[1], best[2]
+        return (error if math.isfinite(error) else math.inf), lower.detach(), width.detach()
+
+    # A short descent from every start, then a long one from the two best.
+    results = [descend(lower, (upper - lower).clamp_min(minimum_width * 10), 25) for lower, upper in starts]
+    results = sorted(results, key=lambda result: result[0])[:2]
+    error, lower, width = min((descend(lower, width, 200) for _, lower, width in results), key=lambda r: r[0])
+    return lower, lower + width
 
 
 def _pattern_search(x, y, lower, upper, mirrored, time_steps, *, rounds: int = 6):
@@ -301,7 +307,8 @@ def _digest(function: ScalarFunction, x: Tensor, bases: int, time_steps: int) ->
     return hasher.hexdigest()
 
 
-def _fit(function: ScalarFunction, x: Tensor, bases: int, time_steps: int, digest: str) -> MBEFit:
+def _fit(function: ScalarFunction, x: Tensor, bases: int, time_steps: int, digest: str,
+         bounds: tuple[float, float]) -> MBEFit:
     y = target_values(function, x)
     if not bool(torch.isfinite(y).all()):
         raise ValueError(f"fit_mbe: {function.value} is not finite on the samples")
@@ -318,9 +325,9 @@ def _fit(function: ScalarFunction, x: Tensor, bases: int, time_steps: int, diges
                                weight=torch.ones(bases, dtype=_DTYPE), output_bias=coefficients[-1].clone())
     # Errors of the neuron itself (the parallel form), not of the design matrix.
     error = mbe_forward(x, parameters=parameters, time_steps=time_steps) - y
-    grid = torch.linspace(float(x[0]), float(x[-1]), _CHECK_POINTS, dtype=_DTYPE)
+    grid = torch.linspace(*bounds, _CHECK_POINTS, dtype=_DTYPE)
     grid_error = mbe_forward(grid, parameters=parameters, time_steps=time_steps) - target_values(function, grid)
-    return MBEFit(function=function, parameters=parameters, lower=float(x[0]), upper=float(x[-1]), digest=digest,
+    return MBEFit(function=function, parameters=parameters, lower=bounds[0], upper=bounds[1], digest=digest,
                   mse=float((error * error).mean()), max_error=float(error.abs().max()),
                   grid_max_error=float(grid_error.abs().max()))
 
@@ -339,7 +346,7 @@ def fit_mbe(function: ScalarFunction | str, *, bases: int, time_steps: int, samp
     """
     from .mbe_cache import load_fit, store_fit  # the cache imports MBEFit from here
 
-    function = ScalarFunction(function)
+    function = as_scalar_function(function)
     check_count(bases, "bases")
     check_count(time_steps, "time_steps")
     x = fit_samples(function, samples=samples, input_range=input_range, sample_count=sample_count)
@@ -348,7 +355,13 @@ def fit_mbe(function: ScalarFunction | str, *, bases: int, time_steps: int, samp
         cached = load_fit(function, bases=bases, time_steps=time_steps, digest=digest, cache_dir=cache_dir)
         if cached is not None:
             return cached
-    fit = _fit(function, x, bases, time_steps, digest)
+    if is_decomposed(function):
+        bounds = fixed_interval(function)
+    elif input_range is not None:
+        bounds = (float(input_range[0]), float(input_range[1]))
+    else:
+        bounds = (float(x[0]), float(x[-1]))
+    fit = _fit(function, x, bases, time_steps, digest, bounds)
     if cache:
         store_fit(fit, cache_dir=cache_dir)
     return fit

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
-__all__ = ["ScalarFunction", "target_values", "reduce_input", "restore_output", "fixed_interval",
+__all__ = ["ScalarFunction", "as_scalar_function", "target_values", "reduce_input", "restore_output", "fixed_interval",
            "is_decomposed", "exact_values"]
 
 
@@ -53,7 +53,7 @@ _DECOMPOSED = {
 }
 
 
-def _as_function(function) -> ScalarFunction:
+def as_scalar_function(function) -> ScalarFunction:
     try:
         return ScalarFunction(function)
     except ValueError:
@@ -63,12 +63,12 @@ def _as_function(function) -> ScalarFunction:
 
 def is_decomposed(function: ScalarFunction | str) -> bool:
     """True where the neuron sees a mantissa on a fixed interval, not the input itself."""
-    return _as_function(function) in _DECOMPOSED
+    return as_scalar_function(function) in _DECOMPOSED
 
 
 def fixed_interval(function: ScalarFunction | str) -> tuple[float, float]:
     """The mantissa interval ``[lower, upper)`` of a decomposed function."""
-    function = _as_function(function)
+    function = as_scalar_function(function)
     if function not in _DECOMPOSED:
         raise ValueError(f"{function.value} has no fixed interval: fit it on samples or an input range")
     return _DECOMPOSED[function][0]
@@ -76,7 +76,7 @@ def fixed_interval(function: ScalarFunction | str) -> tuple[float, float]:
 
 def exact_values(function: ScalarFunction | str, x: Tensor) -> Tensor:
     """The function itself on its natural input (reference for errors)."""
-    function = _as_function(function)
+    function = as_scalar_function(function)
     direct = {
         ScalarFunction.GELU: lambda v: functional.gelu(v),
         ScalarFunction.GELU_TANH: lambda v: functional.gelu(v, approximate="tanh"),
@@ -94,7 +94,7 @@ def exact_values(function: ScalarFunction | str, x: Tensor) -> Tensor:
 def target_values(function: ScalarFunction | str, neuron_input: Tensor) -> Tensor:
     """What the neuron must output for the value it sees: the mantissa function ``g`` for a
     decomposed function, the function itself otherwise."""
-    function = _as_function(function)
+    function = as_scalar_function(function)
     if function in _DECOMPOSED:
         return _DECOMPOSED[function][1](neuron_input)
     return exact_values(function, neuron_input)
@@ -103,7 +103,7 @@ def target_values(function: ScalarFunction | str, neuron_input: Tensor) -> Tenso
 def reduce_input(function: ScalarFunction | str, x: Tensor) -> tuple[Tensor, Tensor | None]:
     """``(neuron input, exponent)``: the mantissa and integer exponent of a decomposed
     function (exponent an int32 tensor shaped like ``x``), or ``(x, None)``."""
-    function = _as_function(function)
+    function = as_scalar_function(function)
     if function is ScalarFunction.EXP:
         z = x * math.log2(math.e)
         exponent = torch.floor(z)
@@ -121,7 +121,7 @@ def reduce_input(function: ScalarFunction | str, x: Tensor) -> tuple[Tensor, Ten
 
 def restore_output(function: ScalarFunction | str, value: Tensor, exponent: Tensor | None, x: Tensor) -> Tensor:
     """The function's value from the neuron's output ``value = g(m)`` and the exponent."""
-    function = _as_function(function)
+    function = as_scalar_function(function)
     if function is ScalarFunction.EXP:
         return torch.ldexp(value, exponent)
     if function is ScalarFunction.RECIPROCAL:
