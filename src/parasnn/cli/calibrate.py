@@ -32,7 +32,7 @@ __all__ = ["add_command"]
 
 
 def _stages(text: str):
-    from ..calibration.pipeline import CalibrationError, parse_stages
+    from ..calibration.config import CalibrationError, parse_stages
     try:
         return parse_stages(text)
     except CalibrationError as error:
@@ -42,7 +42,7 @@ def _stages(text: str):
 
 
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
-    from ..calibration.pipeline import CalibrationConfig, QuantizerGradient
+    from ..calibration.config import CalibrationConfig, QuantizerGradient
     defaults = CalibrationConfig()
     data = parser.add_argument_group("data")
     data.add_argument("--calibration-size", type=int,
@@ -61,31 +61,31 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     relu.add_argument("--levels", type=int, default=defaults.levels,
                       help=f"L of the QCFS proxy stored in the checkpoint (default {defaults.levels})")
     da = parser.add_argument_group("stage da (DA-QCFS error calibration, †)")
-    da.add_argument("--momentum", type=float, default=defaults.momentum,
-                    help=f"α of the running error averages (default {defaults.momentum})")
-    da.add_argument("--da-epochs", type=int, default=defaults.da_epochs)
+    da.add_argument("--momentum", type=float, default=defaults.da.momentum,
+                    help=f"α of the running error averages (default {defaults.da.momentum})")
+    da.add_argument("--da-epochs", type=int, default=defaults.da.epochs)
     da.add_argument("--no-da-debias", action="store_true",
                     help="plain running averages started at 0 (as the reference code), no 1 − α^n correction")
     parser.add_argument("--no-revert", action="store_true",
                         help="keep the result of stages da and bn even when it raises the held-out loss "
                              "(default: such a stage is undone)")
     bn = parser.add_argument_group("stage bn (spatial recalibration)")
-    bn.add_argument("--bn-lr", type=float, default=defaults.bn_learning_rate,
-                    help=f"peak AdamW learning rate (default {defaults.bn_learning_rate})")
-    bn.add_argument("--bn-final-lr", type=float, default=defaults.bn_final_learning_rate,
-                    help=f"learning rate at the end of the cosine (default {defaults.bn_final_learning_rate})")
-    bn.add_argument("--bn-epochs", type=int, default=defaults.bn_epochs)
-    bn.add_argument("--bn-gradient", choices=[g.value for g in QuantizerGradient], default=defaults.bn_gradient.value,
+    bn.add_argument("--bn-lr", type=float, default=defaults.bn.learning_rate,
+                    help=f"peak AdamW learning rate (default {defaults.bn.learning_rate})")
+    bn.add_argument("--bn-final-lr", type=float, default=defaults.bn.final_learning_rate,
+                    help=f"learning rate at the end of the cosine (default {defaults.bn.final_learning_rate})")
+    bn.add_argument("--bn-epochs", type=int, default=defaults.bn.epochs)
+    bn.add_argument("--bn-gradient", choices=[g.value for g in QuantizerGradient], default=defaults.bn.gradient.value,
                     help="gradient through the neurons: the IF triangle surrogate (default) or straight-through (ste)")
     bias = parser.add_argument_group("stage bias (temporal correction)")
-    bias.add_argument("--bias-lr", type=float, default=defaults.bias_learning_rate,
-                      help=f"peak AdamW learning rate (default {defaults.bias_learning_rate})")
-    bias.add_argument("--bias-final-lr", type=float, default=defaults.bias_final_learning_rate)
-    bias.add_argument("--bias-epochs", type=int, default=defaults.bias_epochs)
-    bias.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="gradient-norm clipping")
-    bias.add_argument("--patience", type=int, default=defaults.patience,
-                      help=f"validations without improvement before stopping (default {defaults.patience})")
-    bias.add_argument("--validation-interval", type=int, default=defaults.validation_interval,
+    bias.add_argument("--bias-lr", type=float, default=defaults.bias.learning_rate,
+                      help=f"peak AdamW learning rate (default {defaults.bias.learning_rate})")
+    bias.add_argument("--bias-final-lr", type=float, default=defaults.bias.final_learning_rate)
+    bias.add_argument("--bias-epochs", type=int, default=defaults.bias.epochs)
+    bias.add_argument("--clip-norm", type=float, default=defaults.bias.clip_norm, help="gradient-norm clipping")
+    bias.add_argument("--patience", type=int, default=defaults.bias.patience,
+                      help=f"validations without improvement before stopping (default {defaults.bias.patience})")
+    bias.add_argument("--validation-interval", type=int, default=defaults.bias.validation_interval,
                       help="training steps between validations")
     parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
                         help="share of the training steps of stages bn and bias that warm up linearly")
@@ -128,16 +128,17 @@ def add_command(commands) -> None:
 # -- shared pieces ----------------------------------------------------------------------------
 
 def _config(args, *, stages, time_steps: int):
-    from ..calibration.pipeline import CalibrationConfig
+    from ..calibration.config import BatchNormConfig, BiasConfig, CalibrationConfig, DAConfig
     return CalibrationConfig(
         stages=stages, time_steps=time_steps, batch_size=args.batch_size, seed=args.seed,
         validation_fraction=args.validation_fraction, percentile=args.percentile, levels=args.levels,
-        momentum=args.momentum, da_epochs=args.da_epochs, da_debias=not args.no_da_debias,
-        bn_learning_rate=args.bn_lr, bn_final_learning_rate=args.bn_final_lr, bn_epochs=args.bn_epochs,
-        bn_gradient=args.bn_gradient, bias_learning_rate=args.bias_lr, bias_final_learning_rate=args.bias_final_lr,
-        bias_epochs=args.bias_epochs, clip_norm=args.clip_norm, patience=args.patience,
-        validation_interval=args.validation_interval, warmup_fraction=args.warmup_fraction,
-        revert_if_worse=not args.no_revert)
+        warmup_fraction=args.warmup_fraction, revert_if_worse=not args.no_revert,
+        da=DAConfig(momentum=args.momentum, epochs=args.da_epochs, debias=not args.no_da_debias),
+        bn=BatchNormConfig(learning_rate=args.bn_lr, final_learning_rate=args.bn_final_lr, epochs=args.bn_epochs,
+                           gradient=args.bn_gradient),
+        bias=BiasConfig(learning_rate=args.bias_lr, final_learning_rate=args.bias_final_lr, epochs=args.bias_epochs,
+                        clip_norm=args.clip_norm, patience=args.patience,
+                        validation_interval=args.validation_interval))
 
 
 def _shard_loader(dataset, *, batch_size: int):

@@ -25,9 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..runtime import distributed
-from ..calibration.pipeline import (CalibrationConfig, Stage, _materialise, _on_device, any_batches, calibrate_distribution,
-                        convert_for_calibration, correct_temporal_bias, evaluate_loss, recalibrate_batchnorm,
-                        split_batches)
+from ..calibration.baseline import convert_for_calibration
+from ..calibration.batches import any_batches, materialise, on_device, split_batches
+from ..calibration.batchnorm import recalibrate_batchnorm
+from ..calibration.bias import correct_temporal_bias
+from ..calibration.config import CalibrationConfig, Stage
+from ..calibration.da import calibrate_distribution
+from ..calibration.guard import evaluate_loss
 from ..conversion.stages import isolate_activations
 from ..conversion.graph import trace
 from ..conversion.network import SpikingNetwork, device_of
@@ -183,11 +187,11 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
     """
     if not time_steps:
         raise ValueError("run_ablation: time_steps must list at least one T")
-    batches = _materialise(calibration_data, where="ablation")
-    test = _materialise(test_data, where="ablation test data", equal_shards=False)  # reduced once, at the end
+    batches = materialise(calibration_data, where="ablation")
+    test = materialise(test_data, where="ablation test data", equal_shards=False)  # reduced once, at the end
     device = device_of(model)
-    batches, test = _on_device(batches, device), _on_device(test, device)
-    training, validation = split_batches(batches, validation_fraction=config.validation_fraction)
+    batches, test = on_device(batches, device), on_device(test, device)
+    training, validation = split_batches(batches, validation_fraction=config.validation_fraction, seed=config.seed)
     has_validation = any_batches(validation)
     base, originals = convert_for_calibration(model, training, config=config.replace(time_steps=time_steps[0]))
     from_relu = any(o.levels is None for o in originals.values())
