@@ -176,11 +176,15 @@ def _ann_sites(model: nn.Module):
 
 def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterable, *, time_steps: Sequence[int],
                  config: CalibrationConfig = CalibrationConfig(), dagger: Sequence[bool] = (False, True),
-                 plots: PlotRequest | None = None, model_name: str | None = None, dataset: str = "") -> AblationReport:
+                 plots: PlotRequest | None = None, model_name: str | None = None, dataset: str = "",
+                 training_data: Iterable | None = None) -> AblationReport:
     """Run the ablation grid (``time_steps`` × ``dagger`` × :data:`VARIANTS`) for ``model``.
 
-    ``calibration_data``: labelled batches of the held-apart training slice (the last
-    ``config.validation_fraction`` of them are stage 2's early-stopping set); ``test_data``:
+    ``calibration_data``: labelled batches of the held-apart training slice; ``training_data``:
+    labelled batches the thresholds and stages learn on (the training set), the held-apart
+    batches then serving early stopping and the guard only. Without ``training_data`` a
+    seeded random ``config.validation_fraction`` of the held-apart batches is held out and the
+    rest train (as :func:`parasnn.calibration.pipeline.calibrate` does); ``test_data``:
     labelled test batches. ``config.stages`` and ``config.time_steps`` are ignored (the grid
     sets them). Under torchrun each process passes its shards; every process returns the
     same report and the caller writes it once. Plots are drawn by rank 0 only.
@@ -191,7 +195,11 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
     test = materialise(test_data, where="ablation test data", equal_shards=False)  # reduced once, at the end
     device = device_of(model)
     batches, test = on_device(batches, device), on_device(test, device)
-    training, validation = split_batches(batches, validation_fraction=config.validation_fraction, seed=config.seed)
+    if training_data is None:
+        training, validation = split_batches(batches, validation_fraction=config.validation_fraction,
+                                             seed=config.seed)
+    else:
+        training, validation = on_device(materialise(training_data, where="ablation training data"), device), batches
     has_validation = any_batches(validation)
     base, originals = convert_for_calibration(model, training, config=config.replace(time_steps=time_steps[0]))
     from_relu = any(o.levels is None for o in originals.values())

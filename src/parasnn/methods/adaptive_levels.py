@@ -309,11 +309,12 @@ def _warm_start(state_dict: dict[str, Any], layers: Sequence[LayerSensitivity]) 
 def _histogram_batches(config, *, size: int = 2048, batch_size: int = 256) -> list:
     """The held-apart slice of the training set that :func:`parasnn.training.train.train` validates on
     (or, without one, a seeded training slice): the data the histograms are measured on."""
-    from ..datasets.data import first_examples, load_dataset, make_loader, recorded_split
-    splits = load_dataset(config.dataset, data_dir=config.data_dir)
-    _, held_apart = recorded_split(splits.train, config={"holdout": config.holdout, "seed": config.seed},
-                                   fallback_size=size)
-    return list(make_loader(first_examples(held_apart, size), batch_size=batch_size, shuffle=False))
+    from ..datasets.load import checkpoint_dataset
+    from ..datasets.splits import held_apart_sample, make_loader
+    train_config = {"dataset": config.dataset, "data_dir": config.data_dir, "holdout": config.holdout,
+                    "seed": config.seed}
+    held = held_apart_sample(checkpoint_dataset(train_config).train, config=train_config, size=size, seed=config.seed)
+    return list(make_loader(held, batch_size=batch_size, shuffle=False))
 
 
 def train_adaptive(config, *, out_dir: str | Path, level_choices: Sequence[int] = DEFAULT_LEVEL_CHOICES,
