@@ -25,8 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from .arguments import device, positive_int, positive_int_list
 
 __all__ = ["add_command"]

@@ -40,7 +40,8 @@ __all__ = [
     "ActivationKind", "ActivationSpec", "ModelSpec", "MODEL_NAMES", "DEFAULT_WIDTHS",
     "build_model", "count_activation_sites",
     "VGG", "BasicBlock", "ResNet",
-    "VGG16_CONFIG", "VGG_SMALL_CONFIG",
+    "VGG16_CONFIG", "VGG_SMALL_CONFIG", "POOL", "vgg16", "vgg_small",
+    "RESNET18_BLOCKS", "RESNET20_BLOCKS", "RESNET34_BLOCKS", "resnet18", "resnet20", "resnet34",
 ]
 
 # The architectures registered when this module was imported (see parasnn.zoo.spec.model_names()).
