@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .arguments import device, positive_int, positive_int_list
+from .arguments import config_path, device, positive_int, positive_int_list
 
 __all__ = ["add_command"]
 
@@ -217,7 +217,7 @@ def _calibrate(args) -> int:
                     "dataset": splits.info.name,
                     "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict()}
         save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved)
-        write_json(args.out.with_name(args.out.stem + ".config.json"), resolved)
+        write_json(config_path(args.out), resolved)
         stages = ",".join(s.value for s in config.stages) or "none"
         print(f"calibrated {spec.name} for T={config.time_steps} (stages {stages}) in {seconds:.1f} s -> {args.out}")
         for name, values in report.validation.items():
