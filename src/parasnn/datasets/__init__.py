@@ -7,14 +7,15 @@ from .info import (CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CI
                    DIGITS_MEAN, DIGITS_SPLIT_SEED, DIGITS_STD, DIGITS_TEST_FRACTION, FASHION_MNIST_CLASSES,
                    FASHION_MNIST_MEAN, FASHION_MNIST_STD, DataError, DatasetInfo, DatasetName, Splits)
 from .load import checkpoint_dataset, load_dataset
-from .splits import (calibration_split, first_examples, held_apart_sample, make_loader, recorded_split, sample_subset,
+from .splits import (calibration_split, first_examples, held_apart_batches, held_apart_sample, make_loader, recorded_split, sample_subset,
                      training_sample)
 from .subset import load_subset, save_subset
 from .transforms import augment, denormalize, normalize, to_uint8
 
 __all__ = [
     "DatasetName", "DatasetInfo", "Splits", "DataError", "DEFAULT_DIRS", "load_dataset", "checkpoint_dataset",
-    "calibration_split", "recorded_split", "first_examples", "sample_subset", "held_apart_sample", "training_sample",
+    "calibration_split", "recorded_split", "first_examples", "sample_subset", "held_apart_sample", "held_apart_batches",
+    "training_sample",
     "make_loader", "augment", "save_subset", "load_subset", "normalize", "denormalize", "to_uint8", "inputs_of",
     "inputs_and_labels",
     "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "FASHION_MNIST_CLASSES",

@@ -12,7 +12,7 @@ from torch.utils.data.distributed import DistributedSampler
 from ..runtime.checks import require_positive_int
 
 __all__ = ["calibration_split", "recorded_split", "first_examples", "sample_subset", "held_apart_sample",
-           "training_sample", "make_loader"]
+           "held_apart_batches", "training_sample", "make_loader"]
 
 
 def calibration_split(train: TensorDataset, *, size: int, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -120,6 +120,14 @@ def held_apart_sample(train: TensorDataset, *, config: dict, size: int | None, s
     ``config``): the data conversion and calibration may look at, never the test set."""
     _, held_apart = recorded_split(train, config=config, fallback_size=size or fallback_size)
     return sample_subset(held_apart, size, seed=seed)
+
+
+def held_apart_batches(train: TensorDataset, *, config: dict, size: int | None, batch_size: int = 256,
+                       seed: int = 0) -> list:
+    """:func:`held_apart_sample` cut into batches ``(inputs, labels)`` of ``batch_size`` (one
+    process; sharded loaders are the caller's business)."""
+    sample = held_apart_sample(train, config=config, size=size, seed=seed)
+    return list(make_loader(sample, batch_size=batch_size, shuffle=False))
 
 
 def training_sample(train: TensorDataset, *, config: dict, size: int | None, seed: int = 0) -> TensorDataset:
