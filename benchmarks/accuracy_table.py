@@ -123,6 +123,7 @@ class Context:
     device: torch.device
     cache: dict = dataclasses.field(default_factory=dict)
     reference: nn.Module | None = None  # the full-precision ANN a quantized backbone came from
+    training_batches: list | None = None  # the training set the calibration stages learn on (paper 003)
 
     @property
     def from_relu(self) -> bool:
@@ -204,7 +205,8 @@ def _calibrated_row(stages: str):
         from parasnn.calibration.pipeline import CalibrationConfig, calibrate
         config = CalibrationConfig(stages=stages, time_steps=time_steps)
         start = time.perf_counter()
-        network = calibrate(context.model, context.calibration_batches, config=config)
+        network = calibrate(context.model, context.calibration_batches, config=config,
+                            training_data=context.training_batches)
         seconds = time.perf_counter() - start
         return evaluate_network(context, network, time_steps=time_steps, form=Form.PARALLEL,
                                 note=f"calibration {seconds:.0f} s")
@@ -398,15 +400,16 @@ def markdown_table(table: dict, *, description: str = "") -> str:
 
 
 def _load_context(backbone: Backbone, path: Path, *, device: torch.device, limit: int | None,
-                  calibration_size: int | None, batch_size: int, root: Path) -> Context:
+                  calibration_size: int | None, batch_size: int, root: Path, training_size: int | None = None
+                  ) -> Context:
     """Test batches (``batch_size``) and calibration batches of the held-apart training slice
     (the calibration stages' own batch size, so the rows match ``parasnn ablate``)."""
     from parasnn.calibration.pipeline import CalibrationConfig
-    from parasnn.datasets.data import first_examples, load_dataset, make_loader, recorded_split
+    from parasnn.datasets import checkpoint_dataset, held_apart_sample, make_loader, sample_subset, training_sample
     model, spec, checkpoint = load_ann(path)
     config = checkpoint.get("config", {})
-    splits = load_dataset(config.get("dataset", "fashion-mnist"), data_dir=config.get("data_dir"))
-    _, held_apart = recorded_split(splits.train, config=config, fallback_size=calibration_size or 5000)
+    splits = checkpoint_dataset(config)
+    held_apart = held_apart_sample(splits.train, config=config, size=calibration_size)
 
     def batches(dataset, size):
         return [(x.to(device), y.to(device)) for x, y in make_loader(dataset, batch_size=size, shuffle=False)]
@@ -414,9 +417,11 @@ def _load_context(backbone: Backbone, path: Path, *, device: torch.device, limit
     reference = None
     if backbone.reference is not None and (root / backbone.reference).is_file():
         reference = load_ann(root / backbone.reference)[0].to(device).eval()
-    return Context(backbone.name, model.to(device).eval(), spec, batches(first_examples(splits.test, limit), batch_size),
-                   batches(first_examples(held_apart, calibration_size), CalibrationConfig().batch_size), device,
-                   reference=reference)
+    calibration_batch = CalibrationConfig().batch_size
+    return Context(backbone.name, model.to(device).eval(), spec, batches(sample_subset(splits.test, limit), batch_size),
+                   batches(held_apart, calibration_batch), device, reference=reference,
+                   training_batches=batches(training_sample(splits.train, config=config, size=training_size),
+                                            calibration_batch))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -428,7 +433,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"rows, comma-separated; known: {', '.join(ROWS)} (default {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--time-steps", default="1,2,4,8", help="default 1,2,4,8")
-    parser.add_argument("--limit", type=int, help="first N test images only")
+    parser.add_argument("--limit", type=int, help="N test images only (a seeded random sample across classes)")
+    parser.add_argument("--training-size", type=int,
+                        help="training images the calibration stages learn on: a seeded random sample (default all)")
     parser.add_argument("--calibration-size", type=int,
                         help="images of the held-apart training slice used for conversion and calibration "
                              "(default: all of it, as parasnn ablate)")
@@ -465,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{name}: {missing[-1]['reason']}")
             continue
         context = _load_context(backbone, path, device=device, limit=args.limit,
-                                calibration_size=args.calibration_size, batch_size=args.batch_size, root=args.root)
+                                calibration_size=args.calibration_size, batch_size=args.batch_size, root=args.root,
+                                training_size=args.training_size)
         table = build_table(context, methods=methods, time_steps=time_steps, log=log)
         table.update(checkpoint=str(path), description=backbone.description)
         tables.append(table)

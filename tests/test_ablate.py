@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from parasnn.evaluation.ablation import (VARIANTS, AblationReport, PlotRequest, discordant_counts, format_markdown, paired_difference,
                             run_ablation)
-from parasnn.calibration.pipeline import CalibrationConfig
+from parasnn.calibration.config import CalibrationConfig
 from parasnn.io.checkpoint import load_snn, save_ann
 from parasnn.cli import main
 from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model

@@ -4,7 +4,7 @@ import argparse
 import pytest
 
 from parasnn.cli.arguments import dataclass_from_dict, positive_int, positive_int_list
-from parasnn.calibration.pipeline import CalibrationConfig, CalibrationError
+from parasnn.calibration.config import CalibrationConfig, CalibrationError
 from parasnn.training.train import TrainConfig
 
 

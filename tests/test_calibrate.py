@@ -8,11 +8,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import LargestTensor
-from parasnn.calibration.pipeline import (CalibrationConfig, CalibrationError, OriginalActivation, QuantizerGradient, Stage,
-                               _StraightThroughNeuron, _SynchronisedBatchNorm, calibrate, calibrate_distribution,
-                               calibrate_with_report, convert_for_calibration, correct_temporal_bias, evaluate_loss,
-                               layer_errors,
-                               parse_stages, recalibrate_batchnorm, run_stages, split_batches, warmup_cosine)
+from parasnn.calibration.baseline import OriginalActivation, convert_for_calibration
+from parasnn.calibration.batches import split_batches
+from parasnn.calibration.batchnorm import _StraightThroughNeuron, _SynchronisedBatchNorm, recalibrate_batchnorm
+from parasnn.calibration.bias import correct_temporal_bias
+from parasnn.calibration.config import CalibrationConfig, CalibrationError, QuantizerGradient, Stage, parse_stages
+from parasnn.calibration.da import calibrate_distribution, layer_errors
+from parasnn.calibration.guard import evaluate_loss
+from parasnn.calibration.pipeline import calibrate, calibrate_with_report, run_stages
+from parasnn.runtime.schedule import warmup_cosine
 from parasnn.io.checkpoint import load_snn, save_snn
 from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
 from parasnn.neurons import QCFS
@@ -298,7 +302,7 @@ def test_stage_bias_early_stopping_keeps_the_best_validated_biases():
     config = _config(bias_learning_rate=50.0, bias_final_learning_rate=50.0, bias_epochs=20, patience=2,
                      validation_interval=1, clip_norm=1e6)
     calibrated, report = correct_temporal_bias(network, training, config=config, validation=validation)
-    from parasnn.calibration.pipeline import evaluate_loss
+    from parasnn.calibration.guard import evaluate_loss
     initial = evaluate_loss(network, validation, time_steps=2)["loss"]
     final = evaluate_loss(calibrated, validation, time_steps=2)["loss"]
     assert report.details["stopped_early"] and report.steps < 20 * len(training)

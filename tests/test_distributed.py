@@ -24,7 +24,9 @@ pytest.importorskip("sklearn")
 
 from helpers import train_briefly
 from parasnn.runtime import distributed  # noqa: E402
-from parasnn.calibration.pipeline import CalibrationConfig, calibrate_with_report, evaluate_loss  # noqa: E402
+from parasnn.calibration.config import CalibrationConfig  # noqa: E402
+from parasnn.calibration.guard import evaluate_loss  # noqa: E402
+from parasnn.calibration.pipeline import calibrate_with_report  # noqa: E402
 from parasnn.datasets.data import calibration_split, load_dataset, make_loader  # noqa: E402
 from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model  # noqa: E402
 

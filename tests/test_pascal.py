@@ -17,7 +17,8 @@ from parasnn.neurons.pascal import (PascalNeuron, PipelinedOnlyError, accumulate
                                     emission_train, membrane_charge, pascal_step, soft_reset_step,
                                     sufficient_correction_steps)
 from parasnn.neurons.qcfs import QCFS, qcfs_level
-from parasnn.methods.pascal import compare_with_ann, effective_latency, evaluate_pascal, pascal_simulation, schedule
+from parasnn.methods.pascal import compare_with_ann, effective_latency, pascal_simulation, schedule
+from parasnn.methods.pascal_evaluation import evaluate_pascal
 from parasnn.simulation.forms import parallel_forward, parallel_simulation, serial_forward
 
 levels_strategy = st.integers(min_value=1, max_value=9)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import torch
 
-__all__ = ["positive_int", "positive_int_list", "device", "dataclass_from_dict"]
+__all__ = ["positive_int", "positive_int_list", "device", "dataclass_from_dict", "config_path"]
 
 _Options = TypeVar("_Options")
 
@@ -54,3 +55,9 @@ def dataclass_from_dict(cls: type[_Options], data: Mapping[str, Any], *,
     if unknown:
         raise error(f"{cls.__name__}: unknown entries {sorted(unknown)}")
     return cls(**data)
+
+
+def config_path(output: Path) -> Path:
+    """``<stem>.config.json`` beside an output file: where every command writes the options
+    it ran with (``runs/x/snn.pt`` → ``runs/x/snn.config.json``)."""
+    return Path(output).with_name(Path(output).stem + ".config.json")

@@ -75,10 +75,11 @@ def _network(args, model, spec, checkpoint):
         from ..conversion.methods import default_method, neuron_factory
         method = default_method(spec.activation.kind)
         return convert(model, neuron=neuron_factory(method)), f"converted now (method {method.value})"
-    from .main import _calibration_batches, _dataset_for
-    from ..datasets.data import DataError
+    from ..datasets import DataError, checkpoint_dataset, held_apart_batches
     try:
-        batches = _calibration_batches(checkpoint, _dataset_for(checkpoint, args.data_dir), size=256)
+        train_config = checkpoint.get("config", {})
+        batches = held_apart_batches(checkpoint_dataset(train_config, data_dir=args.data_dir).train,
+                                     config=train_config, size=256)
         note = "ReLU thresholds recorded on 256 images of the held-apart training slice"
     except DataError as error:
         # Thresholds change which neurons fire, not how much work a forward pass does.

@@ -6,9 +6,10 @@
     parasnn calibrate ANN.pt --stages da,bn,bias --time-steps 4 --out SNN.pt
     parasnn ablate ANN.pt --time-steps 2,4,8 --out DIR [--plots --layers 2,4,7]
 
-Calibration data is the slice of the training set that ``parasnn train`` held apart
-(``--holdout``, recorded in the checkpoint), never the test set; ``--calibration-size``
-takes its first N images. ``calibrate`` writes the SNN with :func:`parasnn.io.checkpoint.save_snn`
+The stages learn on the training set the network was trained on (``--training-size N``: a
+seeded random sample); the slice that ``parasnn train`` held apart (``--holdout``, recorded in
+the checkpoint; ``--calibration-size N``: a seeded random sample of it) judges — early
+stopping, the guard, the reports. The test set is never used. ``calibrate`` writes the SNN with :func:`parasnn.io.checkpoint.save_snn`
 (reload with ``load_snn``, evaluate with ``parasnn evaluate ANN.pt --snn SNN.pt --time-steps T``)
 and ``<out stem>.config.json``; ``ablate`` writes ``ablation.md``, ``ablation.json`` (and
 ``ablation.config.json``), and with ``--plots`` one PNG per T and † variant.
@@ -24,15 +25,13 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
-from .arguments import device, positive_int, positive_int_list
+from .arguments import config_path, device, positive_int, positive_int_list
 
 __all__ = ["add_command"]
 
 
 def _stages(text: str):
-    from ..calibration.pipeline import CalibrationError, parse_stages
+    from ..calibration.config import CalibrationError, parse_stages
     try:
         return parse_stages(text)
     except CalibrationError as error:
@@ -42,17 +41,24 @@ def _stages(text: str):
 
 
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
-    from ..calibration.pipeline import CalibrationConfig, QuantizerGradient
+    from ..calibration.config import CalibrationConfig, QuantizerGradient
     defaults = CalibrationConfig()
     data = parser.add_argument_group("data")
+    data.add_argument("--learn-on", choices=("training", "held-apart"), default="training",
+                      help="what the stages learn on: the training set (default, as paper 003) or the held-apart "
+                           "slice, split by --validation-fraction (parasnn <= 0.1)")
+    data.add_argument("--training-size", type=int,
+                      help="images of the training set the stages learn on: a seeded random sample, for speed "
+                           "(default: all of it)")
     data.add_argument("--calibration-size", type=int,
-                      help="images of the held-apart training slice to calibrate on (default: all of it)")
+                      help="images of the held-apart training slice (a seeded random sample) that judge: early "
+                           "stopping, the guard, the reports (default: all of it)")
     data.add_argument("--data-dir", help="dataset directory (default: where the checkpoint's dataset was read from)")
     data.add_argument("--batch-size", type=int, default=defaults.batch_size,
                       help=f"global calibration batch size (default {defaults.batch_size})")
     data.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
-                      help="share of the calibration batches held out for stage 2's early stopping "
-                           f"(default {defaults.validation_fraction})")
+                      help="with --learn-on held-apart: share of its batches held out for early stopping and the "
+                           f"guard (default {defaults.validation_fraction})")
     data.add_argument("--seed", type=int, default=defaults.seed)
     data.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
     relu = parser.add_argument_group("ReLU backbones")
@@ -61,31 +67,31 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     relu.add_argument("--levels", type=int, default=defaults.levels,
                       help=f"L of the QCFS proxy stored in the checkpoint (default {defaults.levels})")
     da = parser.add_argument_group("stage da (DA-QCFS error calibration, †)")
-    da.add_argument("--momentum", type=float, default=defaults.momentum,
-                    help=f"α of the running error averages (default {defaults.momentum})")
-    da.add_argument("--da-epochs", type=int, default=defaults.da_epochs)
+    da.add_argument("--momentum", type=float, default=defaults.da.momentum,
+                    help=f"α of the running error averages (default {defaults.da.momentum})")
+    da.add_argument("--da-epochs", type=int, default=defaults.da.epochs)
     da.add_argument("--no-da-debias", action="store_true",
                     help="plain running averages started at 0 (as the reference code), no 1 − α^n correction")
     parser.add_argument("--no-revert", action="store_true",
                         help="keep the result of stages da and bn even when it raises the held-out loss "
                              "(default: such a stage is undone)")
     bn = parser.add_argument_group("stage bn (spatial recalibration)")
-    bn.add_argument("--bn-lr", type=float, default=defaults.bn_learning_rate,
-                    help=f"peak AdamW learning rate (default {defaults.bn_learning_rate})")
-    bn.add_argument("--bn-final-lr", type=float, default=defaults.bn_final_learning_rate,
-                    help=f"learning rate at the end of the cosine (default {defaults.bn_final_learning_rate})")
-    bn.add_argument("--bn-epochs", type=int, default=defaults.bn_epochs)
-    bn.add_argument("--bn-gradient", choices=[g.value for g in QuantizerGradient], default=defaults.bn_gradient.value,
+    bn.add_argument("--bn-lr", type=float, default=defaults.bn.learning_rate,
+                    help=f"peak AdamW learning rate (default {defaults.bn.learning_rate})")
+    bn.add_argument("--bn-final-lr", type=float, default=defaults.bn.final_learning_rate,
+                    help=f"learning rate at the end of the cosine (default {defaults.bn.final_learning_rate})")
+    bn.add_argument("--bn-epochs", type=int, default=defaults.bn.epochs)
+    bn.add_argument("--bn-gradient", choices=[g.value for g in QuantizerGradient], default=defaults.bn.gradient.value,
                     help="gradient through the neurons: the IF triangle surrogate (default) or straight-through (ste)")
     bias = parser.add_argument_group("stage bias (temporal correction)")
-    bias.add_argument("--bias-lr", type=float, default=defaults.bias_learning_rate,
-                      help=f"peak AdamW learning rate (default {defaults.bias_learning_rate})")
-    bias.add_argument("--bias-final-lr", type=float, default=defaults.bias_final_learning_rate)
-    bias.add_argument("--bias-epochs", type=int, default=defaults.bias_epochs)
-    bias.add_argument("--clip-norm", type=float, default=defaults.clip_norm, help="gradient-norm clipping")
-    bias.add_argument("--patience", type=int, default=defaults.patience,
-                      help=f"validations without improvement before stopping (default {defaults.patience})")
-    bias.add_argument("--validation-interval", type=int, default=defaults.validation_interval,
+    bias.add_argument("--bias-lr", type=float, default=defaults.bias.learning_rate,
+                      help=f"peak AdamW learning rate (default {defaults.bias.learning_rate})")
+    bias.add_argument("--bias-final-lr", type=float, default=defaults.bias.final_learning_rate)
+    bias.add_argument("--bias-epochs", type=int, default=defaults.bias.epochs)
+    bias.add_argument("--clip-norm", type=float, default=defaults.bias.clip_norm, help="gradient-norm clipping")
+    bias.add_argument("--patience", type=int, default=defaults.bias.patience,
+                      help=f"validations without improvement before stopping (default {defaults.bias.patience})")
+    bias.add_argument("--validation-interval", type=int, default=defaults.bias.validation_interval,
                       help="training steps between validations")
     parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
                         help="share of the training steps of stages bn and bias that warm up linearly")
@@ -119,7 +125,7 @@ def add_command(commands) -> None:
     ablate.add_argument("--layers", help="layers to plot: neuron paths or 1-based positions, comma-separated "
                                          "(default: the 2nd, a middle and the last activation layer)")
     ablate.add_argument("--plot-images", type=int, default=256, help="test images used for the plots (default 256)")
-    ablate.add_argument("--limit", type=int, help="evaluate on the first N test images only")
+    ablate.add_argument("--limit", type=int, help="evaluate on N test images only (a seeded random sample)")
     ablate.add_argument("--no-dagger", action="store_true", help="skip the † (da) rows")
     _add_calibration_options(ablate)
     ablate.set_defaults(handler=_command_ablate)
@@ -128,16 +134,18 @@ def add_command(commands) -> None:
 # -- shared pieces ----------------------------------------------------------------------------
 
 def _config(args, *, stages, time_steps: int):
-    from ..calibration.pipeline import CalibrationConfig
+    from ..calibration.config import BatchNormConfig, BiasConfig, CalibrationConfig, DAConfig
     return CalibrationConfig(
         stages=stages, time_steps=time_steps, batch_size=args.batch_size, seed=args.seed,
+        training_size=args.training_size if args.learn_on == "training" else None,
         validation_fraction=args.validation_fraction, percentile=args.percentile, levels=args.levels,
-        momentum=args.momentum, da_epochs=args.da_epochs, da_debias=not args.no_da_debias,
-        bn_learning_rate=args.bn_lr, bn_final_learning_rate=args.bn_final_lr, bn_epochs=args.bn_epochs,
-        bn_gradient=args.bn_gradient, bias_learning_rate=args.bias_lr, bias_final_learning_rate=args.bias_final_lr,
-        bias_epochs=args.bias_epochs, clip_norm=args.clip_norm, patience=args.patience,
-        validation_interval=args.validation_interval, warmup_fraction=args.warmup_fraction,
-        revert_if_worse=not args.no_revert)
+        warmup_fraction=args.warmup_fraction, revert_if_worse=not args.no_revert,
+        da=DAConfig(momentum=args.momentum, epochs=args.da_epochs, debias=not args.no_da_debias),
+        bn=BatchNormConfig(learning_rate=args.bn_lr, final_learning_rate=args.bn_final_lr, epochs=args.bn_epochs,
+                           gradient=args.bn_gradient),
+        bias=BiasConfig(learning_rate=args.bias_lr, final_learning_rate=args.bias_final_lr, epochs=args.bias_epochs,
+                        clip_norm=args.clip_norm, patience=args.patience,
+                        validation_interval=args.validation_interval))
 
 
 def _shard_loader(dataset, *, batch_size: int):
@@ -155,18 +163,28 @@ def _shard_loader(dataset, *, batch_size: int):
 
 
 def _load(args):
-    """``(model, spec, checkpoint, splits, calibration batches)``."""
+    """``(model, spec, checkpoint, splits, held-apart batches, training batches or None)``.
+
+    The stages learn on the training set the network was trained on (``--learn-on training``,
+    the default; a seeded random sample of ``--training-size`` images, or all of it); the
+    held-apart slice (a seeded random sample of ``--calibration-size`` images) judges only.
+    With ``--learn-on held-apart`` (parasnn ≤ 0.1) the held-apart batches are split instead."""
+    from ..datasets.load import checkpoint_dataset
+    from ..datasets.splits import held_apart_sample, training_sample
     from ..io.checkpoint import load_ann
-    from ..datasets.data import first_examples, load_dataset, recorded_split
+    from ..runtime.checks import require_positive_int
     model, spec, checkpoint = load_ann(args.checkpoint)
     train_config = checkpoint.get("config", {})
-    splits = load_dataset(train_config.get("dataset", "fashion-mnist"),
-                          data_dir=args.data_dir or train_config.get("data_dir"))
-    if args.calibration_size is not None and args.calibration_size < 1:
-        raise ValueError(f"--calibration-size must be >= 1, got {args.calibration_size}")
-    _, held_apart = recorded_split(splits.train, config=train_config, fallback_size=args.calibration_size or 5000)
-    subset = first_examples(held_apart, args.calibration_size)
-    return model, spec, checkpoint, splits, _shard_loader(subset, batch_size=args.batch_size)
+    splits = checkpoint_dataset(train_config, data_dir=args.data_dir)
+    for option in ("calibration_size", "training_size"):
+        if getattr(args, option) is not None:
+            require_positive_int(getattr(args, option), "--" + option.replace("_", "-"))
+    held = held_apart_sample(splits.train, config=train_config, size=args.calibration_size, seed=args.seed)
+    training = None
+    if args.learn_on == "training":
+        training = _shard_loader(training_sample(splits.train, config=train_config, size=args.training_size,
+                                                 seed=args.seed), batch_size=args.batch_size)
+    return model, spec, checkpoint, splits, _shard_loader(held, batch_size=args.batch_size), training
 
 
 def _run(handler, args) -> int:
@@ -188,17 +206,18 @@ def _calibrate(args) -> int:
     from ..io.files import write_json
     from ..conversion.methods import Method
     config = _config(args, stages=args.stages, time_steps=args.time_steps)
-    model, spec, checkpoint, splits, batches = _load(args)
+    model, spec, checkpoint, splits, batches, training = _load(args)
     model = model.to(args.device)
     start = time.perf_counter()
-    network, report = calibrate_with_report(model, batches, config=config)
+    network, report = calibrate_with_report(model, batches, config=config, training_data=training)
     seconds = time.perf_counter() - start
     if distributed.is_main_process():
         resolved = {"command": "calibrate", "checkpoint": str(args.checkpoint), "calibration": config.to_dict(),
-                    "calibration_size": args.calibration_size, "dataset": splits.info.name,
+                    "calibration_size": args.calibration_size, "learn_on": args.learn_on,
+                    "dataset": splits.info.name,
                     "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict()}
         save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved)
-        write_json(args.out.with_name(args.out.stem + ".config.json"), resolved)
+        write_json(config_path(args.out), resolved)
         stages = ",".join(s.value for s in config.stages) or "none"
         print(f"calibrated {spec.name} for T={config.time_steps} (stages {stages}) in {seconds:.1f} s -> {args.out}")
         for name, values in report.validation.items():
@@ -220,11 +239,12 @@ def _ablate(args) -> int:
     from ..datasets.data import make_loader
     from ..io.files import write_json, write_text
     config = _config(args, stages=(), time_steps=args.time_steps[0])
-    model, spec, checkpoint, splits, batches = _load(args)
+    from ..datasets.splits import sample_subset
+    model, spec, checkpoint, splits, batches, training = _load(args)
     model = model.to(args.device)
     test = splits.test
     if args.limit:
-        test = torch.utils.data.TensorDataset(*(t[: args.limit] for t in test.tensors))
+        test = sample_subset(test, args.limit, seed=0)  # across classes; the same images for every run
     # Shards without the sampler's padding, so that every test image counts once.
     test_batches = list(make_loader(distributed.shard(test), batch_size=256, shuffle=False))
     plots = None
@@ -232,14 +252,14 @@ def _ablate(args) -> int:
         layers = tuple(p.strip() for p in args.layers.split(",") if p.strip()) if args.layers else None
         plots = PlotRequest(directory=args.out, layers=layers, images=args.plot_images)
     start = time.perf_counter()
-    report = run_ablation(model, batches, test_batches, time_steps=args.time_steps, config=config,
+    report = run_ablation(model, batches, test_batches, time_steps=args.time_steps, config=config, training_data=training,
                           dagger=(False,) if args.no_dagger else (False, True), plots=plots, model_name=spec.name,
                           dataset=splits.info.name)
     if distributed.is_main_process():
         table = format_markdown(report)
         resolved = {"command": "ablate", "checkpoint": str(args.checkpoint), "time_steps": args.time_steps,
                     "calibration": config.to_dict(), "calibration_size": args.calibration_size,
-                    "limit": args.limit, "dataset": splits.info.name, "processes": distributed.world_size(),
+                    "learn_on": args.learn_on, "limit": args.limit, "dataset": splits.info.name, "processes": distributed.world_size(),
                     "seconds": time.perf_counter() - start}
         write_text(args.out / "ablation.md", table + "\n")
         write_json(args.out / "ablation.json", {"config": resolved, **report.to_dict()})

@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default runs/train)")
     train.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
     train.add_argument("--device", type=device, default="auto")
-    from ..methods.adaptive_levels import add_train_arguments
+    from .levels import add_train_arguments
     add_train_arguments(train)
 
     convert = commands.add_parser("convert", help="convert a trained network into a spiking network",
@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands ---------------------------------------------------------------------------
 
 def _command_train(args) -> int:
-    from ..methods.adaptive_levels import PROBE_LEVELS, command_train
+    from ..methods.adaptive_levels import PROBE_LEVELS
+    from .levels import command_train
     from ..training.train import TrainConfig, train
     auto = args.levels == "auto"
     config = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, activation=args.activation,
@@ -270,7 +271,7 @@ def _evaluate(args) -> int:
     batches = list(make_loader(distributed.shard(test), batch_size=args.batch_size, shuffle=False))
     model, network = model.to(args.device), network.to(args.device)
     if method == "pascal":  # its own serial simulation; T is set by the layers' L (parasnn.methods.pascal)
-        from ..methods.pascal import command_evaluate
+        from .pascal import command_evaluate
         return command_evaluate(args, model, network, batches, spec=spec, dataset=splits.info.name)
     report = evaluate(model, network, batches, time_steps=args.time_steps, forms=forms, activity=not args.no_activity)
     if not distributed.is_main_process():  # results are written once

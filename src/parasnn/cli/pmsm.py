@@ -26,8 +26,6 @@ import dataclasses
 import shlex
 from pathlib import Path
 
-import torch
-
 from .arguments import device, positive_int, positive_int_list
 
 __all__ = ["add_command"]
@@ -88,20 +86,18 @@ def add_command(commands) -> None:
 
 def _splits_of(checkpoint: dict, data_dir: str | None):
     """(training split, held-apart slice, test set, info) exactly as ``parasnn train`` split them."""
-    from ..datasets.data import load_dataset, recorded_split
+    from ..datasets.load import checkpoint_dataset
+    from ..datasets.splits import recorded_split
     config = checkpoint.get("config", {})
-    splits = load_dataset(config.get("dataset", "fashion-mnist"), data_dir=data_dir or config.get("data_dir"))
+    splits = checkpoint_dataset(config, data_dir=data_dir)
     train, held_apart = recorded_split(splits.train, config=config)
     return train, held_apart, splits.test, splits.info
 
 
-def _first(dataset, count: int):
-    return torch.utils.data.TensorDataset(*(tensor[:count] for tensor in dataset.tensors))
-
-
 def _command_pmsm(args) -> int:
     from ..io.checkpoint import load_ann, save_ann, save_snn
-    from .main import _config_path
+    from .arguments import config_path
+    from ..datasets.splits import sample_subset
     from ..conversion.stages import convert
     from ..datasets.data import make_loader
     from ..evaluation.accuracy import ann_accuracy
@@ -124,7 +120,7 @@ def _command_pmsm(args) -> int:
                         fine_tune_epochs=args.epochs, max_batches=args.max_batches, learning_rate=args.lr,
                         batch_size=args.batch_size, seed=args.seed)
     train, held_apart, test, info = _splits_of(checkpoint, args.data_dir)
-    calibration = list(make_loader(_first(held_apart, args.calibration_size), batch_size=256, shuffle=False))
+    calibration = list(make_loader(sample_subset(held_apart, args.calibration_size, seed=args.seed), batch_size=256, shuffle=False))
     test_batches = list(make_loader(test, batch_size=256, shuffle=False))
     model = model.to(args.device)
     full_precision = ann_accuracy(model, test_batches, description="full-precision ANN")[0]
@@ -141,12 +137,12 @@ def _command_pmsm(args) -> int:
                 "calibration_size": args.calibration_size, "dataset": info.name, "device": str(args.device)}
     metrics = {"test_accuracy": accuracy, "full_precision_test_accuracy": full_precision, "pmsm": report.to_dict()}
     save_ann(args.out, quantized, levels_spec, config=resolved, metrics=metrics)
-    write_json(_config_path(args.out), resolved)
+    write_json(config_path(args.out), resolved)
     if args.snn is not None:
         network = convert(quantized, neuron=neuron_factory(Method.PMSM))
         save_snn(args.snn, network, levels_spec, method=Method.PMSM, from_relu=False,
                  config=dict(resolved, ann=str(args.out)))
-        write_json(_config_path(args.snn), dict(resolved, ann=str(args.out)))
+        write_json(config_path(args.snn), dict(resolved, ann=str(args.out)))
     if args.json:
         write_json(args.json, {"config": resolved, "model": levels_spec.to_dict(), **metrics})
 

@@ -13,7 +13,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..neurons.base import SpikingNeuron
-from ..neurons.integrate_fire import _check_time_steps
+from ..neurons.integrate_fire import check_time_steps
 
 __all__ = ["SpikingNetwork", "check_input", "device_of", "observe", "synchronize"]
 
@@ -85,7 +85,7 @@ class SpikingNetwork(nn.Module):
         self.eval()
 
     def forward(self, *inputs: Tensor, time_steps: int) -> Tensor:
-        _check_time_steps(time_steps)
+        check_time_steps(time_steps)
         check_input(inputs, where=f"SpikingNetwork({self.source})")
         return self.graph_module(time_steps, *inputs)
 

@@ -25,9 +25,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..runtime import distributed
-from ..calibration.pipeline import (CalibrationConfig, Stage, _materialise, _on_device, any_batches, calibrate_distribution,
-                        convert_for_calibration, correct_temporal_bias, evaluate_loss, recalibrate_batchnorm,
-                        split_batches)
+from ..calibration.baseline import convert_for_calibration
+from ..calibration.batches import any_batches, materialise, on_device, split_batches
+from ..calibration.batchnorm import recalibrate_batchnorm
+from ..calibration.bias import correct_temporal_bias
+from ..calibration.config import CalibrationConfig, Stage
+from ..calibration.da import calibrate_distribution
+from ..calibration.guard import evaluate_loss
 from ..conversion.stages import isolate_activations
 from ..conversion.graph import trace
 from ..conversion.network import SpikingNetwork, device_of
@@ -172,22 +176,30 @@ def _ann_sites(model: nn.Module):
 
 def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterable, *, time_steps: Sequence[int],
                  config: CalibrationConfig = CalibrationConfig(), dagger: Sequence[bool] = (False, True),
-                 plots: PlotRequest | None = None, model_name: str | None = None, dataset: str = "") -> AblationReport:
+                 plots: PlotRequest | None = None, model_name: str | None = None, dataset: str = "",
+                 training_data: Iterable | None = None) -> AblationReport:
     """Run the ablation grid (``time_steps`` × ``dagger`` × :data:`VARIANTS`) for ``model``.
 
-    ``calibration_data``: labelled batches of the held-apart training slice (the last
-    ``config.validation_fraction`` of them are stage 2's early-stopping set); ``test_data``:
+    ``calibration_data``: labelled batches of the held-apart training slice; ``training_data``:
+    labelled batches the thresholds and stages learn on (the training set), the held-apart
+    batches then serving early stopping and the guard only. Without ``training_data`` a
+    seeded random ``config.validation_fraction`` of the held-apart batches is held out and the
+    rest train (as :func:`parasnn.calibration.pipeline.calibrate` does); ``test_data``:
     labelled test batches. ``config.stages`` and ``config.time_steps`` are ignored (the grid
     sets them). Under torchrun each process passes its shards; every process returns the
     same report and the caller writes it once. Plots are drawn by rank 0 only.
     """
     if not time_steps:
         raise ValueError("run_ablation: time_steps must list at least one T")
-    batches = _materialise(calibration_data, where="ablation")
-    test = _materialise(test_data, where="ablation test data", equal_shards=False)  # reduced once, at the end
+    batches = materialise(calibration_data, where="ablation")
+    test = materialise(test_data, where="ablation test data", equal_shards=False)  # reduced once, at the end
     device = device_of(model)
-    batches, test = _on_device(batches, device), _on_device(test, device)
-    training, validation = split_batches(batches, validation_fraction=config.validation_fraction)
+    batches, test = on_device(batches, device), on_device(test, device)
+    if training_data is None:
+        training, validation = split_batches(batches, validation_fraction=config.validation_fraction,
+                                             seed=config.seed)
+    else:
+        training, validation = on_device(materialise(training_data, where="ablation training data"), device), batches
     has_validation = any_batches(validation)
     base, originals = convert_for_calibration(model, training, config=config.replace(time_steps=time_steps[0]))
     from_relu = any(o.levels is None for o in originals.values())

@@ -46,7 +46,6 @@ Decisions (the paper text we have fixes the formula, not these)
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from pathlib import Path
@@ -60,7 +59,7 @@ from ..neurons.qcfs import QCFS
 
 __all__ = ["HISTOGRAM_BINS", "PROBE_LEVELS", "DEFAULT_LEVEL_CHOICES", "agreement", "skewness", "excess_kurtosis",
            "kurtosis_term", "sensitivity", "output_histograms", "cluster_1d", "assign_levels", "LayerSensitivity",
-           "analyse", "train_adaptive", "add_train_arguments", "command_train"]
+           "analyse", "train_adaptive"]
 
 HISTOGRAM_BINS = 5
 PROBE_LEVELS = 4
@@ -309,11 +308,12 @@ def _warm_start(state_dict: dict[str, Any], layers: Sequence[LayerSensitivity]) 
 def _histogram_batches(config, *, size: int = 2048, batch_size: int = 256) -> list:
     """The held-apart slice of the training set that :func:`parasnn.training.train.train` validates on
     (or, without one, a seeded training slice): the data the histograms are measured on."""
-    from ..datasets.data import first_examples, load_dataset, make_loader, recorded_split
-    splits = load_dataset(config.dataset, data_dir=config.data_dir)
-    _, held_apart = recorded_split(splits.train, config={"holdout": config.holdout, "seed": config.seed},
-                                   fallback_size=size)
-    return list(make_loader(first_examples(held_apart, size), batch_size=batch_size, shuffle=False))
+    from ..datasets.load import checkpoint_dataset
+    from ..datasets.splits import held_apart_sample, make_loader
+    train_config = {"dataset": config.dataset, "data_dir": config.data_dir, "holdout": config.holdout,
+                    "seed": config.seed}
+    held = held_apart_sample(checkpoint_dataset(train_config).train, config=train_config, size=size, seed=config.seed)
+    return list(make_loader(held, batch_size=batch_size, shuffle=False))
 
 
 def train_adaptive(config, *, out_dir: str | Path, level_choices: Sequence[int] = DEFAULT_LEVEL_CHOICES,
@@ -354,35 +354,15 @@ def train_adaptive(config, *, out_dir: str | Path, level_choices: Sequence[int] 
     return {**metrics, "adaptive_levels": analysis}
 
 
-# -- command line (``parasnn train --levels auto``) -------------------------------------------------
-
-def _choices(text: str) -> tuple[int, ...]:
-    try:
-        values = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 2,4,8, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected integers >= 1, got {text!r}")
-    return values
+_MOVED_TO_CLI = {"add_train_arguments", "command_train"}
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``parasnn train`` that only ``--levels auto`` uses."""
-    group = parser.add_argument_group("adaptive layerwise activation (--levels auto)")
-    group.add_argument("--level-choices", type=_choices, default=DEFAULT_LEVEL_CHOICES,
-                       help="L given to the layer groups from least to most sensitive; their number is the number "
-                            "of groups (default 2,4,8)")
-    group.add_argument("--finetune-epochs", type=int, help="epochs of the fine-tuning phase (default: --epochs)")
-    group.add_argument("--finetune-lr", type=float, help="peak learning rate of the fine-tuning (default: --lr / 10)")
-
-
-def command_train(config, args) -> int:
-    """``parasnn train --levels auto``: :func:`train_adaptive` with the parsed options."""
-    result = train_adaptive(config, out_dir=args.out, level_choices=args.level_choices,
-                            finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr,
-                            resume=not args.no_resume, device=args.device)
-    analysis = result["adaptive_levels"]
-    levels = ",".join(str(level) for level in analysis["levels"])
-    print(f"levels per layer {levels}; probe test accuracy {100 * analysis['probe_test_accuracy']:.2f}%, "
-          f"fine-tuned test accuracy {100 * result['test_accuracy']:.2f}%  -> {Path(args.out) / 'model.pt'}")
-    return 0
+def __getattr__(name: str):
+    # Deprecated: the command-line code moved to parasnn.cli.levels (domain modules hold no argparse).
+    if name in _MOVED_TO_CLI:
+        import importlib
+        import warnings
+        warnings.warn(f"parasnn.methods.{__name__.rsplit('.', 1)[-1]}.{name} moved to parasnn.cli.levels.{name}",
+                      DeprecationWarning, stacklevel=2)
+        return getattr(importlib.import_module("parasnn.cli.levels"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import SpikingNeuron, load_resizable, per_channel
-from .integrate_fire import (ParameterCache, _check_time_steps, _effective_threshold, if_step, parallel_if_count,
+from .integrate_fire import (ParameterCache, check_time_steps, effective_threshold, if_step, parallel_if_count,
                              spike_train)
 from .qcfs import level_value, require_qcfs
 
@@ -107,14 +107,14 @@ class IFNeuron(SpikingNeuron):
                current.dtype, current.device)
 
         def compute():
-            _check_time_steps(time_steps)
+            check_time_steps(time_steps)
             if any(t.dtype != current.dtype for t in tensors):
                 return None
             # The same tensors, in the same order of operations, as _count and level_value,
             # so both paths give the same bits.
             threshold, shift, amplitude, pre_shift, temporal_bias = (per_channel(t, current) for t in tensors)
             skip = not bool((pre_shift != 0).any())  # adding zero is exact: skip the pass
-            return (None if skip else pre_shift, shift, _effective_threshold(threshold, temporal_bias),
+            return (None if skip else pre_shift, shift, effective_threshold(threshold, temporal_bias),
                     amplitude / time_steps)
 
         cache = self.__dict__.get("_parameter_cache")
@@ -133,14 +133,14 @@ class IFNeuron(SpikingNeuron):
         constants = self._inference_constants(current, time_steps)  # checks time_steps when not cached
         if constants is not None:
             return self._count_in_place(current, time_steps, constants)
-        _check_time_steps(time_steps)
+        check_time_steps(time_steps)
         return self._count(current, time_steps)
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
         constants = self._inference_constants(current, time_steps)  # checks time_steps when not cached
         if constants is not None:  # inference: one buffer, updated in place
             return self._count_in_place(current, time_steps, constants).mul_(constants[3])
-        _check_time_steps(time_steps)
+        check_time_steps(time_steps)
         count = self._count(current, time_steps)
         return level_value(count, amplitude=per_channel(self.amplitude, current), time_steps=time_steps)
 
@@ -149,7 +149,7 @@ class IFNeuron(SpikingNeuron):
 
     # -- serial -----------------------------------------------------------------------
     def _firing_threshold(self, like: Tensor) -> Tensor:
-        return _effective_threshold(per_channel(self.threshold, like), per_channel(self.temporal_bias, like))
+        return effective_threshold(per_channel(self.threshold, like), per_channel(self.temporal_bias, like))
 
     def initial_state(self, current: Tensor, *, time_steps: int) -> Tensor:
         return torch.zeros_like(current) + per_channel(self.shift, current)

@@ -48,8 +48,11 @@ import torch
 from torch import Tensor
 
 from .surrogate import floor_ste, triangle
+from ..runtime.checks import require_positive_int
 
 __all__ = [
+    "check_time_steps",
+    "effective_threshold",
     "spike_count",
     "spike_train",
     "fires",
@@ -71,10 +74,12 @@ __all__ = [
 MIN_THRESHOLD_FRACTION = 1e-3
 
 
-def _check_time_steps(time_steps: int) -> int:
-    if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
-        raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
-    return time_steps
+def check_time_steps(time_steps: int) -> int:
+    """``time_steps`` if it is a valid T (an integer >= 1), else a ValueError naming it."""
+    return require_positive_int(time_steps, "time_steps")
+
+
+_check_time_steps = check_time_steps  # the name before it was shared; kept for old imports
 
 
 class ParameterCache:
@@ -118,11 +123,15 @@ class ParameterCache:
         return value
 
 
-def _effective_threshold(threshold: Tensor | float, temporal_bias: Tensor | float | None):
+def effective_threshold(threshold: Tensor | float, temporal_bias: Tensor | float | None):
+    """The firing threshold ``θ − Δb``, kept at least ``MIN_THRESHOLD_FRACTION·θ``."""
     if temporal_bias is None:
         return threshold
     threshold = torch.as_tensor(threshold)
     return torch.maximum(threshold - temporal_bias, threshold * MIN_THRESHOLD_FRACTION)
+
+
+_effective_threshold = effective_threshold  # the name before it was shared; kept for old imports
 
 
 def spike_count(

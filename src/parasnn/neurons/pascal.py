@@ -70,7 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import SpikingNeuron, load_resizable, per_channel
-from .integrate_fire import _check_time_steps
+from .integrate_fire import check_time_steps
 from .qcfs import level_value, qcfs, qcfs_level, require_qcfs
 
 __all__ = ["correction_steps", "sufficient_correction_steps", "membrane_charge", "pascal_step", "soft_reset_step",
@@ -80,8 +80,8 @@ __all__ = ["correction_steps", "sufficient_correction_steps", "membrane_charge",
 
 def correction_steps(*, input_steps: int, output_steps: int) -> int:
     """The paper's number of correction steps, ``C = max(T_{l−1}, T_l) − 1`` (MATH.md §5)."""
-    _check_time_steps(input_steps)
-    _check_time_steps(output_steps)
+    check_time_steps(input_steps)
+    check_time_steps(output_steps)
     return max(input_steps, output_steps) - 1
 
 
@@ -95,7 +95,7 @@ def sufficient_correction_steps(*, output_steps: int) -> int:
     most ``L``: ``n − q ≤ L − 1``. With the input over, the charge is constant and every
     correction step moves ``n`` one step towards ``q``.
     """
-    _check_time_steps(output_steps)
+    check_time_steps(output_steps)
     return output_steps - 1
 
 
@@ -168,7 +168,7 @@ def accumulate(charges: Tensor, *, threshold: Tensor | float, levels: int, corre
 
 def emission_train(count: Tensor, *, time_steps: int) -> Tensor:
     """Phase 3: ``q`` spikes in the first ``q`` of ``T_l`` steps, ``(T_l, *S)`` of 0/1 floats."""
-    _check_time_steps(time_steps)
+    check_time_steps(time_steps)
     steps = torch.arange(1, time_steps + 1, device=count.device, dtype=count.dtype)
     return (steps.view(time_steps, *([1] * count.dim())) <= count.unsqueeze(0)).to(count.dtype)
 
@@ -219,12 +219,12 @@ class PascalNeuron(SpikingNeuron):
 
     # -- parallel ---------------------------------------------------------------------
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
-        _check_time_steps(time_steps)
+        check_time_steps(time_steps)
         return qcfs(current, threshold=per_channel(self.threshold, current), levels=self.levels,
                     shift=per_channel(self.shift, current))
 
     def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
-        _check_time_steps(time_steps)
+        check_time_steps(time_steps)
         return qcfs_level(current, threshold=per_channel(self.threshold, current), levels=self.levels,
                           shift=per_channel(self.shift, current))
 

@@ -95,7 +95,7 @@ import torch
 from torch import Tensor
 
 from .base import ActivationQuantizer, SpikingNeuron
-from .integrate_fire import _check_time_steps
+from .integrate_fire import check_time_steps
 from .qcfs import level_value
 from .surrogate import floor_ste
 
@@ -139,7 +139,7 @@ def parallel_polarity_count(charge: Tensor, *, threshold: Tensor | float, negati
     """Signed spike count of the parallel neuron over ``T`` steps from the charge ``U = T·z``:
     ``N = clip(floor(U/θ + 1/2), −T·L⁻, T·L⁺)``, shape of ``charge``. At ``T = 1`` (``U = z``)
     this is :func:`polarity_level`, i.e. the quantizer's level."""
-    _check_time_steps(time_steps)
+    check_time_steps(time_steps)
     return polarity_level(charge, threshold=threshold, negative_levels=time_steps * negative_levels,
                           positive_levels=time_steps * positive_levels)
 
@@ -150,7 +150,7 @@ def polarity_spike_train(current: Tensor, *, threshold: Tensor | float, negative
     signed multi-spikes ``n_t = C_t − C_{t−1}`` with ``C_t = clip(floor(t·z/θ + 1/2), −t·L⁻, t·L⁺)``
     — what the serial neuron emits for the constant current ``z``. ``Σ_t n_t`` is the
     parallel count (``C_T`` is evaluated as ``T·z`` exactly like it)."""
-    _check_time_steps(time_steps)
+    check_time_steps(time_steps)
     cumulative = [torch.zeros_like(current)]
     for step in range(1, time_steps + 1):
         cumulative.append(polarity_level(step * current, threshold=threshold, negative_levels=step * negative_levels,

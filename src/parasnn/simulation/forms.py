@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ..conversion.network import SpikingNetwork, check_input
 from ..neurons.base import SerialOp, SpikingNeuron
-from ..neurons.integrate_fire import _check_time_steps
+from ..neurons.integrate_fire import check_time_steps
 
 __all__ = ["parallel_forward", "serial_forward", "parallel_simulation", "serial_simulation", "SimulationResult",
            "serial_outputs", "serial_step", "spike_trains", "spike_counts"]
@@ -78,7 +78,7 @@ class SimulationResult(NamedTuple):
 
 def serial_simulation(network: SpikingNetwork, *inputs: Tensor, time_steps: int) -> SimulationResult:
     """Run the serial network for ``time_steps`` steps; time-averaged output and spike counts."""
-    _check_time_steps(time_steps)
+    check_time_steps(time_steps)
     check_input(inputs, where=f"serial simulation of {network.source}")
     states: States = {}
     total, counts = None, {}
@@ -112,7 +112,7 @@ def parallel_simulation(network: SpikingNetwork, *inputs: Tensor, time_steps: in
 
 def serial_outputs(network: SpikingNetwork, *inputs: Tensor, time_steps: int) -> Tensor:
     """Outputs of the serial network at every step, ``(T, B, ...)``."""
-    _check_time_steps(time_steps)
+    check_time_steps(time_steps)
     check_input(inputs, where=f"serial simulation of {network.source}")
     states: States = {}
     outputs = []

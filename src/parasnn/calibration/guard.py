@@ -1,0 +1,59 @@
+"""The guard: calibration must not make a network worse on data it did not train on.
+
+Decision (the paper runs every stage unconditionally; see docs/decisions.md): a stage whose
+result has a higher loss on the held-out batches than its input is undone.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..conversion.network import SpikingNetwork, device_of
+from ..runtime import distributed
+from .batches import any_batches, labelled
+from .config import CalibrationConfig
+from .report import StageReport
+
+__all__ = ["evaluate_loss", "keep_if_better"]
+
+
+def evaluate_loss(network: SpikingNetwork, batches: Sequence, *, time_steps: int) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of the parallel network at ``time_steps`` on labelled
+    ``batches`` (summed over processes): ``{"loss", "accuracy", "samples"}``. The network's
+    train/eval mode is restored afterwards."""
+    device = device_of(network)
+    was_training = network.training
+    network.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for batch in batches:
+            inputs, labels = labelled(batch, where="validation")
+            inputs, labels = inputs.to(device), labels.to(device)
+            logits = network(inputs, time_steps=time_steps)
+            totals += torch.tensor([float(F.cross_entropy(logits, labels, reduction="sum")),
+                                    float((logits.argmax(1) == labels).sum()), float(labels.numel())],
+                                   dtype=torch.float64)
+    network.train(was_training)
+    totals = distributed.all_reduce_sum(totals)
+    samples = float(totals[2])
+    if samples == 0:
+        return {"loss": float("nan"), "accuracy": float("nan"), "samples": 0.0}
+    return {"loss": float(totals[0]) / samples, "accuracy": float(totals[1]) / samples, "samples": samples}
+
+
+def keep_if_better(before: SpikingNetwork, after: SpikingNetwork, report: StageReport, validation: Sequence, *,
+                   config: CalibrationConfig) -> tuple[SpikingNetwork, StageReport]:
+    """The guard of ``config.revert_if_worse``: ``after`` unless its loss on the held-out
+    ``validation`` batches (summed over processes) is higher than ``before``'s; the losses and
+    the verdict go into ``report.details``. Without held-out batches ``after`` stands."""
+    has_validation = any_batches(validation)
+    if not (config.revert_if_worse and has_validation):
+        return after, report
+    loss_before = evaluate_loss(before, validation, time_steps=config.time_steps)["loss"]
+    loss_after = evaluate_loss(after, validation, time_steps=config.time_steps)["loss"]
+    reverted = loss_after > loss_before
+    report.details.update(validation_loss_before=loss_before, validation_loss_after=loss_after, reverted=reverted)
+    return (copy.deepcopy(before).eval() if reverted else after), report

@@ -1,0 +1,20 @@
+"""What one batch holds: a tensor of inputs, or ``(inputs, labels)`` — the one place that
+unpacks a batch, for every module that iterates over data."""
+from __future__ import annotations
+
+from torch import Tensor
+
+__all__ = ["inputs_of", "inputs_and_labels"]
+
+
+def inputs_of(batch) -> Tensor:
+    """The inputs of ``batch``: ``batch[0]`` of an ``(inputs, labels)`` pair, else the batch itself."""
+    return batch[0] if isinstance(batch, (tuple, list)) else batch
+
+
+def inputs_and_labels(batch, *, where: str = "this step", error: type[Exception] = ValueError
+                      ) -> tuple[Tensor, Tensor]:
+    """``(inputs, labels)`` of a labelled batch; ``error`` naming ``where`` when it has no labels."""
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise error(f"{where} needs (inputs, labels) batches; the data has no labels")
+    return batch[0], batch[1]
