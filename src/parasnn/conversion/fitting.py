@@ -3,6 +3,8 @@ such as GELU): the site's inputs are recorded on calibration data, then its rule
 builds the spiking layer, which replaces the call (docs/maths.md §7)."""
 from __future__ import annotations
 
+import copy
+import enum
 from typing import Iterable
 
 import torch
@@ -14,7 +16,16 @@ from .graph import ConversionError, carrying_nodes, classify, describe, module_p
 from .network import device_of
 from .rules import Role
 
-__all__ = ["fitted_sites", "record_site_inputs", "fit_sites", "SAMPLES_PER_SITE"]
+__all__ = ["FitScope", "fitted_sites", "record_site_inputs", "fit_sites", "SAMPLES_PER_SITE"]
+
+class FitScope(str, enum.Enum):
+    """``network``: one fit per function (and T) over the inputs of all its call sites,
+    pooled — a handful of fits for a whole transformer; ``site``: one fit per call site
+    over its own inputs — closer where layers see very different ranges, slower."""
+
+    NETWORK = "network"
+    SITE = "site"
+
 
 SAMPLES_PER_SITE = 1 << 16  # values kept per site: enough for the fit's quantiles, small in memory
 
@@ -69,10 +80,17 @@ def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config) -> 
         return gm
     samples = record_site_inputs(gm, sites, calibration_data) if calibration_data is not None else {}
     dependent = carrying_nodes(gm)
+    rules = {node: classify(gm, node, dependent) for node in sites}
+    if config.fit_scope is FitScope.NETWORK:
+        samples = _pooled(gm, rules, samples)
+    layers: dict = {}
     for node in progress(sites, description="fitting multi-basis neurons"):
-        rule = classify(gm, node, dependent)
+        rule = rules[node]
+        key = _group(gm, node, rule) if config.fit_scope is FitScope.NETWORK else node
         try:
-            layer = rule.fit(gm, node, samples.get(node.name), config)
+            if key not in layers:
+                layers[key] = rule.fit(gm, node, samples.get(node.name), config)
+            layer = copy.deepcopy(layers[key])
         except (TypeError, ValueError) as error:
             raise ConversionError(f"{describe(gm, node)} ({rule.name}): {error}") from error
         owner = module_path(node)
@@ -93,6 +111,26 @@ def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config) -> 
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _group(gm, node, rule):
+    return (rule.name, rule.fit_group(gm, node) if rule.fit_group is not None else node.name)
+
+
+def _pooled(gm, rules: dict, samples: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each site's samples replaced by the pooled samples of its group (seeded subsample)."""
+    groups: dict = {}
+    for node, rule in rules.items():
+        if node.name in samples:
+            groups.setdefault(_group(gm, node, rule), []).append(samples[node.name])
+    generator = torch.Generator().manual_seed(0)
+    pooled = {}
+    for key, parts in groups.items():
+        values = torch.cat(parts)
+        if values.numel() > SAMPLES_PER_SITE:
+            values = values[torch.randperm(values.numel(), generator=generator)[:SAMPLES_PER_SITE]]
+        pooled[key] = values
+    return {node.name: pooled[_group(gm, node, rule)] for node, rule in rules.items() if node.name in samples}
 
 
 def _fresh(gm: fx.GraphModule, base: str) -> str:

@@ -34,7 +34,7 @@ from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS
 from .builtin_rules import RELU6_FUNCTIONS
 from .expand import expand_operations
-from .fitting import fit_sites
+from .fitting import FitScope, fit_sites
 from .graph import ConversionError, carrying_nodes, check_convertible, classify, describe, module_path, trace
 from .network import SpikingNetwork, observe
 from .pooling import RateMaxPool
@@ -92,18 +92,21 @@ class ConversionConfig:
     batchnorm: BatchNormMode = BatchNormMode.KEEP
     bases: int = 4
     function_time_steps: tuple[int, ...] = (2, 4, 8, 16)
+    fit_scope: FitScope = FitScope.NETWORK
 
     def __post_init__(self):
         steps = tuple(self.function_time_steps)
         if not steps or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in steps):
             raise ValueError(f"ConversionConfig: function_time_steps must be integers >= 1, got {steps}")
         object.__setattr__(self, "function_time_steps", steps)
+        object.__setattr__(self, "fit_scope", FitScope(self.fit_scope))
         if isinstance(self.bases, bool) or not isinstance(self.bases, int) or self.bases < 1:
             raise ValueError(f"ConversionConfig: bases must be an integer >= 1, got {self.bases!r}")
 
     def to_dict(self) -> dict:
         return {"levels": self.levels, "percentile": self.threshold.percentile, "batchnorm": self.batchnorm.value,
-                "bases": self.bases, "function_time_steps": list(self.function_time_steps)}
+                "bases": self.bases, "function_time_steps": list(self.function_time_steps),
+                "fit_scope": self.fit_scope.value}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConversionConfig":
@@ -111,7 +114,8 @@ class ConversionConfig:
         return cls(levels=int(data["levels"]), threshold=ThresholdStatistic(float(data["percentile"])),
                    batchnorm=BatchNormMode(data["batchnorm"]), bases=int(data.get("bases", defaults.bases)),
                    function_time_steps=tuple(int(t) for t in data.get("function_time_steps",
-                                                                       defaults.function_time_steps)))
+                                                                       defaults.function_time_steps)),
+                   fit_scope=FitScope(data.get("fit_scope", defaults.fit_scope)))
 
 
 # -- stages ---------------------------------------------------------------------------
@@ -291,8 +295,10 @@ def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
     with gm.graph.inserting_before(first):
         time_steps = gm.graph.placeholder("time_steps")  # first, so model defaults stay valid
     dependent = carrying_nodes(gm)
-    for node in list(gm.graph.nodes):
-        rule = classify(gm, node, dependent)
+    # Decide for every node before changing any: a replaced node is a new node, which a
+    # later node's rule would no longer recognise as carrying.
+    decisions = [(node, classify(gm, node, dependent)) for node in gm.graph.nodes]
+    for node, rule in decisions:
         role = rule.role if rule is not None else None
         if role is Role.QUANTIZER:
             try:

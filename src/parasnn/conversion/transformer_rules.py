@@ -127,9 +127,12 @@ _MULTIPLY = {operator.mul, operator.imul, torch.mul}
 _MATMUL = {operator.matmul, torch.matmul, torch.bmm}
 _FITTED_FUNCTIONS = set(_CALL_FUNCTIONS) | {F.gelu}
 
-register(module_rule("multi-basis function", (nn.GELU, *_MODULE_FUNCTIONS), Role.FITTED, fit=fit_function_site))
-register(function_rule("multi-basis function call", _FITTED_FUNCTIONS, Role.FITTED, fit=fit_function_site))
-register(method_rule("multi-basis function method", _METHOD_FUNCTIONS, Role.FITTED, fit=fit_function_site))
+register(module_rule("multi-basis function", (nn.GELU, *_MODULE_FUNCTIONS), Role.FITTED, fit=fit_function_site,
+                     fit_group=site_function))
+register(function_rule("multi-basis function call", _FITTED_FUNCTIONS, Role.FITTED, fit=fit_function_site,
+                       fit_group=site_function))
+register(method_rule("multi-basis function method", _METHOD_FUNCTIONS, Role.FITTED, fit=fit_function_site,
+                     fit_group=site_function))
 register(function_rule("product of activations", _MULTIPLY, Role.SPIKING, when=_both_carry, inputs=(0, 1),
                        build=lambda gm, node: SpikingProduct(ProductKind.ELEMENTWISE)))
 register(method_rule("product of activations (method)", {"mul", "mul_"}, Role.SPIKING, when=_both_carry,
