@@ -26,7 +26,7 @@ from torch import Tensor, nn
 # float32 and float64, as exp(-inf) is, so the ANN's output is unchanged.
 MASKED_SCORE = -1e9
 
-__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedMultiheadAttention", "DecomposedAttention",
+__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedMultiheadAttention", "DecomposedAttention",
            "inline_module"]
 
 
@@ -42,6 +42,19 @@ class Division(nn.Module):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return a * torch.reciprocal(b)
+
+
+class DecomposedNormalize(nn.Module):
+    """``F.normalize(x, p=2, dim, eps) = x / max(‖x‖, eps)`` as ``x · rsqrt(Σ x² + eps²)``: equal
+    to it wherever ``‖x‖ ≫ eps`` (eps = 1e-12 by default), and free of the max, which has no
+    spiking form; a decision (docs/decisions.md)."""
+
+    def __init__(self, *, dim: int = 1, eps: float = 1e-12):
+        super().__init__()
+        self.dim, self.eps = dim, eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * torch.rsqrt(torch.sum(x * x, dim=self.dim, keepdim=True) + self.eps * self.eps)
 
 
 class DecomposedSoftmax(nn.Module):

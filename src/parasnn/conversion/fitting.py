@@ -11,6 +11,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
+from ..datasets.batches import model_inputs
 from ..runtime.progress import progress
 from .graph import ConversionError, carrying_nodes, classify, describe, module_path
 from .network import device_of
@@ -62,8 +63,7 @@ def record_site_inputs(gm: fx.GraphModule, sites: list[fx.Node], batches: Iterab
     device = device_of(gm)
     with torch.no_grad():
         for batch in progress(batches, description="recording function inputs"):
-            inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-            recorder.run(inputs.to(device))
+            recorder.run(*(x.to(device) for x in model_inputs(batch)))
     merged = {}
     for name, parts in samples.items():
         values = torch.cat(parts)

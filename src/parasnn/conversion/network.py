@@ -12,6 +12,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
+from ..datasets.batches import model_inputs
 from ..neurons.base import SpikingNeuron
 from ..neurons.integrate_fire import check_time_steps
 
@@ -41,8 +42,7 @@ def observe(model: nn.Module, batches: Iterable, hooks: Iterable[tuple[nn.Module
     try:
         with torch.no_grad():
             for batch in (progress(batches, description=description) if description else batches):
-                inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
-                model(inputs.to(device))
+                model(*(x.to(device) for x in model_inputs(batch)))
     finally:
         for handle in handles:
             handle.remove()

@@ -173,11 +173,13 @@ class OperationCost:
     ``synaptic``: multiply-accumulates of the ANN layer; the SNN pays them as one accumulate
     per incoming spike (or as MACs when its input is analog), docs/maths.md §8.
     ``elementwise``: operations that stay multiply-accumulates in the SNN whatever the
-    spikes (e.g. the weighted sum of a multi-basis neuron's bases, a product's decoding).
+    spikes (e.g. the weighted sum of a multi-basis neuron's bases, a product's decoding);
+    ``ann_elementwise``: the part of those the ANN pays as well.
     """
 
     synaptic: int = 0
     elementwise: int = 0
+    ann_elementwise: int = 0  # of ``elementwise``, what the ANN pays too (a product's MACs)
 
 
 Cost = Callable[[nn.Module, tuple[Tensor, ...], Tensor], OperationCost]

@@ -12,7 +12,8 @@ products of two activations, and decompositions of softmax, layer norm and atten
   :class:`~parasnn.neurons.product_layer.SpikingProduct` layers; a product with a constant
   or with an analog value stays affine (the scaling rule).
 * **expanded** — softmax, ``nn.LayerNorm``, ``nn.MultiheadAttention``,
-  ``F.scaled_dot_product_attention``, hardsigmoid and division by an activation are
+  ``F.scaled_dot_product_attention``, ``F.normalize``, hardsigmoid and division by an
+  activation are
   replaced by their decompositions (:mod:`parasnn.conversion.decompositions`), whose
   primitives the rules above claim; the max inside softmax is a max of rates.
 """
@@ -30,7 +31,7 @@ from ..neurons.mbe_functions import ScalarFunction, is_decomposed
 from ..neurons.product_layer import SpikingProduct
 from ..neurons.products import ProductKind
 from .decompositions import (DecomposedAttention, DecomposedLayerNorm, DecomposedMultiheadAttention,
-                             DecomposedSoftmax, Division, HardSigmoidAsReLU6)
+                             DecomposedNormalize, DecomposedSoftmax, Division, HardSigmoidAsReLU6)
 from .pooling import Amax, RateMaxPool
 from .rules import OperationCost, Role, function_rule, method_rule, module_rule, register, register_cost
 
@@ -104,6 +105,13 @@ def _attention(gm, node):
     return DecomposedAttention(scale=scale, is_causal=bool(node.kwargs.get("is_causal", False)))
 
 
+def _normalize(gm, node):
+    argument = lambda index, name, default: node.kwargs.get(name, node.args[index] if len(node.args) > index else default)  # noqa: E731
+    if argument(1, "p", 2.0) != 2:
+        raise ValueError("F.normalize converts for p = 2 only")
+    return DecomposedNormalize(dim=argument(2, "dim", 1), eps=argument(3, "eps", 1e-12))
+
+
 def _amax(gm, node):
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else ())
     keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
@@ -114,7 +122,7 @@ def _product_cost(module: SpikingProduct, inputs, output) -> OperationCost:
     left, right = inputs
     per_sample = output.numel() // output.shape[0]
     inner = left.shape[-1] if module.kind is ProductKind.MATMUL else 1
-    return OperationCost(elementwise=per_sample * inner)
+    return OperationCost(elementwise=per_sample * inner, ann_elementwise=per_sample * inner)
 
 
 def _function_cost(module: FunctionNeuron, inputs, output) -> OperationCost:
@@ -157,6 +165,7 @@ register(module_rule("multi-head attention", (nn.MultiheadAttention,), Role.EXPA
                      build=lambda gm, node: DecomposedMultiheadAttention(gm.get_submodule(node.target))))
 register(function_rule("scaled dot-product attention", {F.scaled_dot_product_attention}, Role.EXPANDED,
                        inputs=(0, 1, 2, 3), build=_attention))
+register(function_rule("L2 normalisation", {F.normalize}, Role.EXPANDED, build=_normalize))
 register(module_rule("hardsigmoid", (nn.Hardsigmoid,), Role.EXPANDED, build=lambda gm, node: HardSigmoidAsReLU6()))
 register(function_rule("hardsigmoid function", {F.hardsigmoid}, Role.EXPANDED,
                        build=lambda gm, node: HardSigmoidAsReLU6()))

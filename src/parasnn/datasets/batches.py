@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["inputs_of", "inputs_and_labels"]
+__all__ = ["inputs_of", "inputs_and_labels", "model_inputs"]
 
 
 def inputs_of(batch) -> Tensor:
@@ -18,3 +18,11 @@ def inputs_and_labels(batch, *, where: str = "this step", error: type[Exception]
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
         raise error(f"{where} needs (inputs, labels) batches; the data has no labels")
     return batch[0], batch[1]
+
+
+def model_inputs(batch) -> tuple[Tensor, ...]:
+    """The positional inputs of the model for ``batch``: ``(x,)`` for a tensor or an
+    ``(x, labels)`` pair; ``(a, b, …)`` when the inputs are themselves a tuple or list, as
+    for a model of several inputs (``((input_ids, attention_mask), labels)``)."""
+    inputs = inputs_of(batch)
+    return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)

@@ -60,14 +60,17 @@ class LayerCost:
     macs: int  # ANN multiply-accumulates per sample
     sops: float  # SNN synaptic operations per sample (0 for analog-input layers)
     analog_input: bool
+    elementwise: int = 0  # multiply-accumulates the SNN pays whatever the spikes (products, MBE sums)
+    ann_elementwise: int = 0  # of those, what the ANN pays too (the products)
 
     @property
     def ann_energy_pj(self) -> float:
-        return self.macs * E_MAC_PJ
+        return (self.macs + self.ann_elementwise) * E_MAC_PJ
 
     @property
     def snn_energy_pj(self) -> float:
-        return self.macs * E_MAC_PJ if self.analog_input else self.sops * E_AC_PJ
+        synaptic = self.macs * E_MAC_PJ if self.analog_input else self.sops * E_AC_PJ
+        return synaptic + self.elementwise * E_MAC_PJ
 
 
 @dataclasses.dataclass
@@ -155,20 +158,29 @@ def _upstream_neurons(gm: fx.GraphModule, node: fx.Node) -> tuple[set[str], bool
     return neurons, analog
 
 
-def cost_report(network: SpikingNetwork, layers: list[LayerActivity], macs: dict[str, int]) -> list[LayerCost]:
-    """Per synaptic layer MACs and SOPs from measured neuron activity (rules in the module doc)."""
+def cost_report(network: SpikingNetwork, layers: list[LayerActivity], macs: dict[str, int],
+                elementwise: dict[str, OperationCost] | None = None) -> list[LayerCost]:
+    """Per layer MACs, SOPs and elementwise operations from measured neuron activity (rules
+    in the module doc); ``elementwise``: the layers' registered costs, when known."""
     activity = {layer.name: layer for layer in layers}
+    elementwise = elementwise or {}
     gm = network.graph_module
     costs = []
     for node in gm.graph.nodes:
-        if node.op != "call_module" or node.target not in macs:
+        if node.op != "call_module":
+            continue
+        extra = elementwise.get(node.target, OperationCost())
+        if node.target not in macs:
+            if extra.elementwise:
+                costs.append(LayerCost(node.target, 0, 0.0, analog_input=False, elementwise=extra.elementwise,
+                                       ann_elementwise=extra.ann_elementwise))
             continue
         upstream, analog = _upstream_neurons(gm, node)
         if analog or not upstream:
             costs.append(LayerCost(node.target, macs[node.target], 0.0, analog_input=True))
             continue
-        neurons = sum(activity[name].neurons for name in upstream)
-        spikes = sum(activity[name].spikes for name in upstream)
+        neurons = sum(activity[name].neurons for name in upstream if name in activity)
+        spikes = sum(activity[name].spikes for name in upstream if name in activity)
         costs.append(LayerCost(node.target, macs[node.target], macs[node.target] * spikes / max(neurons, 1),
                                analog_input=False))
     return costs
@@ -182,10 +194,14 @@ class ActivityMeter:
         self.network, self.time_steps = network, time_steps
         self.totals: dict[str, list] = {}  # path -> [neurons per sample, spikes, silent, samples]
         self.macs: dict[str, int] | None = None
+        self.operations: dict[str, OperationCost] = {}
 
-    def add(self, inputs: Tensor, counts: dict[str, Tensor]) -> None:
+    def add(self, inputs: Tensor | tuple[Tensor, ...], counts: dict[str, Tensor]) -> None:
+        """``inputs``: the batch's input, or a tuple of the inputs of a model of several."""
         if self.macs is None:
-            self.macs = synaptic_macs(self.network, inputs[:1], time_steps=self.time_steps)
+            first = tuple(x[:1] for x in inputs) if isinstance(inputs, (tuple, list)) else (inputs[:1],)
+            self.operations = layer_costs(self.network, *first, time_steps=self.time_steps)
+            self.macs = {path: cost.synaptic for path, cost in self.operations.items() if cost.synaptic}
         for path, count in counts.items():
             entry = self.totals.setdefault(path, [count[0].numel(), 0.0, 0.0, 0])
             entry[1] += float(count.abs().sum())
@@ -200,7 +216,8 @@ class ActivityMeter:
                   for path, (neurons, spikes, silent, samples) in sorted(self.totals.items(),
                                                                          key=lambda item: order.index(item[0]))]
         samples = next(iter(self.totals.values()))[3] if self.totals else 0
-        return ActivityReport(self.time_steps, samples, layers, cost_report(self.network, layers, self.macs))
+        return ActivityReport(self.time_steps, samples, layers,
+                              cost_report(self.network, layers, self.macs, self.operations))
 
 
 def measure_activity(simulation: Callable[..., SimulationResult], network: SpikingNetwork, batches: Iterable, *,
