@@ -30,7 +30,8 @@ __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 # Modules that contribute subcommands: each defines ``add_command(commands)``, which adds its
 # parser to the ``argparse`` sub-parsers and sets ``handler=`` (a function of the parsed
 # arguments returning an exit status) with ``set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ("parasnn.cli.calibrate", "parasnn.cli.bench", "parasnn.cli.pmsm")
+COMMAND_MODULES: tuple[str, ...] = ("parasnn.cli.calibrate", "parasnn.cli.bench", "parasnn.cli.pmsm",
+                                     "parasnn.cli.export")
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "fashion_mnist_vgg_small_qcfs.pt"

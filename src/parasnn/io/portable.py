@@ -31,7 +31,7 @@ from ..conversion.network import SpikingNetwork
 from .files import atomic_path, write_json
 from .module_config import NetworkFileError, build_module, decode_value, describe_module, encode_value
 
-__all__ = ["save", "load", "NetworkFileError", "FORMAT", "VERSION", "GRAPH_FILE", "WEIGHTS_FILE",
+__all__ = ["save", "load", "read_description", "NetworkFileError", "FORMAT", "VERSION", "GRAPH_FILE", "WEIGHTS_FILE",
            "ALLOWED_FUNCTIONS"]
 
 FORMAT, VERSION = "parasnn-network", 1
@@ -110,10 +110,12 @@ def _describe_graph(gm: fx.GraphModule, tensors: dict[str, Tensor]) -> tuple[lis
     return nodes, modules, attributes
 
 
-def save(network: SpikingNetwork, path: str | Path) -> Path:
+def save(network: SpikingNetwork, path: str | Path, *, input_shape: tuple[int, ...] | None = None) -> Path:
     """Write ``network`` to the directory ``path`` (created if needed): ``weights.safetensors``
-    and ``network.json``. Raises :class:`NetworkFileError` naming the first module or node
-    that has no data description. Returns the directory."""
+    and ``network.json``. ``input_shape`` (one example, no batch axis, e.g. ``(3, 32, 32)``)
+    is recorded for tools that need it (``parasnn export --format nir``). Raises
+    :class:`NetworkFileError` naming the first module or node that has no data description.
+    Returns the directory."""
     from safetensors.torch import save_file
 
     if not isinstance(network, SpikingNetwork):
@@ -134,11 +136,18 @@ def save(network: SpikingNetwork, path: str | Path) -> Path:
     write_json(directory / GRAPH_FILE, {
         "format": FORMAT, "version": VERSION, "parasnn": __version__, "torch": torch.__version__,
         "source": network.source, "conversion": config, "weights_sha256": digest,
+        "input_shape": list(input_shape) if input_shape is not None else None,
         "modules": modules, "attributes": attributes, "graph": nodes})
     return directory
 
 
-def _read(directory: Path) -> tuple[dict, dict[str, Tensor]]:
+def read_description(path: str | Path) -> dict:
+    """The JSON description of a saved network (graph, modules, ``input_shape``, …), checked
+    for format and version, without reading the weights."""
+    return _read(Path(path), weights=False)[0]
+
+
+def _read(directory: Path, *, weights: bool = True) -> tuple[dict, dict[str, Tensor]]:
     from safetensors import SafetensorError
     from safetensors.torch import load
 
@@ -160,6 +169,8 @@ def _read(directory: Path) -> tuple[dict, dict[str, Tensor]]:
     if description.get("version") != VERSION:
         raise NetworkFileError(f"parasnn.load: {graph_file} has format version {description.get('version')!r}; "
                                f"this parasnn reads version {VERSION}")
+    if not weights:
+        return description, {}
     data = weights_file.read_bytes()
     if hashlib.sha256(data).hexdigest() != description.get("weights_sha256"):
         raise NetworkFileError(f"parasnn.load: {weights_file} does not match {graph_file} (checksum differs): "
