@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from .arguments import device, positive_int, positive_int_list
+from .external import add_model_arguments, calibrate_external, require_model_or_checkpoint
 
 __all__ = ["add_command"]
 
@@ -98,12 +99,15 @@ def add_command(commands) -> None:
                     "DA-QCFS error calibration (da, the paper's †), BatchNorm recalibration (bn, stage 1) and "
                     "per-channel temporal bias correction (bias, stage 2), any subset, always in that order. "
                     "Calibration data is the held-apart training slice; the test set is never used.")
-    calibrate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
+    calibrate.add_argument("checkpoint", type=Path, nargs="?",
+                           help="ANN checkpoint (model.pt from parasnn train); or use --model")
     calibrate.add_argument("--stages", type=_stages, default="da,bn,bias",
                            help="comma-separated subset of da,bn,bias (default all; 'none' = plain FS-PC)")
     calibrate.add_argument("--time-steps", "-T", type=positive_int, required=True, help="the target T")
-    calibrate.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
+    calibrate.add_argument("--out", type=Path, required=True,
+                           help="SNN checkpoint to write (a directory with --model)")
     _add_calibration_options(calibrate)
+    add_model_arguments(calibrate)
     calibrate.set_defaults(handler=_command_calibrate)
 
     ablate = commands.add_parser(
@@ -188,6 +192,9 @@ def _calibrate(args) -> int:
     from ..io.files import write_json
     from ..conversion.methods import Method
     config = _config(args, stages=args.stages, time_steps=args.time_steps)
+    require_model_or_checkpoint(args, "calibrate")
+    if args.model:
+        return calibrate_external(args, config)
     model, spec, checkpoint, splits, batches = _load(args)
     model = model.to(args.device)
     start = time.perf_counter()

@@ -24,6 +24,7 @@ import torch
 
 from .. import __version__
 from .arguments import device, positive_int_list
+from .external import add_model_arguments, convert_external, evaluate_external, require_model_or_checkpoint
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES"]
 
@@ -108,8 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Convert an ANN checkpoint into an SNN checkpoint. QCFS networks "
                                               "convert directly; ReLU networks get thresholds from a held-apart "
                                               "slice of the training set.")
-    convert.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
-    convert.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
+    convert.add_argument("checkpoint", type=Path, nargs="?",
+                         help="ANN checkpoint (model.pt from parasnn train); or use --model")
+    convert.add_argument("--out", type=Path, required=True,
+                         help="SNN checkpoint to write (a directory with --model)")
     convert.add_argument("--method", choices=[m.value for m in Method],
                          help="neurons to convert to (default: pmsm for signed networks, fs-pc otherwise)")
     convert.add_argument("--batchnorm", choices=[m.value for m in BatchNormMode], default="keep",
@@ -120,12 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--calibration-size", type=int, default=1024,
                          help="ReLU networks: images from the held-apart training slice used to record thresholds")
     _add_data_options(convert)
+    add_model_arguments(convert)
 
     evaluate = commands.add_parser("evaluate", help="ANN vs SNN accuracy, firing rates and energy",
                                    description="Evaluate an ANN and its spiking network at several T, in parallel "
                                                "and serial form. Without --snn the ANN is converted on the fly.")
-    evaluate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt)")
-    evaluate.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert (default: convert now)")
+    evaluate.add_argument("checkpoint", type=Path, nargs="?", help="ANN checkpoint (model.pt); or use --model")
+    evaluate.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert, or a directory from "
+                                                   "parasnn convert --model (default: convert now)")
     evaluate.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8], help="T values (default 1,2,4,8)")
     evaluate.add_argument("--forms", default="parallel,serial",
                           help="parallel, serial or both (default parallel,serial)")
@@ -145,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--calibration-size", type=int, default=1024,
                           help="ReLU networks: images used to record thresholds when converting on the fly")
     _add_data_options(evaluate)
+    add_model_arguments(evaluate)
 
     demo = commands.add_parser("demo", help="convert and evaluate the embedded Fashion-MNIST network",
                                description="Runs the embedded QCFS VGG (trained on Fashion-MNIST by parasnn train) "
@@ -208,6 +214,9 @@ def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, p
 
 
 def _command_convert(args) -> int:
+    require_model_or_checkpoint(args, "convert")
+    if args.model:
+        return convert_external(args)
     from ..io.checkpoint import load_ann, save_snn
     from ..io.files import write_json
     from ..conversion.methods import default_method
@@ -254,6 +263,9 @@ def _evaluate(args) -> int:
     from ..io.files import write_json
     from ..conversion.methods import default_method
     forms = _parse_forms(args.forms)
+    require_model_or_checkpoint(args, "evaluate")
+    if args.model:
+        return evaluate_external(args, forms)
     model, spec, checkpoint = load_ann(args.checkpoint)
     splits = _dataset_for(checkpoint, args.data_dir)
     method = args.method or default_method(spec.activation.kind).value
