@@ -28,6 +28,7 @@ import torch
 
 from .arguments import device, positive_int, positive_int_list
 from .external import add_model_arguments, calibrate_external, require_model_or_checkpoint
+from .habits import arguments_record
 
 __all__ = ["add_command"]
 
@@ -203,7 +204,8 @@ def _calibrate(args) -> int:
     if distributed.is_main_process():
         resolved = {"command": "calibrate", "checkpoint": str(args.checkpoint), "calibration": config.to_dict(),
                     "calibration_size": args.calibration_size, "dataset": splits.info.name,
-                    "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict()}
+                    "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict(),
+                    **arguments_record(args)}
         save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved)
         write_json(args.out.with_name(args.out.stem + ".config.json"), resolved)
         stages = ",".join(s.value for s in config.stages) or "none"
@@ -247,7 +249,7 @@ def _ablate(args) -> int:
         resolved = {"command": "ablate", "checkpoint": str(args.checkpoint), "time_steps": args.time_steps,
                     "calibration": config.to_dict(), "calibration_size": args.calibration_size,
                     "limit": args.limit, "dataset": splits.info.name, "processes": distributed.world_size(),
-                    "seconds": time.perf_counter() - start}
+                    "seconds": time.perf_counter() - start, **arguments_record(args)}
         write_text(args.out / "ablation.md", table + "\n")
         write_json(args.out / "ablation.json", {"config": resolved, **report.to_dict()})
         write_json(args.out / "ablation.config.json", resolved)

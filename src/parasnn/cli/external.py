@@ -68,7 +68,8 @@ def _write(network, args, resolved: dict, shape) -> None:
 
 
 def _resolved(args, command: str) -> dict:
-    return {"command": command, "model": args.model, "weights": str(args.weights) if args.weights else None,
+    from .habits import arguments_record
+    return {**arguments_record(args), "command": command, "model": args.model, "weights": str(args.weights) if args.weights else None,
             "input_shape": list(args.input_shape) if args.input_shape else None, "dataset": args.dataset,
             "num_classes": args.num_classes}
 
