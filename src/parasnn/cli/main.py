@@ -365,6 +365,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         summary_parser().parse_args(argv)
     parser = build_parser()
     args = parser.parse_args(expand_config(argv, parser))
+    from ..runtime.progress import enable
+    enable()  # bars on the command line; library calls stay quiet unless asked
     from ..io.checkpoint import CheckpointError
     from ..datasets.data import DataError
     from ..conversion.graph import ConversionError
