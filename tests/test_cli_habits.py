@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 import parasnn
 from parasnn.cli.habits import expand_config, subcommands

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torchvision
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 import parasnn
 from parasnn.cli.main import main
@@ -29,7 +28,7 @@ def _run(*args, cwd):
 
 
 def test_resnet18_from_a_state_dict_converts_saves_loads_and_exports_to_nir(tmp_path):
-    nir = pytest.importorskip("nir")
+    pytest.importorskip("nir")
     torch.manual_seed(0)
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), tmp_path / "w.pt")
     convert = _run("-m", "parasnn.cli", "convert", "--model", "torchvision:resnet18", "--weights", "w.pt",
@@ -69,7 +68,6 @@ def test_resnet18_from_a_state_dict_converts_saves_loads_and_exports_to_nir(tmp_
 
 
 FACTORY = '''
-from torch import nn
 
 
 def small_cnn(num_classes=10):

@@ -15,7 +15,7 @@ from torch import nn
 import parasnn
 from parasnn.calibration.pipeline import CalibrationConfig
 from parasnn.conversion.methods import Method, neuron_factory
-from parasnn.datasets.data import load_dataset, make_loader
+from parasnn.datasets.data import load_dataset
 from parasnn.io.module_config import NetworkFileError
 from parasnn.io.portable import GRAPH_FILE, WEIGHTS_FILE
 from parasnn.neurons.pmsm import PolarityQuantizer
