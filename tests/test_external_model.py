@@ -68,6 +68,7 @@ def test_resnet18_from_a_state_dict_converts_saves_loads_and_exports_to_nir(tmp_
 
 
 FACTORY = '''
+from torch import nn
 
 
 def small_cnn(num_classes=10):
