@@ -298,7 +298,10 @@ def _evaluate(args) -> int:
     model, spec, checkpoint = load_ann(args.checkpoint)
     splits = _dataset_for(checkpoint, args.data_dir)
     method = args.method or default_method(spec.activation.kind).value
-    if args.snn is not None:
+    if args.snn is not None and args.snn.is_dir():  # written by parasnn.save / convert --model
+        from ..io.portable import load
+        network = load(args.snn)
+    elif args.snn is not None:
         network, _, snn_checkpoint = load_snn(args.snn)
         method = snn_checkpoint["method"]
     else:
