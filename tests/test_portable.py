@@ -183,3 +183,17 @@ def test_torch_export_of_a_converted_network_matches_it():
         assert torch.equal(exported.module()(x), network(x, time_steps=4))
     with pytest.raises(ValueError, match="NaN or infinite"):  # the eager check is still there
         network(torch.full((1, 1, 8, 8), float("nan")), time_steps=4)
+
+
+def test_pascal_and_qcfs_layers_round_trip(tmp_path):
+    from parasnn.neurons import QCFS
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), QCFS(levels=3, threshold=1.5), nn.AdaptiveAvgPool2d(2), nn.Flatten(),
+                          nn.Dropout(0.2), nn.Linear(12, 4)).eval()
+    x = torch.randn(2, 1, 8, 8)
+    for method in (Method.FS_PC, Method.PASCAL):
+        network = parasnn.convert(model, neuron=neuron_factory(method))
+        loaded = parasnn.load(parasnn.save(network, tmp_path / method.value))
+        with torch.no_grad():
+            assert torch.equal(loaded(x, time_steps=3), network(x, time_steps=3))
+        assert [type(n) for _, n in loaded.neurons()] == [type(n) for _, n in network.neurons()]
