@@ -36,7 +36,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor, nn
 
-from ..conversion.network import SpikingNetwork
+from ..conversion.network import SpikingNetwork, device_of
 from ..conversion.stages import RateMaxPool
 from ..neurons.base import per_channel
 from ..neurons.if_neuron import IFNeuron
@@ -120,7 +120,7 @@ class _Exporter:
         dtype = next((t.dtype for t in self.gm.parameters()), torch.float32)
         shapes = _Shapes(self.gm)
         with torch.no_grad():
-            shapes.run(1, torch.zeros(1, *input_shape, dtype=dtype))
+            shapes.run(1, torch.zeros(1, *input_shape, dtype=dtype, device=device_of(self.gm)))
         self.shapes = shapes.shapes
         self.source = network.source
 
@@ -297,7 +297,7 @@ class _Exporter:
     def neuron(self, node, module: IFNeuron, sources) -> None:
         import nir
         self.refuse_pending(self.input_of(node), f"'{node.target}'")
-        like = torch.zeros(1, *self.shapes[node], dtype=module.threshold.dtype)
+        like = torch.zeros(1, *self.shapes[node], dtype=module.threshold.dtype, device=module.threshold.device)
         full = lambda t: (per_channel(t, like) + like)[0]  # noqa: E731  (C, ...) → the layer's shape
         firing = torch.maximum(module.threshold - module.temporal_bias.detach(),
                                module.threshold * MIN_THRESHOLD_FRACTION)
@@ -329,7 +329,7 @@ class _Exporter:
         key = f"{METADATA_KEY}.{sources[0]}.bias"
         if key not in self.arrays:
             self.store(key, np.array(before.bias, copy=True))  # the exact bias, for parasnn
-        channel_shift = module.pre_shift.detach()
+        channel_shift = module.pre_shift.detach().cpu()  # the NIR arrays live on the CPU
         bias = torch.as_tensor(before.bias) + (channel_shift if channel_shift.dim() else channel_shift.expand(
             before.bias.shape))
         before.bias = _array(bias.to(torch.as_tensor(before.bias).dtype))
