@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "BatchNormMode": "conversion.stages", "ThresholdStatistic": "conversion.stages",
     "ConversionError": "conversion.graph", "Method": "conversion.methods", "SpikingNetwork": "conversion.network",
     "calibrate": "calibration.pipeline", "CalibrationConfig": "calibration.pipeline",
+    "save": "io.portable", "load": "io.portable", "NetworkFileError": "io.module_config",
     "QCFS": "neurons.qcfs", "IFNeuron": "neurons.if_neuron", "SpikingNeuron": "neurons.base",
     **{name: "simulation.forms" for name in ("parallel_forward", "parallel_simulation", "serial_forward",
                                              "serial_outputs", "serial_simulation", "serial_step", "spike_counts",
@@ -51,6 +52,8 @@ if TYPE_CHECKING:  # static analysers see the names without the lazy loading
     from .conversion.graph import ConversionError
     from .conversion.methods import Method
     from .conversion.network import SpikingNetwork
+    from .io.module_config import NetworkFileError
+    from .io.portable import load, save
     from .conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert, quantize_relus
     from .neurons import QCFS, IFNeuron, SpikingNeuron
     from .simulation.forms import (parallel_forward, parallel_simulation, serial_forward, serial_outputs,

@@ -7,9 +7,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["positive_int", "positive_int_list", "device", "dataclass_from_dict", "config_path"]
 
@@ -35,12 +36,13 @@ def positive_int_list(text: str) -> list[int]:
     return [positive_int(part) for part in parts]
 
 
-def device(text: str) -> torch.device:
+def device(text: str) -> "torch.device":
     """``cpu``, ``cuda``, ``cuda:1``, … or ``auto``: this process's GPU when there is one (its
     local rank's under torchrun), else the CPU."""
     if text == "auto":
         from ..runtime.distributed import default_device
         return default_device()
+    import torch  # here, so that `parasnn --help` does not import it
     try:
         return torch.device(text)
     except RuntimeError as error:

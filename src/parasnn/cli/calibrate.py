@@ -25,7 +25,11 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from .arguments import config_path, device, positive_int, positive_int_list
+from .external import add_model_arguments, calibrate_external, require_model_or_checkpoint
+from .habits import arguments_record
 
 __all__ = ["add_command"]
 
@@ -104,12 +108,15 @@ def add_command(commands) -> None:
                     "DA-QCFS error calibration (da, the paper's †), BatchNorm recalibration (bn, stage 1) and "
                     "per-channel temporal bias correction (bias, stage 2), any subset, always in that order. "
                     "Calibration data is the held-apart training slice; the test set is never used.")
-    calibrate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
+    calibrate.add_argument("checkpoint", type=Path, nargs="?",
+                           help="ANN checkpoint (model.pt from parasnn train); or use --model")
     calibrate.add_argument("--stages", type=_stages, default="da,bn,bias",
                            help="comma-separated subset of da,bn,bias (default all; 'none' = plain FS-PC)")
     calibrate.add_argument("--time-steps", "-T", type=positive_int, required=True, help="the target T")
-    calibrate.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
+    calibrate.add_argument("--out", type=Path, required=True,
+                           help="SNN checkpoint to write (a directory with --model)")
     _add_calibration_options(calibrate)
+    add_model_arguments(calibrate)
     calibrate.set_defaults(handler=_command_calibrate)
 
     ablate = commands.add_parser(
@@ -206,6 +213,9 @@ def _calibrate(args) -> int:
     from ..io.files import write_json
     from ..conversion.methods import Method
     config = _config(args, stages=args.stages, time_steps=args.time_steps)
+    require_model_or_checkpoint(args, "calibrate")
+    if args.model:
+        return calibrate_external(args, config)
     model, spec, checkpoint, splits, batches, training = _load(args)
     model = model.to(args.device)
     start = time.perf_counter()
@@ -215,7 +225,8 @@ def _calibrate(args) -> int:
         resolved = {"command": "calibrate", "checkpoint": str(args.checkpoint), "calibration": config.to_dict(),
                     "calibration_size": args.calibration_size, "learn_on": args.learn_on,
                     "dataset": splits.info.name,
-                    "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict()}
+                    "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict(),
+                    **arguments_record(args)}
         save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved)
         write_json(config_path(args.out), resolved)
         stages = ",".join(s.value for s in config.stages) or "none"
@@ -259,8 +270,9 @@ def _ablate(args) -> int:
         table = format_markdown(report)
         resolved = {"command": "ablate", "checkpoint": str(args.checkpoint), "time_steps": args.time_steps,
                     "calibration": config.to_dict(), "calibration_size": args.calibration_size,
-                    "learn_on": args.learn_on, "limit": args.limit, "dataset": splits.info.name, "processes": distributed.world_size(),
-                    "seconds": time.perf_counter() - start}
+                    "learn_on": args.learn_on, "limit": args.limit, "dataset": splits.info.name,
+                    "processes": distributed.world_size(), "seconds": time.perf_counter() - start,
+                    **arguments_record(args)}
         write_text(args.out / "ablation.md", table + "\n")
         write_json(args.out / "ablation.json", {"config": resolved, **report.to_dict()})
         write_json(args.out / "ablation.config.json", resolved)

@@ -20,23 +20,22 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
-
 from .. import __version__
 from .arguments import device, positive_int_list
+from .external import add_model_arguments, convert_external, evaluate_external, require_model_or_checkpoint
+from .habits import arguments_record, expand_config, show_defaults
 
-__all__ = ["main", "build_parser", "COMMAND_MODULES"]
+__all__ = ["main", "build_parser", "summary_parser", "COMMAND_MODULES", "COMMAND_SUMMARIES"]
 
 # Modules that contribute subcommands: each defines ``add_command(commands)``, which adds its
 # parser to the ``argparse`` sub-parsers and sets ``handler=`` (a function of the parsed
 # arguments returning an exit status) with ``set_defaults``.
-COMMAND_MODULES: tuple[str, ...] = ("parasnn.cli.calibrate", "parasnn.cli.bench", "parasnn.cli.pmsm", "parasnn.cli.text")
+COMMAND_MODULES: tuple[str, ...] = ("parasnn.cli.calibrate", "parasnn.cli.bench", "parasnn.cli.pmsm",
+                                     "parasnn.cli.export", "parasnn.cli.text")
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "fashion_mnist_vgg_small_qcfs.pt"
 DEMO_TEST_SLICE = ASSETS / "fashion_mnist_test_slice.npz"
-
-
 
 
 def _levels(text: str):
@@ -58,17 +57,44 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device, default="auto", help="cpu, cuda, cuda:1 or auto (default)")
 
 
+DESCRIPTION = ("Convert trained PyTorch networks into spiking neural networks that keep the ANN's accuracy at 1-8 "
+               "time steps and run in one parallel pass.")
+EPILOG = ("Start with `parasnn demo`. Typical use: parasnn train --out runs/vgg; "
+          "parasnn evaluate runs/vgg/model.pt --time-steps 1,2,4,8")
+
+# One line per command for `parasnn --help`, which then imports neither torch nor the command
+# modules (tests/test_cli_habits.py checks these lines against the commands' own).
+COMMAND_SUMMARIES: dict[str, str] = {
+    "train": "train a ReLU or QCFS network",
+    "convert": "convert a trained network into a spiking network",
+    "evaluate": "ANN vs SNN accuracy, firing rates and energy",
+    "demo": "convert and evaluate the embedded Fashion-MNIST network",
+    "calibrate": "convert and calibrate a network for one T ([STDC]: da, bn, bias)",
+    "ablate": "[STDC]'s ablation table (baseline / spatial / temporal / full, each with †)",
+    "bench": "speed and memory of the SNN against the ANN (parallel, spike trains, serial)",
+    "pmsm": "quantize a signed-clip ANN for PMSM (signed multi-spike neurons, lossless at T = 1)",
+    "export": "write a converted network as NIR or as safetensors + JSON",
+    "text": "MiniLM sentence encoder as an SNN: cosine to the ANN, probe accuracy, Lee Pearson, energy",
+}
+
+
+def summary_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one line per command and no command options (fast)."""
+    parser = argparse.ArgumentParser(prog="parasnn", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"parasnn {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, summary in COMMAND_SUMMARIES.items():
+        commands.add_parser(name, help=summary)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     from ..conversion.stages import BatchNormMode
     from ..conversion.methods import Method
     from ..zoo.models import MODEL_NAMES, ActivationKind
     from ..training.train import Optimizer
 
-    parser = argparse.ArgumentParser(
-        prog="parasnn", description="Convert trained PyTorch networks into spiking neural networks that keep the "
-                                    "ANN's accuracy at 1-8 time steps and run in one parallel pass.",
-        epilog="Start with `parasnn demo`. Typical use: parasnn train --out runs/vgg; "
-               "parasnn evaluate runs/vgg/model.pt --time-steps 1,2,4,8")
+    parser = argparse.ArgumentParser(prog="parasnn", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"parasnn {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
@@ -107,8 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                                   description="Convert an ANN checkpoint into an SNN checkpoint. QCFS networks "
                                               "convert directly; ReLU networks get thresholds from a held-apart "
                                               "slice of the training set.")
-    convert.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
-    convert.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
+    convert.add_argument("checkpoint", type=Path, nargs="?",
+                         help="ANN checkpoint (model.pt from parasnn train); or use --model")
+    convert.add_argument("--out", type=Path, required=True,
+                         help="SNN checkpoint to write (a directory with --model)")
     convert.add_argument("--method", choices=[m.value for m in Method],
                          help="neurons to convert to (default: pmsm for signed networks, fs-pc otherwise)")
     convert.add_argument("--batchnorm", choices=[m.value for m in BatchNormMode], default="keep",
@@ -119,13 +147,16 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--calibration-size", type=int, default=1024,
                          help="ReLU networks: images from the held-apart training slice used to record thresholds")
     _add_data_options(convert)
+    add_model_arguments(convert)
 
     evaluate = commands.add_parser("evaluate", help="ANN vs SNN accuracy, firing rates and energy",
                                    description="Evaluate an ANN and its spiking network at several T, in parallel "
                                                "and serial form. Without --snn the ANN is converted on the fly.")
-    evaluate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt)")
-    evaluate.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert (default: convert now)")
-    evaluate.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8], help="T values (default 1,2,4,8)")
+    evaluate.add_argument("checkpoint", type=Path, nargs="?", help="ANN checkpoint (model.pt); or use --model")
+    evaluate.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert, or a directory from "
+                                                   "parasnn convert --model (default: convert now)")
+    evaluate.add_argument("--time-steps", "-T", type=positive_int_list, default=[1, 2, 4, 8],
+                          help="T values (default 1,2,4,8)")
     evaluate.add_argument("--forms", default="parallel,serial",
                           help="parallel, serial or both (default parallel,serial)")
     evaluate.add_argument("--limit", type=int, help="evaluate on the first N test images only")
@@ -144,12 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--calibration-size", type=int, default=1024,
                           help="ReLU networks: images used to record thresholds when converting on the fly")
     _add_data_options(evaluate)
+    add_model_arguments(evaluate)
 
     demo = commands.add_parser("demo", help="convert and evaluate the embedded Fashion-MNIST network",
                                description="Runs the embedded QCFS VGG (trained on Fashion-MNIST by parasnn train) "
                                            "on the embedded slice of the Fashion-MNIST test set: ANN vs SNN "
                                            "accuracy at each T, parallel and serial, with timings.")
-    demo.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8])
+    demo.add_argument("--time-steps", "-T", type=positive_int_list, default=[1, 2, 4, 8],
+                      help="T values to run the SNN at")
     demo.add_argument("--json", type=Path, help="also write the report as JSON")
     demo.add_argument("--device", type=device, default="auto")
 
@@ -159,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_command_demo)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_command(commands)
+    show_defaults(parser)
     return parser
 
 
@@ -208,6 +242,9 @@ def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, p
 
 
 def _command_convert(args) -> int:
+    require_model_or_checkpoint(args, "convert")
+    if args.model:
+        return convert_external(args)
     from ..io.checkpoint import load_ann, save_snn
     from ..io.files import write_json
     from ..conversion.methods import default_method
@@ -218,7 +255,8 @@ def _command_convert(args) -> int:
         model, spec, checkpoint, splits, method=method, batchnorm=args.batchnorm, percentile=args.percentile,
         levels=args.levels, calibration_size=args.calibration_size)
     resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": method,
-                "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size}
+                "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size,
+                **arguments_record(args)}
     save_snn(args.out, network, spec, method=method, from_relu=from_relu, config=resolved)
     write_json(_config_path(args.out), resolved)
     print(f"converted {spec.name} ({len(list(network.neurons()))} neuron layers, method {method}) -> {args.out}")
@@ -254,10 +292,16 @@ def _evaluate(args) -> int:
     from ..io.files import write_json
     from ..conversion.methods import default_method
     forms = _parse_forms(args.forms)
+    require_model_or_checkpoint(args, "evaluate")
+    if args.model:
+        return evaluate_external(args, forms)
     model, spec, checkpoint = load_ann(args.checkpoint)
     splits = _dataset_for(checkpoint, args.data_dir)
     method = args.method or default_method(spec.activation.kind).value
-    if args.snn is not None:
+    if args.snn is not None and args.snn.is_dir():  # written by parasnn.save / convert --model
+        from ..io.portable import load
+        network = load(args.snn)
+    elif args.snn is not None:
         network, _, snn_checkpoint = load_snn(args.snn)
         method = snn_checkpoint["method"]
     else:
@@ -265,7 +309,8 @@ def _evaluate(args) -> int:
                                             percentile=99.9, levels=8, calibration_size=args.calibration_size)
     test = splits.test
     if args.limit:
-        test = torch.utils.data.TensorDataset(*(t[: args.limit] for t in test.tensors))
+        from torch.utils.data import TensorDataset
+        test = TensorDataset(*(t[: args.limit] for t in test.tensors))
     if method == "pascal" and distributed.world_size() > 1:
         raise ValueError("parasnn evaluate --method pascal runs in one process; start it without torchrun")
     batches = list(make_loader(distributed.shard(test), batch_size=args.batch_size, shuffle=False))
@@ -281,7 +326,7 @@ def _evaluate(args) -> int:
         resolved = {"command": "evaluate", "checkpoint": str(args.checkpoint), "snn": str(args.snn) if args.snn else None,
                     "time_steps": args.time_steps, "forms": [f.value for f in forms], "limit": args.limit,
                     "dataset": splits.info.name, "device": str(args.device),
-                    "processes": distributed.world_size()}
+                    "processes": distributed.world_size(), **arguments_record(args)}
         write_json(args.json, {"config": resolved, "model": spec.to_dict(), **report.to_dict()})
         write_json(_config_path(args.json), resolved)
     return 0
@@ -318,8 +363,13 @@ def _command_demo(args) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "--version"):  # no command: answer without importing torch
+        summary_parser().parse_args(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(expand_config(argv, parser))
+    from ..runtime.progress import enable
+    enable()  # bars on the command line; library calls stay quiet unless asked
     from ..io.checkpoint import CheckpointError
     from ..datasets.data import DataError
     from ..conversion.graph import ConversionError

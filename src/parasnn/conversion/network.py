@@ -56,11 +56,14 @@ def synchronize(device: torch.device) -> None:
 
 
 def check_input(inputs: tuple[Tensor, ...], *, where: str) -> None:
-    """Reject non-tensor, NaN or infinite inputs with a message that says where."""
+    """Reject non-tensor, NaN or infinite inputs with a message that says where (the value check
+    is skipped while torch.export or torch.compile traces the network)."""
     for index, x in enumerate(inputs):
         if not isinstance(x, Tensor):
             raise TypeError(f"{where}: input {index} must be a tensor, got {type(x).__name__}")
-        if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        # Under torch.export/compile the values are symbolic: a value check cannot be traced.
+        if (x.is_floating_point() and not torch.compiler.is_compiling()
+                and not bool(torch.isfinite(x).all())):
             raise ValueError(f"{where}: input {index} contains NaN or infinite values; clean the data first")
 
 

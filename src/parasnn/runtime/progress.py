@@ -1,63 +1,83 @@
-"""A dependency-free progress bar for loops that take more than a few seconds.
+"""Progress bars (tqdm) for loops that take more than a second: off in library calls unless
+asked for, on in the command line.
 
-On a terminal it redraws one line (``\\r``); in a log (CI, a file) it prints a line at most
-every ``interval`` seconds, so logs stay short. ``PARASNN_PROGRESS=0`` silences it.
+``progress(items, description=..., total=...)`` yields from ``items``; while bars are enabled
+(:func:`enable`, or ``PARASNN_PROGRESS=1``) it shows a tqdm bar with the rate and the time
+left, nested bars stacking. On a terminal the bar redraws in place; in a log (CI, a file) it
+writes one line at most every ``interval`` seconds and never the same count twice, so logs
+stay short. Loops shorter than a second print nothing. ``PARASNN_PROGRESS=0`` silences every
+bar, the command line's included.
 """
 from __future__ import annotations
 
 import os
+import re
 import sys
-import time
 from typing import Iterable, Iterator, TypeVar
 
-__all__ = ["progress"]
+__all__ = ["progress", "enable", "disable", "enabled"]
 
 Item = TypeVar("Item")
 
+_state = {"enabled": False}  # library default: quiet; the CLI calls enable()
 
-def _format_seconds(seconds: float) -> str:
-    minutes, seconds = divmod(int(seconds), 60)
-    return f"{minutes}:{seconds:02d}"
+
+def enable(on: bool = True) -> None:
+    """Show progress bars from now on (``on=False``: hide them). ``PARASNN_PROGRESS`` wins."""
+    _state["enabled"] = bool(on)
+
+
+def disable() -> None:
+    """Hide progress bars (the library default)."""
+    enable(False)
+
+
+def enabled() -> bool:
+    """Whether :func:`progress` shows bars: ``PARASNN_PROGRESS`` (0/1) if set, else :func:`enable`'s choice."""
+    setting = os.environ.get("PARASNN_PROGRESS")
+    if setting in ("0", "1"):
+        return setting == "1"
+    return _state["enabled"]
+
+
+_COUNT = re.compile(r"(\d+(?:/\d+)?)(?=(?:it)? ?\[|\s*\[)")
+
+
+class _LogLines:
+    """A stream adapter for logs: tqdm redraws with ``\\r``; a log gets one line per redraw,
+    and a redraw that shows the same count as the line before (tqdm's closing redraw) is dropped."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.last = None
+
+    def write(self, text: str) -> None:
+        for part in text.split("\r"):
+            line = part.strip("\n").rstrip()
+            if not line:
+                continue
+            found = _COUNT.search(line)
+            key = (line.split(":")[0], found.group(1)) if found else line
+            if key != self.last:
+                self.stream.write(line + "\n")
+                self.last = key
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def progress(items: Iterable[Item], *, description: str, total: int | None = None, interval: float = 10.0,
              stream=None) -> Iterator[Item]:
-    """Yield from ``items`` while reporting ``description  done/total  elapsed<eta``."""
-    stream = stream or sys.stderr
-    if os.environ.get("PARASNN_PROGRESS", "1") == "0":
+    """Yield from ``items``, showing ``description``, the count (of ``total``, default
+    ``len(items)``), the rate and the time left while bars are :func:`enabled`."""
+    if not enabled():
         yield from items
         return
-    if total is None:
-        try:
-            total = len(items)  # type: ignore[arg-type]
-        except TypeError:
-            total = None
+    from tqdm import tqdm
+
+    stream = stream or sys.stderr
     interactive = hasattr(stream, "isatty") and stream.isatty()
-    start = last = time.monotonic()
-    done = 0
-
-    def line() -> str:
-        elapsed = time.monotonic() - start
-        if total:
-            eta = elapsed / done * (total - done) if done else 0.0
-            width = 24
-            filled = int(width * done / total)
-            return (f"{description} [{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
-                    f"{_format_seconds(elapsed)}<{_format_seconds(eta)}")
-        return f"{description} {done} {_format_seconds(elapsed)}"
-
-    for item in items:
-        yield item
-        done += 1
-        now = time.monotonic()
-        if interactive and now - last > 0.1:
-            stream.write("\r" + line())
-            stream.flush()
-            last = now
-        elif not interactive and now - last > interval:
-            stream.write(line() + "\n")
-            stream.flush()
-            last = now
-    if time.monotonic() - start > 1.0:  # a closing line only for loops worth reporting
-        stream.write(("\r" if interactive else "") + line() + "\n")
-        stream.flush()
+    with tqdm(items, desc=description, total=total, file=stream if interactive else _LogLines(stream),
+              mininterval=0.1 if interactive else interval, delay=1.0, dynamic_ncols=interactive,
+              ascii=not interactive, leave=True) as bar:
+        yield from bar

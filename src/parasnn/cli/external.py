@@ -1,0 +1,132 @@
+"""``--model`` for ``parasnn convert|calibrate|evaluate``: the user's own architecture and weights.
+
+::
+
+    parasnn convert --model torchvision:resnet18 --weights w.pt --input-shape 3,32,32 \\
+        --dataset cifar10 --out net/
+    parasnn calibrate --model mypackage.nets:small_cnn --weights w.safetensors --dataset digits -T 2 --out net/
+    parasnn evaluate --model torchvision:resnet18 --weights w.pt --input-shape 3,32,32 --dataset cifar10 \\
+        --snn net/ -T 1,2,4
+
+The converted network is written with ``parasnn.save`` (a directory: weights as safetensors,
+graph as JSON; ``parasnn.load`` reads it in any process, ``parasnn export`` turns it into NIR).
+Calibration data are the first ``--calibration-size`` images of the data set's training split;
+the test split is used by ``evaluate`` only.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from .arguments import positive_int, positive_int_list
+
+__all__ = ["add_model_arguments", "convert_external", "calibrate_external", "evaluate_external",
+           "require_model_or_checkpoint"]
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("your own model (instead of a parasnn checkpoint)")
+    group.add_argument("--model", help="torchvision:NAME (e.g. torchvision:resnet18) or package.module:factory")
+    group.add_argument("--weights", type=Path,
+                       help="state dict (.pt/.pth saved with torch.save(model.state_dict(), ...)) or .safetensors")
+    group.add_argument("--input-shape", type=positive_int_list, help="one input without batch axis, e.g. 3,32,32 "
+                                                                     "(the data set's images are resized to it)")
+    group.add_argument("--dataset", help="fashion-mnist, cifar10, cifar100, digits or image-folder: calibration "
+                                         "images from its training split, test images from its test split")
+    group.add_argument("--num-classes", type=positive_int, help="passed to the model factory as num_classes")
+
+
+def require_model_or_checkpoint(args, command: str) -> None:
+    if (args.checkpoint is None) == (args.model is None):
+        raise ValueError(f"parasnn {command} takes either a checkpoint file or --model (with --weights), not "
+                         f"{'both' if args.model else 'neither'}")
+
+
+def _model_and_data(args, *, need_data: bool):
+    from ..zoo.external import dataset_for, external_model
+    model = external_model(args.model, args.weights, num_classes=args.num_classes)
+    shape = tuple(args.input_shape) if args.input_shape else None
+    if args.dataset is None:
+        if need_data:
+            raise ValueError(f"--model {args.model}: pass --dataset (calibration and test images)")
+        return model, shape, None
+    splits = dataset_for(args.dataset, shape, data_dir=args.data_dir)
+    return model, shape or tuple(splits.info.input_shape), splits
+
+
+def _calibration_batches(splits, size: int | None, batch_size: int):
+    from ..datasets.data import first_examples, make_loader
+    return list(make_loader(first_examples(splits.train, size), batch_size=batch_size, shuffle=False))
+
+
+def _write(network, args, resolved: dict, shape) -> None:
+    from ..io.files import write_json
+    from ..io.portable import save
+    save(network.cpu(), args.out, input_shape=shape)
+    write_json(args.out.with_name(args.out.name + ".config.json"), resolved)
+
+
+def _resolved(args, command: str) -> dict:
+    from .habits import arguments_record
+    return {**arguments_record(args), "command": command, "model": args.model, "weights": str(args.weights) if args.weights else None,
+            "input_shape": list(args.input_shape) if args.input_shape else None, "dataset": args.dataset,
+            "num_classes": args.num_classes}
+
+
+def convert_external(args) -> int:
+    from ..conversion.methods import neuron_factory
+    from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert
+    model, shape, splits = _model_and_data(args, need_data=False)
+    config = ConversionConfig(levels=args.levels, threshold=ThresholdStatistic(args.percentile),
+                              batchnorm=BatchNormMode(args.batchnorm))
+    data = None
+    if splits is not None:
+        data = [x for x, _ in _calibration_batches(splits, args.calibration_size, batch_size=256)]
+    method = args.method or "fs-pc"
+    network = convert(model, calibration_data=data, config=config, neuron=neuron_factory(method))
+    _write(network, args, {**_resolved(args, "convert"), "method": method, "conversion": config.to_dict(),
+                           "calibration_size": args.calibration_size}, shape)
+    print(f"converted {args.model} ({len(list(network.neurons()))} neuron layers, method {method}) -> {args.out}/")
+    return 0
+
+
+def calibrate_external(args, config) -> int:
+    from ..calibration.pipeline import calibrate_with_report
+    model, shape, splits = _model_and_data(args, need_data=True)
+    batches = _calibration_batches(splits, args.calibration_size, batch_size=args.batch_size)
+    start = time.perf_counter()
+    network, report = calibrate_with_report(model.to(args.device), batches, config=config)
+    seconds = time.perf_counter() - start
+    _write(network, args, {**_resolved(args, "calibrate"), "calibration": config.to_dict(),
+                           "calibration_size": args.calibration_size, "seconds": seconds,
+                           "report": report.to_dict()}, shape)
+    print(f"calibrated {args.model} for T={config.time_steps} in {seconds:.1f} s -> {args.out}/")
+    return 0
+
+
+def evaluate_external(args, forms) -> int:
+    import torch
+
+    from ..conversion.stages import convert
+    from ..datasets.data import first_examples, make_loader
+    from ..evaluation.accuracy import evaluate, format_table
+    from ..io.files import write_json
+    from ..io.portable import load
+    model, shape, splits = _model_and_data(args, need_data=True)
+    if args.snn is not None:
+        network = load(args.snn)
+    else:
+        calibration = [x for x, _ in _calibration_batches(splits, args.calibration_size, batch_size=256)]
+        network = convert(model, calibration_data=calibration)
+    test = first_examples(splits.test, args.limit)
+    batches = list(make_loader(test, batch_size=args.batch_size, shuffle=False))
+    model, network = model.to(args.device), network.to(args.device)
+    with torch.no_grad():
+        report = evaluate(model, network, batches, time_steps=args.time_steps, forms=forms,
+                          activity=not args.no_activity)
+    print(format_table(report, title=f"{args.model} on {splits.info.name} ({report.samples} test images)"))
+    if args.json:
+        write_json(args.json, {"config": {**_resolved(args, "evaluate"), "time_steps": args.time_steps},
+                               **report.to_dict()})
+    return 0
