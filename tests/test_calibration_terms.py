@@ -80,3 +80,47 @@ def test_split_batches_holds_out_a_seeded_random_choice_not_the_last_batches():
     training, validation = split_batches(batches, validation_fraction=0.2, seed=3)
     assert sorted(training + validation) == batches and training == sorted(training)
     assert split_batches(batches, validation_fraction=0.2, seed=3) == (training, validation)
+
+
+def test_with_training_data_the_stages_learn_on_it_and_the_held_apart_batches_only_judge():
+    model = _relu_net()
+    training, held = _data(count=5, seed=1), _data(count=2, seed=2)
+    config = CalibrationConfig(time_steps=2, batch_size=32, bn=BatchNormConfig(epochs=1),
+                               bias=BiasConfig(epochs=2, patience=1000, validation_interval=1))
+    from parasnn.calibration.pipeline import calibrate_with_report
+    network, report = calibrate_with_report(model, held, config=config, training_data=training)
+    steps = {stage.stage: stage.steps for stage in report.stages}
+    assert steps == {"da": len(training), "bn": len(training), "bias": 2 * len(training)}
+    assert all(values["samples"] == 64 for values in report.validation.values())  # every held-apart image judges
+    # Thresholds are recorded on the training data too: the same network as converting on it.
+    on_training, _ = convert_for_calibration(model, training, config=config)
+    on_held, _ = convert_for_calibration(model, held, config=config)
+    thresholds = {path: n.threshold for path, n in network.neurons()}
+    assert all(torch.equal(thresholds[p], n.threshold) for p, n in on_training.neurons())
+    assert any(not torch.equal(thresholds[p], n.threshold) for p, n in on_held.neurons())
+
+
+def test_calibrate_command_records_what_the_stages_learned_on(tmp_path):
+    import json
+
+    from parasnn.cli.main import main
+    from parasnn.io.checkpoint import save_ann
+    from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
+    pytest.importorskip("sklearn")
+    spec = ModelSpec(name="vgg-small", input_shape=(1, 8, 8), num_classes=10, width=4,
+                     activation=ActivationSpec(kind=ActivationKind.RELU))
+    torch.manual_seed(0)
+    path = tmp_path / "model.pt"
+    save_ann(path, build_model(spec).eval(), spec, config={"dataset": "digits", "holdout": 200, "seed": 0})
+    for learn_on, size in (("training", 96), ("held-apart", None)):
+        out = tmp_path / f"{learn_on}.pt"
+        arguments = ["calibrate", str(path), "--stages", "bias", "--time-steps", "2", "--out", str(out),
+                     "--calibration-size", "64", "--batch-size", "32", "--bias-epochs", "1", "--learn-on", learn_on,
+                     "--device", "cpu"] + (["--training-size", str(size)] if size else [])
+        assert main(arguments) == 0
+        resolved = json.loads((tmp_path / f"{learn_on}.config.json").read_text())
+        assert resolved["learn_on"] == learn_on and resolved["calibration"]["training_size"] == size
+        bias = resolved["report"]["stages"][0]
+        # Training set: 96 images in 3 batches; held-apart: 64 images, 20 % (1 batch) held out, 1 trains.
+        assert bias["steps"] == (3 if learn_on == "training" else 1)
+        assert resolved["report"]["validation"]["fs-pc"]["samples"] == (64 if learn_on == "training" else 32)

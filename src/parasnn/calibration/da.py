@@ -9,8 +9,9 @@ evaluated at the target ``T``.
 
 Data in, data out: :func:`fit_distribution` returns the learned :class:`~.terms.DATerms`
 (ψ_DA and θ + φ_DA per neuron) and a report. The running estimates live in the
-:class:`DASite` objects of the pass; the neurons are called with them as explicit
-arguments (``torch.func.functional_call``), so no neuron buffer is written during the pass.
+:class:`DASite` objects of the pass; the neurons (of the stage's own copy of the network)
+are called with them as explicit arguments (``torch.func.functional_call``), so no neuron
+buffer is assigned by the stage.
 """
 from __future__ import annotations
 
@@ -110,15 +111,14 @@ class DASite(nn.Module):
         return torch.cat([a_da, a_original])
 
 
-def _dual_pass(network: SpikingNetwork, sites: dict[str, DASite], batches: Sequence, *, time_steps: int,
+def _dual_pass(working: SpikingNetwork, sites: dict[str, DASite], batches: Sequence, *, time_steps: int,
                description: str) -> None:
-    """Run ``batches`` through a working copy of ``network`` with the sites in place of its neurons."""
-    device = device_of(network)
-    working = copy.deepcopy(network.graph_module)  # swapping its modules leaves network alone
-    with Swapped(working, sites), torch.no_grad():
+    """Run ``batches`` through ``working`` (a stage's own copy) with the sites in place of its neurons."""
+    device = device_of(working)
+    with Swapped(working.graph_module, sites), torch.no_grad():
         for batch in progress(batches, description=description):
             x = inputs_of(batch).to(device)
-            working(time_steps, torch.cat([x, x]))
+            working.graph_module(time_steps, torch.cat([x, x]))
 
 
 def layer_errors(network: SpikingNetwork, originals: dict[str, OriginalActivation], batches: Iterable, *,
@@ -131,11 +131,12 @@ def layer_errors(network: SpikingNetwork, originals: dict[str, OriginalActivatio
     each is averaged over all ``batches`` (the systematic error DA calibration targets;
     per-batch sampling noise averages out), then its absolute value over channels."""
     batches = materialise(batches, where="layer_errors")
-    neurons = if_neurons(network, where="layer_errors")
+    working = copy.deepcopy(network)  # the sites call its neurons; network itself is never touched
+    neurons = if_neurons(working, where="layer_errors")
     sites = {path: DASite(neuron, originals[path], momentum=0.0, debias=False, update=False,
                           pre_shift=neuron.pre_shift, amplitude=neuron.amplitude)
              for path, neuron in neurons.items()}
-    _dual_pass(network, sites, batches, time_steps=time_steps, description="layer errors")
+    _dual_pass(working, sites, batches, time_steps=time_steps, description="layer errors")
     errors = {}
     for path, site in sites.items():
         mean = site.error_sums[0] / len(site.errors)  # (2, C): batches of equal weight
@@ -160,7 +161,8 @@ def fit_distribution(network: SpikingNetwork, batches: Iterable, *, originals: d
     docs/decisions.md), which is why the guard may undo this stage.
     """
     batches = materialise(batches, where="stage da")
-    neurons = if_neurons(network, where="stage da")
+    working = copy.deepcopy(network)  # the sites call its neurons; network itself is never touched
+    neurons = if_neurons(working, where="stage da")
     missing = [path for path in neurons if path not in originals]
     if missing:
         raise CalibrationError(f"stage da: no original activation for neuron layers {missing[:5]}")
@@ -169,7 +171,7 @@ def fit_distribution(network: SpikingNetwork, batches: Iterable, *, originals: d
                           amplitude=neuron.threshold)  # φ_DA = 0, θ_post = θ
              for path, neuron in neurons.items()}
     for epoch in range(config.da.epochs):
-        _dual_pass(network, sites, batches, time_steps=config.time_steps,
+        _dual_pass(working, sites, batches, time_steps=config.time_steps,
                    description=f"stage da T={config.time_steps} {epoch + 1}/{config.da.epochs}")
     terms = DATerms(pre_shift={path: site.pre_shift.detach().clone() for path, site in sites.items()},
                     amplitude={path: site.amplitude.detach().clone() for path, site in sites.items()})

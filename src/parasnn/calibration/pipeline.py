@@ -70,7 +70,7 @@ from .report import CalibrationReport, StageReport
 from .terms import Terms, apply_terms
 
 __all__ = [
-    "StageRule", "STAGES", "run_stages", "calibrate", "calibrate_with_report",
+    "StageContext", "StageRule", "STAGES", "run_stages", "calibrate", "calibrate_with_report",
     # re-exported from the stage modules (their home since the split of this module)
     "Stage", "STAGE_ORDER", "parse_stages", "QuantizerGradient", "CalibrationConfig", "CalibrationError",
     "OriginalActivation", "StageReport", "CalibrationReport", "convert_for_calibration", "calibrate_distribution",

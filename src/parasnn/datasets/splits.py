@@ -159,8 +159,7 @@ def make_loader(
     repeating examples so all ranks get the same count — evaluation that needs exact totals
     should not count those twice.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    require_positive_int(batch_size, "batch_size")
     if not distributed:
         generator = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,

@@ -14,6 +14,7 @@ from typing import Callable, Iterable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..datasets.batches import inputs_and_labels
 from ..runtime.distributed import all_reduce_sum
 from .energy import ActivityMeter, ActivityReport
 from ..conversion.network import SpikingNetwork, device_of, synchronize
@@ -65,9 +66,7 @@ class EvaluationReport:
 
 
 def _split(batch) -> tuple[Tensor, Tensor]:
-    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise ValueError("evaluation needs (inputs, labels) batches")
-    return batch[0], batch[1]
+    return inputs_and_labels(batch, where="evaluation")
 
 
 def ann_accuracy(model: nn.Module, batches: Iterable, *, description: str = "ANN") -> tuple[float, float, int]:

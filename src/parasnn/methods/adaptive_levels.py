@@ -56,6 +56,7 @@ from torch import Tensor, nn
 
 from ..conversion.network import observe
 from ..neurons.qcfs import QCFS
+from ..runtime.checks import require_positive_int
 
 __all__ = ["HISTOGRAM_BINS", "PROBE_LEVELS", "DEFAULT_LEVEL_CHOICES", "agreement", "skewness", "excess_kurtosis",
            "kurtosis_term", "sensitivity", "output_histograms", "cluster_1d", "assign_levels", "LayerSensitivity",
@@ -202,8 +203,7 @@ def cluster_1d(values: Sequence[float], *, clusters: int) -> list[int]:
         raise ValueError("cluster_1d: no values")
     if any(not math.isfinite(v) for v in data):
         raise ValueError(f"cluster_1d: values must be finite, got {data}")
-    if isinstance(clusters, bool) or not isinstance(clusters, int) or clusters < 1:
-        raise ValueError(f"cluster_1d: clusters must be an integer >= 1, got {clusters!r}")
+    require_positive_int(clusters, "cluster_1d: clusters")
     distinct = sorted(set(data))
     weights = [data.count(v) for v in distinct]
     groups = min(clusters, len(distinct))

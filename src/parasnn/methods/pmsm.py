@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from ..datasets.data import augment, make_loader
 from ..evaluation.accuracy import ann_accuracy
 from ..conversion.network import observe
+from ..runtime.checks import require_positive_int
 from ..neurons.pmsm import (LevelChoice, PolarityQuantizer, entropy_initialisation, level_entropy,
                            percentile_initialisation)
 
@@ -90,8 +91,7 @@ class PMSMConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "initialisation", Initialisation(self.initialisation))
-        if isinstance(self.levels, bool) or not isinstance(self.levels, int) or self.levels < 1:
-            raise ValueError(f"PMSMConfig: levels must be an integer >= 1, got {self.levels!r}")
+        require_positive_int(self.levels, "PMSMConfig: levels")
         if not 0 < self.percentile <= 100:
             raise ValueError(f"PMSMConfig: percentile must be in (0, 100], got {self.percentile}")
         if self.samples_per_layer < 1 or self.fine_tune_epochs < 0 or self.batch_size < 1:

@@ -26,6 +26,7 @@ from torch import nn
 
 from ..neurons.base import ActivationQuantizer
 from ..neurons.qcfs import QCFS
+from ..runtime.checks import require_positive_int
 
 __all__ = ["ActivationKind", "ActivationSpec", "ActivationFactory", "ActivationSites", "ModelSpec", "Architecture",
            "register_architecture", "architecture", "model_names", "default_widths", "build_model",
@@ -49,8 +50,7 @@ class ActivationKind(str, enum.Enum):
 
 
 def _check_level(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"ActivationSpec: every level must be an integer >= 1, got {value!r}")
+    require_positive_int(value, "ActivationSpec: every level")
     return value
 
 
@@ -240,8 +240,7 @@ class ModelSpec:
     def __post_init__(self):
         architecture(self.name)  # fail at the spec, not later at build time
         object.__setattr__(self, "input_shape", check_input_shape(tuple(self.input_shape)))
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 1:
-            raise ValueError(f"ModelSpec: num_classes must be an integer >= 1, got {self.num_classes!r}")
+        require_positive_int(self.num_classes, "ModelSpec: num_classes")
         if not isinstance(self.activation, ActivationSpec):
             raise TypeError(f"ModelSpec: activation must be an ActivationSpec, got {type(self.activation).__name__}")
         if self.width is not None and (isinstance(self.width, bool) or not isinstance(self.width, int)
