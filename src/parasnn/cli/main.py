@@ -290,7 +290,7 @@ def _evaluate(args) -> int:
     from ..datasets.data import make_loader
     from ..evaluation.accuracy import evaluate
     from ..io.files import write_json
-    from ..conversion.methods import default_method
+    from ..conversion.methods import default_method, method_spec
     forms = _parse_forms(args.forms)
     require_model_or_checkpoint(args, "evaluate")
     if args.model:
@@ -311,22 +311,22 @@ def _evaluate(args) -> int:
     if args.limit:
         from torch.utils.data import TensorDataset
         test = TensorDataset(*(t[: args.limit] for t in test.tensors))
-    if method == "pascal" and distributed.world_size() > 1:
-        raise ValueError("parasnn evaluate --method pascal runs in one process; start it without torchrun")
+    evaluation = method_spec(method)
+    if evaluation.single_process and distributed.world_size() > 1:
+        raise ValueError(f"parasnn evaluate --method {method} runs in one process; start it without torchrun")
     batches = list(make_loader(distributed.shard(test), batch_size=args.batch_size, shuffle=False))
     model, network = model.to(args.device), network.to(args.device)
-    if method == "pascal":  # its own serial simulation; T is set by the layers' L (parasnn.methods.pascal)
-        from .pascal import command_evaluate
-        return command_evaluate(args, model, network, batches, spec=spec, dataset=splits.info.name)
-    report = evaluate(model, network, batches, time_steps=args.time_steps, forms=forms, activity=not args.no_activity)
+    report = evaluation.evaluate(model, network, batches, time_steps=args.time_steps, forms=forms,
+                                 activity=not args.no_activity, options={"accumulation": args.pascal_accumulation})
     if not distributed.is_main_process():  # results are written once
         return 0
-    _print_report(report, title=f"{spec.name} on {splits.info.name} ({report.samples} test images)")
+    print(evaluation.format(report, title=f"{method}: {spec.name} on {splits.info.name} ({report.samples} test images)"))
+    print()
     if args.json:
-        resolved = {"command": "evaluate", "checkpoint": str(args.checkpoint), "snn": str(args.snn) if args.snn else None,
-                    "time_steps": args.time_steps, "forms": [f.value for f in forms], "limit": args.limit,
-                    "dataset": splits.info.name, "device": str(args.device),
-                    "processes": distributed.world_size(), **arguments_record(args)}
+        resolved = {"command": "evaluate", "method": method, "checkpoint": str(args.checkpoint),
+                    "snn": str(args.snn) if args.snn else None, "time_steps": args.time_steps,
+                    "forms": [f.value for f in forms], "limit": args.limit, "dataset": splits.info.name,
+                    "device": str(args.device), "processes": distributed.world_size(), **arguments_record(args)}
         write_json(args.json, {"config": resolved, "model": spec.to_dict(), **report.to_dict()})
         write_json(_config_path(args.json), resolved)
     return 0

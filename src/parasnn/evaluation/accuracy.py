@@ -21,7 +21,7 @@ from ..conversion.network import SpikingNetwork, device_of, synchronize
 from ..runtime.progress import progress
 from ..simulation.forms import SimulationResult, parallel_simulation, serial_simulation
 
-__all__ = ["Form", "SIMULATIONS", "SNNResult", "EvaluationReport", "ann_accuracy", "snn_accuracy", "evaluate",
+__all__ = ["Form", "SIMULATIONS", "SNNResult", "EvaluationReport", "ann_accuracy", "snn_accuracy", "evaluate", "evaluate_method",
            "format_table"]
 
 
@@ -139,6 +139,14 @@ def evaluate(ann: nn.Module | None, network: SpikingNetwork, batches: Iterable, 
                for t in time_steps for form in forms]
     samples = ann_result[2] or (results[0].samples if results else 0)
     return EvaluationReport(ann_result[0], ann_result[1], samples, results)
+
+
+def evaluate_method(ann: nn.Module | None, network: SpikingNetwork, batches: Iterable, *, time_steps: Sequence[int],
+                    forms: Sequence[Form] = (Form.PARALLEL, Form.SERIAL), activity: bool = True,
+                    options: dict | None = None) -> EvaluationReport:
+    """:func:`evaluate` with the signature every method's evaluation shares
+    (:class:`parasnn.conversion.methods.MethodSpec`); no method-specific ``options``."""
+    return evaluate(ann, network, batches, time_steps=time_steps, forms=forms, activity=activity)
 
 
 def format_table(report: EvaluationReport, *, title: str | None = None) -> str:

@@ -15,7 +15,7 @@ from ..evaluation.energy import ActivityMeter, ActivityReport, LayerActivity
 from ..runtime.progress import progress
 from .pascal import Accumulation, Correction, LayerSchedule, compare_with_ann, pascal_simulation
 
-__all__ = ["PascalLayerReport", "PascalEvaluation", "evaluate_pascal", "format_pascal"]
+__all__ = ["PascalLayerReport", "PascalEvaluation", "evaluate_pascal", "evaluate_method", "format_pascal"]
 
 
 @dataclasses.dataclass
@@ -125,6 +125,15 @@ def evaluate_pascal(ann: torch.nn.Module, network: SpikingNetwork, batches: Iter
     return PascalEvaluation(samples, correct_ann / max(samples, 1), correct_snn / max(samples, 1), latency,
                             Accumulation(accumulation).value, Correction(correction).value, equal_outputs,
                             equal_predictions, max_difference, layers, report, ann_seconds, snn_seconds)
+
+
+def evaluate_method(ann: torch.nn.Module, network: SpikingNetwork, batches: Iterable, *, time_steps=None,
+                    forms=None, activity: bool = True, options: dict | None = None) -> PascalEvaluation:
+    """:func:`evaluate_pascal` with the signature every method's evaluation shares
+    (:class:`parasnn.conversion.methods.MethodSpec`). PASCAL's T is set by its layers' L, so
+    ``time_steps`` and ``forms`` do not apply; ``options``: ``accumulation``."""
+    return evaluate_pascal(ann, network, batches, accumulation=(options or {}).get("accumulation", "inputs"),
+                           activity=activity)
 
 
 def format_pascal(evaluation: PascalEvaluation, *, title: str | None = None) -> str:
