@@ -28,7 +28,7 @@ import torch
 
 from .arguments import device, positive_int, positive_int_list
 
-__all__ = ["add_command"]
+__all__ = ["add_command", "calibration_notes"]
 
 
 def _stages(text: str):
@@ -45,10 +45,10 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     from ..calibration.pipeline import CalibrationConfig, QuantizerGradient
     defaults = CalibrationConfig()
     data = parser.add_argument_group("data")
-    data.add_argument("--calibration-size", type=int,
+    data.add_argument("--calibration-size", type=positive_int,
                       help="images of the held-apart training slice to calibrate on (default: all of it)")
     data.add_argument("--data-dir", help="dataset directory (default: where the checkpoint's dataset was read from)")
-    data.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    data.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                       help=f"global calibration batch size (default {defaults.batch_size})")
     data.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
                       help="share of the calibration batches held out for stage 2's early stopping "
@@ -118,8 +118,8 @@ def add_command(commands) -> None:
     ablate.add_argument("--plots", action="store_true", help="also draw activation / firing-rate histograms")
     ablate.add_argument("--layers", help="layers to plot: neuron paths or 1-based positions, comma-separated "
                                          "(default: the 2nd, a middle and the last activation layer)")
-    ablate.add_argument("--plot-images", type=int, default=256, help="test images used for the plots (default 256)")
-    ablate.add_argument("--limit", type=int, help="evaluate on the first N test images only")
+    ablate.add_argument("--plot-images", type=positive_int, default=256, help="test images used for the plots (default 256)")
+    ablate.add_argument("--limit", type=positive_int, help="evaluate on the first N test images only (N >= 1)")
     ablate.add_argument("--no-dagger", action="store_true", help="skip the † (da) rows")
     _add_calibration_options(ablate)
     ablate.set_defaults(handler=_command_ablate)
@@ -154,19 +154,47 @@ def _shard_loader(dataset, *, batch_size: int):
                             num_replicas=size, rank=distributed.rank()))
 
 
+def _check_finite_data(dataset, *, where: str) -> None:
+    """NaN or infinite calibration images would give NaN thresholds, terms and biases; name
+    the first bad image instead (calibration/pipeline checks layer by layer later)."""
+    images = dataset.tensors[0]
+    finite = torch.isfinite(images.reshape(len(images), -1)).all(dim=1)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0])
+        raise ValueError(f"{where}: {int((~finite).sum())} image(s) hold NaN or infinite values (the first is image "
+                         f"{first} of the held-apart slice); repair the data set (--data-dir)")
+
+
 def _load(args):
-    """``(model, spec, checkpoint, splits, calibration batches)``."""
-    from ..io.checkpoint import load_ann
+    """``(model, spec, checkpoint, splits, calibration batches)``; the data must fit the model."""
+    from ..io.checkpoint import check_fits_data, load_ann
     from ..datasets.data import first_examples, load_dataset, recorded_split
     model, spec, checkpoint = load_ann(args.checkpoint)
-    train_config = checkpoint.get("config", {})
+    train_config = checkpoint.get("config") or {}
     splits = load_dataset(train_config.get("dataset", "fashion-mnist"),
                           data_dir=args.data_dir or train_config.get("data_dir"))
-    if args.calibration_size is not None and args.calibration_size < 1:
-        raise ValueError(f"--calibration-size must be >= 1, got {args.calibration_size}")
+    check_fits_data(spec, splits.info, path=args.checkpoint)
     _, held_apart = recorded_split(splits.train, config=train_config, fallback_size=args.calibration_size or 5000)
     subset = first_examples(held_apart, args.calibration_size)
+    _check_finite_data(subset, where=f"calibration data of {splits.info.name} ({splits.info.source})")
     return model, spec, checkpoint, splits, _shard_loader(subset, batch_size=args.batch_size)
+
+
+def calibration_notes(report) -> list[str]:
+    """Warnings for a calibration that changed nothing: every stage undone (its result raised
+    the held-out loss), or a temporal bias that stayed at its initial zeros."""
+    notes = []
+    ran = list(report.stages)
+    undone = [stage.stage for stage in ran if stage.details.get("reverted")]
+    if undone:
+        notes.append(f"stage(s) {', '.join(undone)} raised the held-out loss and were undone"
+                     + (": no stage changed the network (it is the plain FS-PC conversion)"
+                        if len(undone) == len(ran) else ""))
+    for stage in ran:
+        if stage.stage == "bias" and stage.details.get("mean_abs_bias") == 0.0:
+            notes.append("stage bias learned nothing (every temporal bias is still 0: no validation improved on the "
+                         "start); try a larger --bias-lr or more --bias-epochs")
+    return notes
 
 
 def _run(handler, args) -> int:
@@ -184,11 +212,14 @@ def _command_calibrate(args) -> int:
 def _calibrate(args) -> int:
     from ..runtime import distributed
     from ..calibration.pipeline import calibrate_with_report
-    from ..io.checkpoint import save_snn
-    from ..io.files import write_json
+    from ..io.checkpoint import ann_fingerprint, save_snn
+    from ..io.files import check_outputs, write_json
     from ..conversion.methods import Method
     config = _config(args, stages=args.stages, time_steps=args.time_steps)
+    check_outputs({"--out": args.out, "--out's config": args.out.with_name(args.out.stem + ".config.json")},
+                  inputs={"checkpoint": args.checkpoint})
     model, spec, checkpoint, splits, batches = _load(args)
+    fingerprint = ann_fingerprint(checkpoint["state_dict"])
     model = model.to(args.device)
     start = time.perf_counter()
     network, report = calibrate_with_report(model, batches, config=config)
@@ -197,13 +228,16 @@ def _calibrate(args) -> int:
         resolved = {"command": "calibrate", "checkpoint": str(args.checkpoint), "calibration": config.to_dict(),
                     "calibration_size": args.calibration_size, "dataset": splits.info.name,
                     "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict()}
-        save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved)
+        save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved,
+                 ann_fingerprint=fingerprint)
         write_json(args.out.with_name(args.out.stem + ".config.json"), resolved)
         stages = ",".join(s.value for s in config.stages) or "none"
         print(f"calibrated {spec.name} for T={config.time_steps} (stages {stages}) in {seconds:.1f} s -> {args.out}")
         for name, values in report.validation.items():
             print(f"  held-out after {name:6s}: accuracy {100 * values['accuracy']:.2f} %, "
                   f"loss {values['loss']:.4f} ({int(values['samples'])} images)")
+        for note in calibration_notes(report):
+            print(f"note: {note}")
         print(f"evaluate with: parasnn evaluate {args.checkpoint} --snn {args.out} --time-steps {config.time_steps}")
     return 0
 
@@ -218,12 +252,16 @@ def _ablate(args) -> int:
     from ..runtime import distributed
     from ..evaluation.ablation import PlotRequest, format_markdown, run_ablation
     from ..datasets.data import make_loader
-    from ..io.files import write_json, write_text
+    from ..io.files import check_output_directory, check_outputs, write_json, write_text
     config = _config(args, stages=(), time_steps=args.time_steps[0])
+    check_output_directory(args.out, what="--out")
+    check_outputs({f"--out's {name}": args.out / name for name in ("ablation.md", "ablation.json",
+                                                                    "ablation.config.json")},
+                  inputs={"checkpoint": args.checkpoint})
     model, spec, checkpoint, splits, batches = _load(args)
     model = model.to(args.device)
     test = splits.test
-    if args.limit:
+    if args.limit is not None:
         test = torch.utils.data.TensorDataset(*(t[: args.limit] for t in test.tensors))
     # Shards without the sampler's padding, so that every test image counts once.
     test_batches = list(make_loader(distributed.shard(test), batch_size=256, shuffle=False))
