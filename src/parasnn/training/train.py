@@ -297,6 +297,7 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
     out_dir = Path(out_dir)
     device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
     with run_lock(out_dir):
+        state = _resume_state(out_dir / "last.pt", config) if resume else None
         recorded = out_dir / "config.json"
         if resume and recorded.exists():
             try:
@@ -305,18 +306,28 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
                 raise RunError(f"{recorded} is unreadable ({error}); pass --no-resume to start over there, or "
                                "choose another --out") from None
             check_run_config(out_dir, config, recorded=previous, epochs_done=None)
-        state = _resume_state(out_dir / "last.pt", config) if resume else None
         if not resume:
             for name in RUN_FILES:
                 (out_dir / name).unlink(missing_ok=True)
-        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=cuda):
+        with _own_random_states(config.seed):
             return _train(config, out_dir, device=device, state=state, initial_state=initial_state)
+
+
+@contextlib.contextmanager
+def _own_random_states(seed: int):
+    """Seed every global generator for the run and give the caller's states back afterwards."""
+    saved = random_states()
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        restore_random_states(saved)
 
 
 def _train(config: TrainConfig, out_dir: Path, *, device: torch.device, state: dict | None,
            initial_state: dict | None) -> dict[str, Any]:
-    torch.manual_seed(config.seed)
     splits = load_dataset(config.dataset, data_dir=config.data_dir)
     train_set = splits.train
     validation = None
