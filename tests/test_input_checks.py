@@ -77,3 +77,12 @@ def test_a_linear_first_layer_checks_the_feature_count():
     assert net(torch.randn(4, 5), time_steps=2).shape == (4, 2)
     with pytest.raises(ValueError, match=r"has shape \(4, 6\); the network expects \(\.\.\., 5\)"):
         net(torch.randn(4, 6), time_steps=2)
+
+
+def test_an_image_size_the_network_was_not_converted_for_is_a_value_error(network):
+    """Without a recorded input_shape (convert() of a module), the size is known only when a
+    layer fails; the error still states the input shape and the fix."""
+    assert network.input_shape is None
+    for form in (parallel_forward, serial_forward, _serial_step):
+        with pytest.raises(ValueError, match=r"cannot take input\(s\) of shape \(2, 1, 16, 16\).*converted for"):
+            form(network, torch.randn(2, 1, 16, 16), time_steps=2)

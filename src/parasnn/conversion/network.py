@@ -6,6 +6,7 @@ trains are functions in :mod:`parasnn.simulation.forms`.
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, Iterable, Iterator
 
 import torch
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 
 from ..neurons.base import SpikingNeuron
 
-__all__ = ["SpikingNetwork", "check_input", "check_time_steps", "expected_inputs", "device_of", "observe",
+__all__ = ["SpikingNetwork", "check_input", "check_time_steps", "expected_inputs", "explain_shape_errors", "device_of", "observe",
            "synchronize", "MAX_TIME_STEPS"]
 
 # Spike counts are float32 tensors, which hold every integer exactly only up to 2^24; a
@@ -145,6 +146,30 @@ def check_input(inputs: tuple[Tensor, ...], *, where: str, network: "SpikingNetw
             raise ValueError(f"{where}: input {index} has shape {tuple(x.shape)}; the network expects {wanted}")
 
 
+# Words in torch's messages for inputs whose size does not fit a layer (a linear layer's
+# "mat1 and mat2 shapes cannot be multiplied", a convolution's "expected input ... channels",
+# "size mismatch", "Expected ... dimension").
+_SHAPE_WORDS = ("shape", "size", "channels", "dimension")
+
+
+@contextlib.contextmanager
+def explain_shape_errors(inputs: tuple[Tensor, ...], *, where: str):
+    """Turn torch's shape errors deep in the graph into a ValueError that states the input
+    shapes — for networks whose expected size is not known in advance (``input_shape`` unset,
+    e.g. converted from a model whose classifier size depends on the image size)."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise
+    except RuntimeError as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not any(word in message.lower() for word in _SHAPE_WORDS):
+            raise
+        shapes = ", ".join(str(tuple(x.shape)) for x in inputs if isinstance(x, Tensor))
+        raise ValueError(f"{where}: the layers cannot take input(s) of shape {shapes} ({message}); pass inputs of "
+                         "the size the network was converted for") from error
+
+
 class SpikingNetwork(nn.Module):
     """A spiking network produced by :func:`parasnn.conversion.stages.convert`.
 
@@ -173,7 +198,8 @@ class SpikingNetwork(nn.Module):
     def forward(self, *inputs: Tensor, time_steps: int) -> Tensor:
         check_time_steps(time_steps, where=f"SpikingNetwork({self.source})")
         check_input(inputs, where=f"SpikingNetwork({self.source})", network=self)
-        return self.graph_module(time_steps, *inputs)
+        with explain_shape_errors(inputs, where=f"SpikingNetwork({self.source})"):
+            return self.graph_module(time_steps, *inputs)
 
     def neurons(self) -> Iterator[tuple[str, SpikingNeuron]]:
         """``(path, neuron)`` for every neuron layer, in graph order."""

@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from ..conversion.network import SpikingNetwork, check_input, check_time_steps
+from ..conversion.network import SpikingNetwork, check_input, check_time_steps, explain_shape_errors
 from ..neurons.base import SerialOp, SpikingNeuron
 
 __all__ = ["parallel_forward", "serial_forward", "parallel_simulation", "serial_simulation", "SimulationResult",
@@ -57,7 +57,8 @@ class _StepInterpreter(fx.Interpreter):
 
 def _run_step(network: SpikingNetwork, states: States, inputs: tuple[Tensor, ...], time_steps: int):
     interpreter = _StepInterpreter(network.graph_module, states, time_steps)
-    output = interpreter.run(time_steps, *inputs)
+    with explain_shape_errors(inputs, where=f"serial simulation of {network.source}"):
+        output = interpreter.run(time_steps, *inputs)
     return interpreter.new_states, output, interpreter.spikes
 
 
