@@ -150,6 +150,8 @@ def test_debug_shows_the_traceback(tmp_path):
     from parasnn.io.checkpoint import CheckpointError
     with pytest.raises(CheckpointError):
         main(["--debug", "evaluate", str(tmp_path / "missing.pt")])
+    with pytest.raises(CheckpointError):
+        main(["evaluate", str(tmp_path / "missing.pt"), "--debug"])
     completed = subprocess.run([sys.executable, "-m", "parasnn.cli", "--debug", "evaluate", str(tmp_path / "missing.pt")],
                                capture_output=True, text=True)
     assert completed.returncode == 1 and "Traceback" in completed.stderr

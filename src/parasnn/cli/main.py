@@ -183,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_command_demo)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_command(commands)
+    for command in commands.choices.values():  # `parasnn evaluate ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     return parser
 
 
