@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import device, positive_int, positive_int_list
+from .arguments import device, positive_int, positive_int_list, time_steps_list
 
 __all__ = ["add_command"]
 
@@ -34,7 +34,7 @@ def add_command(commands) -> None:
     bench.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
     bench.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert/calibrate (default: convert "
                                                 "now; ReLU networks record thresholds on the held-apart slice)")
-    bench.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8, 16, 32, 64],
+    bench.add_argument("--time-steps", type=time_steps_list, default=[1, 2, 4, 8, 16, 32, 64],
                        help="T values (default 1,2,4,8,16,32,64)")
     bench.add_argument("--batch-sizes", type=positive_int_list, default=[1, 128], help="default 1,128")
     bench.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default 5)")

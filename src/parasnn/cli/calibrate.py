@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import device, positive_int, positive_int_list
+from .arguments import device, positive_int, positive_int_list, time_steps, time_steps_list
 
 __all__ = ["add_command", "calibration_notes"]
 
@@ -101,7 +101,7 @@ def add_command(commands) -> None:
     calibrate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
     calibrate.add_argument("--stages", type=_stages, default="da,bn,bias",
                            help="comma-separated subset of da,bn,bias (default all; 'none' = plain FS-PC)")
-    calibrate.add_argument("--time-steps", "-T", type=positive_int, required=True, help="the target T")
+    calibrate.add_argument("--time-steps", "-T", type=time_steps, required=True, help="the target T")
     calibrate.add_argument("--out", type=Path, required=True, help="SNN checkpoint to write")
     _add_calibration_options(calibrate)
     calibrate.set_defaults(handler=_command_calibrate)
@@ -113,7 +113,7 @@ def add_command(commands) -> None:
                     "set against the ANN. Writes ablation.md and ablation.json into --out; --plots adds PNG "
                     "histograms of ANN activations vs SNN time-averaged outputs (paper 003 Figures 1 and 4).")
     ablate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
-    ablate.add_argument("--time-steps", "-T", type=positive_int_list, default=[2, 4, 8], help="T values (default 2,4,8)")
+    ablate.add_argument("--time-steps", "-T", type=time_steps_list, default=[2, 4, 8], help="T values (default 2,4,8)")
     ablate.add_argument("--out", type=Path, required=True, help="directory for the table, JSON and plots")
     ablate.add_argument("--plots", action="store_true", help="also draw activation / firing-rate histograms")
     ablate.add_argument("--layers", help="layers to plot: neuron paths or 1-based positions, comma-separated "

@@ -30,7 +30,7 @@ from typing import Sequence
 import torch
 
 from .. import __version__
-from .arguments import device, positive_int, positive_int_list
+from .arguments import device, positive_int, positive_int_list, time_steps_list
 
 __all__ = ["main", "build_parser", "COMMAND_MODULES", "user_errors", "config_path"]
 
@@ -149,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                "and serial form. Without --snn the ANN is converted on the fly.")
     evaluate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt)")
     evaluate.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert (default: convert now)")
-    evaluate.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8], help="T values (default 1,2,4,8)")
+    evaluate.add_argument("--time-steps", type=time_steps_list, default=[1, 2, 4, 8], help="T values (default 1,2,4,8)")
     evaluate.add_argument("--forms", type=forms_list, default="parallel,serial",
                           help="parallel, serial or both (default parallel,serial)")
     evaluate.add_argument("--limit", type=positive_int, help="evaluate on the first N test images only (N >= 1)")
@@ -173,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Runs the embedded QCFS VGG (trained on Fashion-MNIST by parasnn train) "
                                            "on the embedded slice of the Fashion-MNIST test set: ANN vs SNN "
                                            "accuracy at each T, parallel and serial, with timings.")
-    demo.add_argument("--time-steps", type=positive_int_list, default=[1, 2, 4, 8])
+    demo.add_argument("--time-steps", type=time_steps_list, default=[1, 2, 4, 8])
     demo.add_argument("--json", type=Path, help="also write the report as JSON")
     demo.add_argument("--device", type=device, default="auto")
 
