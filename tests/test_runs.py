@@ -73,7 +73,7 @@ def test_resume_after_kill_9_is_bit_identical_to_an_uninterrupted_run(tmp_path):
 def _hold_lock(directory):
     holder = textwrap.dedent(f"""
         import time
-        from parasnn.training.train import run_lock
+        from parasnn.training.runs import run_lock
         with run_lock({str(directory)!r}):
             print("locked", flush=True)
             time.sleep(120)
@@ -84,7 +84,7 @@ def _hold_lock(directory):
 
 
 def test_a_second_writer_is_refused_with_the_holders_pid_and_a_dead_holders_lock_is_taken_over(tmp_path, capsys):
-    from parasnn.training.train import RunError, run_lock
+    from parasnn.training.runs import RunError, run_lock
     out = tmp_path / "run"
     holder = _hold_lock(out)
     try:

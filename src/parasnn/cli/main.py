@@ -362,7 +362,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from ..io.checkpoint import CheckpointError
     from ..datasets.data import DataError
     from ..conversion.graph import ConversionError
-    from ..training.train import RunError
+    from ..training.runs import RunError
     return CheckpointError, DataError, ConversionError, RunError, ValueError, OSError
 
 
