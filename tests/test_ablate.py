@@ -155,6 +155,6 @@ def test_commands_reject_bad_input(trained, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["calibrate", str(path), "--stages", "da,warp", "--time-steps", "2", "--out", str(tmp_path / "x.pt")])
     assert "unknown calibration stage" in capsys.readouterr().err
-    assert main(["calibrate", str(path), "--time-steps", "2", "--out", str(tmp_path / "x.pt"),
-                 "--calibration-size", "0"]) == 2
-    assert "calibration-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as status:  # refused by the parser, before any work
+        main(["calibrate", str(path), "--time-steps", "2", "--out", str(tmp_path / "x.pt"), "--calibration-size", "0"])
+    assert status.value.code == 2 and "calibration-size" in capsys.readouterr().err

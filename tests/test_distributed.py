@@ -120,7 +120,10 @@ def test_two_gloo_processes_calibrate_like_one(tmp_path, trained_state):
 
 def _torchrun(arguments: list[str], *, cwd) -> None:
     """``torchrun --standalone --nproc-per-node 2 -m parasnn.cli ARGUMENTS`` (gloo on CPU)."""
-    environment = dict(os.environ, PARASNN_PROGRESS="0", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    # This process's import path (absolute): a relative PYTHONPATH=src would name another
+    # directory in the subprocesses' cwd, and they would import another copy of parasnn.
+    environment = dict(os.environ, PARASNN_PROGRESS="0", OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="",
+                       PYTHONPATH=os.pathsep.join(sys.path))
     completed = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                                 "-m", "parasnn.cli", *arguments], cwd=cwd, env=environment, capture_output=True,
                                text=True, timeout=300)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["positive_int", "positive_int_list", "device", "dataclass_from_dict", "config_path"]
+__all__ = ["positive_int", "positive_int_list", "time_steps", "time_steps_list", "device", "dataclass_from_dict",
+           "config_path"]
 
 _Options = TypeVar("_Options")
 
@@ -34,6 +35,24 @@ def positive_int_list(text: str) -> list[int]:
     if not parts:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1 such as 1,2,4,8, got {text!r}")
     return [positive_int(part) for part in parts]
+
+
+def time_steps(text: str) -> int:
+    """One T: an integer in 1 … 2^24 (:data:`parasnn.conversion.network.MAX_TIME_STEPS`), refused
+    here rather than after an hour of evaluation."""
+    from ..conversion.network import MAX_TIME_STEPS
+    value = positive_int(text)
+    if value > MAX_TIME_STEPS:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_TIME_STEPS} time steps (2^24), got {value}")
+    return value
+
+
+def time_steps_list(text: str) -> list[int]:
+    """Comma-separated T values, each as :func:`time_steps`."""
+    values = positive_int_list(text)
+    for value in values:
+        time_steps(str(value))
+    return values
 
 
 def device(text: str) -> "torch.device":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import device, positive_int_list
+from .arguments import device, positive_int, positive_int_list, time_steps_list
 
 __all__ = ["add_command"]
 
@@ -34,17 +34,17 @@ def add_command(commands) -> None:
     bench.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
     bench.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert/calibrate (default: convert "
                                                 "now; ReLU networks record thresholds on the held-apart slice)")
-    bench.add_argument("--time-steps", "-T", type=positive_int_list, default=[1, 2, 4, 8, 16, 32, 64],
+    bench.add_argument("--time-steps", "-T", type=time_steps_list, default=[1, 2, 4, 8, 16, 32, 64],
                        help="T values (default 1,2,4,8,16,32,64)")
     bench.add_argument("--batch-sizes", type=positive_int_list, default=[1, 128], help="default 1,128")
-    bench.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
+    bench.add_argument("--rounds", type=positive_int, default=5, help="interleaved timing rounds (default 5)")
     bench.add_argument("--min-block-seconds", type=float, default=0.05,
                        help="a timing block repeats a run until it lasts this long (default 0.05)")
     bench.add_argument("--cap-seconds", type=float, default=5.0,
                        help="skip larger T of the serial/spike-train engines once one run would take longer "
                             "(default 5; skipped cases are listed with the reason)")
     bench.add_argument("--memory-cap-gib", type=float, default=4.0, help="... or need more memory (default 4)")
-    bench.add_argument("--threads", type=int, default=torch.get_num_threads(),
+    bench.add_argument("--threads", type=positive_int, default=torch.get_num_threads(),
                        help=f"torch threads (default {torch.get_num_threads()})")
     bench.add_argument("--no-serial", action="store_true", help="leave the serial simulation out")
     bench.add_argument("--no-trains", action="store_true", help="leave the materialised spike trains out")
@@ -76,10 +76,12 @@ def _network(args, model, spec, checkpoint):
         method = default_method(spec.activation.kind)
         return convert(model, neuron=neuron_factory(method)), f"converted now (method {method.value})"
     from ..datasets import DataError, checkpoint_dataset, held_apart_batches
+    from ..io.checkpoint import check_fits_data
     try:
-        train_config = checkpoint.get("config", {})
-        batches = held_apart_batches(checkpoint_dataset(train_config, data_dir=args.data_dir).train,
-                                     config=train_config, size=256)
+        train_config = checkpoint.get("config") or {}
+        splits = checkpoint_dataset(train_config, data_dir=args.data_dir)
+        check_fits_data(spec, splits.info, path=args.checkpoint)
+        batches = held_apart_batches(splits.train, config=train_config, size=256)
         note = "ReLU thresholds recorded on 256 images of the held-apart training slice"
     except DataError as error:
         # Thresholds change which neurons fire, not how much work a forward pass does.
@@ -91,8 +93,12 @@ def _network(args, model, spec, checkpoint):
 def _command_bench(args) -> int:
     from ..bench import measure as bench
     from ..io.checkpoint import load_ann
+    from ..io.files import check_output_directory, check_outputs
     from ..zoo.models import ActivationKind
     device = args.device
+    check_output_directory(args.out, what="--out")
+    check_outputs({f"--out's {name}": args.out / name for name in ("speed.json", "speed.md")},
+                  inputs={"checkpoint": args.checkpoint, "--snn": args.snn})
     model, spec, checkpoint = load_ann(args.checkpoint)
     network, how = _network(args, model, spec, checkpoint)
     model, network = model.eval().to(device), network.eval().to(device)

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .arguments import config_path, device, positive_int, positive_int_list
+from .arguments import config_path, device, positive_int, positive_int_list, time_steps, time_steps_list
 from .external import add_model_arguments, calibrate_external, require_model_or_checkpoint
 from .habits import arguments_record
 
-__all__ = ["add_command"]
+__all__ = ["add_command", "calibration_notes"]
 
 
 def _stages(text: str):
@@ -51,14 +51,14 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--learn-on", choices=("training", "held-apart"), default="training",
                       help="what the stages learn on: the training set (default, as paper 003) or the held-apart "
                            "slice, split by --validation-fraction (parasnn <= 0.1)")
-    data.add_argument("--training-size", type=int,
+    data.add_argument("--training-size", type=positive_int,
                       help="images of the training set the stages learn on: a seeded random sample, for speed "
                            "(default: all of it)")
-    data.add_argument("--calibration-size", type=int,
+    data.add_argument("--calibration-size", type=positive_int,
                       help="images of the held-apart training slice (a seeded random sample) that judge: early "
                            "stopping, the guard, the reports (default: all of it)")
     data.add_argument("--data-dir", help="dataset directory (default: where the checkpoint's dataset was read from)")
-    data.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    data.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                       help=f"global calibration batch size (default {defaults.batch_size})")
     data.add_argument("--validation-fraction", type=float, default=defaults.validation_fraction,
                       help="with --learn-on held-apart: share of its batches held out for early stopping and the "
@@ -112,7 +112,7 @@ def add_command(commands) -> None:
                            help="ANN checkpoint (model.pt from parasnn train); or use --model")
     calibrate.add_argument("--stages", type=_stages, default="da,bn,bias",
                            help="comma-separated subset of da,bn,bias (default all; 'none' = plain FS-PC)")
-    calibrate.add_argument("--time-steps", "-T", type=positive_int, required=True, help="the target T")
+    calibrate.add_argument("--time-steps", "-T", type=time_steps, required=True, help="the target T")
     calibrate.add_argument("--out", type=Path, required=True,
                            help="SNN checkpoint to write (a directory with --model)")
     _add_calibration_options(calibrate)
@@ -126,13 +126,13 @@ def add_command(commands) -> None:
                     "set against the ANN. Writes ablation.md and ablation.json into --out; --plots adds PNG "
                     "histograms of ANN activations vs SNN time-averaged outputs (paper 003 Figures 1 and 4).")
     ablate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
-    ablate.add_argument("--time-steps", "-T", type=positive_int_list, default=[2, 4, 8], help="T values (default 2,4,8)")
+    ablate.add_argument("--time-steps", "-T", type=time_steps_list, default=[2, 4, 8], help="T values (default 2,4,8)")
     ablate.add_argument("--out", type=Path, required=True, help="directory for the table, JSON and plots")
     ablate.add_argument("--plots", action="store_true", help="also draw activation / firing-rate histograms")
     ablate.add_argument("--layers", help="layers to plot: neuron paths or 1-based positions, comma-separated "
                                          "(default: the 2nd, a middle and the last activation layer)")
-    ablate.add_argument("--plot-images", type=int, default=256, help="test images used for the plots (default 256)")
-    ablate.add_argument("--limit", type=int, help="evaluate on N test images only (a seeded random sample)")
+    ablate.add_argument("--plot-images", type=positive_int, default=256, help="test images used for the plots (default 256)")
+    ablate.add_argument("--limit", type=positive_int, help="evaluate on N test images only (a seeded random sample)")
     ablate.add_argument("--no-dagger", action="store_true", help="skip the † (da) rows")
     _add_calibration_options(ablate)
     ablate.set_defaults(handler=_command_ablate)
@@ -169,6 +169,17 @@ def _shard_loader(dataset, *, batch_size: int):
                             num_replicas=size, rank=distributed.rank()))
 
 
+def _check_finite_data(dataset, *, where: str) -> None:
+    """NaN or infinite calibration images would give NaN thresholds, terms and biases; name
+    the first bad image instead (calibration/pipeline checks layer by layer later)."""
+    images = dataset.tensors[0]
+    finite = torch.isfinite(images.reshape(len(images), -1)).all(dim=1)
+    if not bool(finite.all()):
+        first = int((~finite).nonzero()[0])
+        raise ValueError(f"{where}: {int((~finite).sum())} image(s) hold NaN or infinite values (the first is image "
+                         f"{first} of the held-apart slice); repair the data set (--data-dir)")
+
+
 def _load(args):
     """``(model, spec, checkpoint, splits, held-apart batches, training batches or None)``.
 
@@ -178,20 +189,39 @@ def _load(args):
     With ``--learn-on held-apart`` (parasnn ≤ 0.1) the held-apart batches are split instead."""
     from ..datasets.load import checkpoint_dataset
     from ..datasets.splits import held_apart_sample, training_sample
-    from ..io.checkpoint import load_ann
+    from ..io.checkpoint import check_fits_data, load_ann
     from ..runtime.checks import require_positive_int
     model, spec, checkpoint = load_ann(args.checkpoint)
-    train_config = checkpoint.get("config", {})
+    train_config = checkpoint.get("config") or {}
     splits = checkpoint_dataset(train_config, data_dir=args.data_dir)
+    check_fits_data(spec, splits.info, path=args.checkpoint)
     for option in ("calibration_size", "training_size"):
         if getattr(args, option) is not None:
             require_positive_int(getattr(args, option), "--" + option.replace("_", "-"))
     held = held_apart_sample(splits.train, config=train_config, size=args.calibration_size, seed=args.seed)
+    _check_finite_data(held, where=f"calibration data of {splits.info.name} ({splits.info.source})")
     training = None
     if args.learn_on == "training":
         training = _shard_loader(training_sample(splits.train, config=train_config, size=args.training_size,
                                                  seed=args.seed), batch_size=args.batch_size)
     return model, spec, checkpoint, splits, _shard_loader(held, batch_size=args.batch_size), training
+
+
+def calibration_notes(report) -> list[str]:
+    """Warnings for a calibration that changed nothing: every stage undone (its result raised
+    the held-out loss), or a temporal bias that stayed at its initial zeros."""
+    notes = []
+    ran = list(report.stages)
+    undone = [stage.stage for stage in ran if stage.details.get("reverted")]
+    if undone:
+        notes.append(f"stage(s) {', '.join(undone)} raised the held-out loss and were undone"
+                     + (": no stage changed the network (it is the plain FS-PC conversion)"
+                        if len(undone) == len(ran) else ""))
+    for stage in ran:
+        if stage.stage == "bias" and stage.details.get("mean_abs_bias") == 0.0:
+            notes.append("stage bias learned nothing (every temporal bias is still 0: no validation improved on the "
+                         "start); try a larger --bias-lr or more --bias-epochs")
+    return notes
 
 
 def _run(handler, args) -> int:
@@ -209,14 +239,16 @@ def _command_calibrate(args) -> int:
 def _calibrate(args) -> int:
     from ..runtime import distributed
     from ..calibration.pipeline import calibrate_with_report
-    from ..io.checkpoint import save_snn
-    from ..io.files import write_json
+    from ..io.checkpoint import ann_fingerprint, save_snn
+    from ..io.files import check_outputs, write_json
     from ..conversion.methods import Method
     config = _config(args, stages=args.stages, time_steps=args.time_steps)
     require_model_or_checkpoint(args, "calibrate")
     if args.model:
         return calibrate_external(args, config)
+    check_outputs({"--out": args.out, "--out's config": config_path(args.out)}, inputs={"checkpoint": args.checkpoint})
     model, spec, checkpoint, splits, batches, training = _load(args)
+    fingerprint = ann_fingerprint(checkpoint["state_dict"])
     model = model.to(args.device)
     start = time.perf_counter()
     network, report = calibrate_with_report(model, batches, config=config, training_data=training)
@@ -227,13 +259,16 @@ def _calibrate(args) -> int:
                     "dataset": splits.info.name,
                     "processes": distributed.world_size(), "seconds": seconds, "report": report.to_dict(),
                     **arguments_record(args)}
-        save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved)
+        save_snn(args.out, network.cpu(), spec, method=Method.FS_PC, from_relu=report.from_relu, config=resolved,
+                 ann_fingerprint=fingerprint)
         write_json(config_path(args.out), resolved)
         stages = ",".join(s.value for s in config.stages) or "none"
         print(f"calibrated {spec.name} for T={config.time_steps} (stages {stages}) in {seconds:.1f} s -> {args.out}")
         for name, values in report.validation.items():
             print(f"  held-out after {name:6s}: accuracy {100 * values['accuracy']:.2f} %, "
                   f"loss {values['loss']:.4f} ({int(values['samples'])} images)")
+        for note in calibration_notes(report):
+            print(f"note: {note}")
         print(f"evaluate with: parasnn evaluate {args.checkpoint} --snn {args.out} --time-steps {config.time_steps}")
     return 0
 
@@ -248,13 +283,17 @@ def _ablate(args) -> int:
     from ..runtime import distributed
     from ..evaluation.ablation import PlotRequest, format_markdown, run_ablation
     from ..datasets.data import make_loader
-    from ..io.files import write_json, write_text
+    from ..io.files import check_output_directory, check_outputs, write_json, write_text
     config = _config(args, stages=(), time_steps=args.time_steps[0])
+    check_output_directory(args.out, what="--out")
+    check_outputs({f"--out's {name}": args.out / name for name in ("ablation.md", "ablation.json",
+                                                                    "ablation.config.json")},
+                  inputs={"checkpoint": args.checkpoint})
     from ..datasets.splits import sample_subset
     model, spec, checkpoint, splits, batches, training = _load(args)
     model = model.to(args.device)
     test = splits.test
-    if args.limit:
+    if args.limit is not None:
         test = sample_subset(test, args.limit, seed=0)  # across classes; the same images for every run
     # Shards without the sampler's padding, so that every test image counts once.
     test_batches = list(make_loader(distributed.shard(test), batch_size=256, shuffle=False))

@@ -10,22 +10,30 @@
 
 Every command that writes a file also writes the resolved configuration next to it
 (``<name>.config.json``). Run ``parasnn <command> --help`` for the options.
+
+Errors: every output is checked before the work starts (:func:`parasnn.io.files.check_outputs`:
+never onto an input, never onto a directory or device, the location must accept files), and
+a user error — a bad option, file, checkpoint or data set — is one line on stderr naming
+what is wrong and the fix, with exit status 2 (``parasnn --debug <command>`` shows the
+traceback). An unexpected internal error is also one line, with exit status 1.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 from .. import __version__
-from .arguments import device, positive_int_list
+from .arguments import config_path, device, positive_int, positive_int_list, time_steps_list
 from .external import add_model_arguments, convert_external, evaluate_external, require_model_or_checkpoint
 from .habits import arguments_record, expand_config, show_defaults
 
-__all__ = ["main", "build_parser", "summary_parser", "COMMAND_MODULES", "COMMAND_SUMMARIES"]
+__all__ = ["main", "build_parser", "summary_parser", "COMMAND_MODULES", "COMMAND_SUMMARIES", "user_errors",
+           "config_path"]
 
 # Modules that contribute subcommands: each defines ``add_command(commands)``, which adds its
 # parser to the ``argparse`` sub-parsers and sets ``handler=`` (a function of the parsed
@@ -45,10 +53,17 @@ def _levels(text: str):
     return values[0] if len(values) == 1 else tuple(values)
 
 
+_config_path = config_path  # the name other command modules imported before
 
 
-def _config_path(output: Path) -> Path:
-    return output.with_name(output.stem + ".config.json")
+def forms_list(text: str):
+    """``--forms``: a comma-separated, non-empty subset of parallel,serial."""
+    from ..evaluation.accuracy import Form
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    known = [form.value for form in Form]
+    if not parts or any(part not in known for part in parts):
+        raise argparse.ArgumentTypeError(f"expected parallel, serial or parallel,serial, got {text!r}")
+    return [Form(part) for part in dict.fromkeys(parts)]
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -96,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="parasnn", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"parasnn {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     train = commands.add_parser("train", help="train a ReLU or QCFS network",
@@ -112,9 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="QCFS levels L: one integer, one per activation site (4,4,8,...), or auto "
                             "(PASCAL's adaptive layerwise activation: probe, choose L per layer, fine-tune)")
     train.add_argument("--threshold", type=float, default=8.0, help="initial QCFS threshold (default 8)")
-    train.add_argument("--width", type=int, help="base channel width (default: the architecture's)")
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=128)
+    train.add_argument("--width", type=positive_int, help="base channel width (default: the architecture's)")
+    train.add_argument("--epochs", type=positive_int, default=30,
+                       help="epochs (default 30); part of the run's configuration: an existing run is not extended")
+    train.add_argument("--batch-size", type=positive_int, default=128)
     train.add_argument("--optimizer", choices=[o.value for o in Optimizer], default="sgd")
     train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay after warm-up)")
     train.add_argument("--weight-decay", type=float, default=5e-4)
@@ -122,9 +139,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--holdout", type=int, default=5000,
                        help="training images kept out of training for validation and calibration (default 5000)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--max-batches", type=int, help="stop each epoch after this many batches (quick runs)")
+    train.add_argument("--max-batches", type=positive_int, help="stop each epoch after this many batches (quick runs)")
     train.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default runs/train)")
-    train.add_argument("--no-resume", action="store_true", help="start over even if --out holds a run")
+    train.add_argument("--no-resume", action="store_true",
+                       help="start over even if --out holds a run (its files are removed)")
     train.add_argument("--device", type=device, default="auto")
     from .levels import add_train_arguments
     add_train_arguments(train)
@@ -143,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep BN as frozen layers (bit-exact, default) or fold it into conv/linear")
     convert.add_argument("--percentile", type=float, default=99.9,
                          help="ReLU networks: activation percentile used as threshold (100 = max)")
-    convert.add_argument("--levels", type=int, default=8, help="ReLU networks: L of the QCFS proxy (default 8)")
-    convert.add_argument("--calibration-size", type=int, default=1024,
+    convert.add_argument("--levels", type=positive_int, default=8, help="ReLU networks: L of the QCFS proxy (default 8)")
+    convert.add_argument("--calibration-size", type=positive_int, default=1024,
                          help="ReLU networks: images from the held-apart training slice used to record thresholds")
     _add_data_options(convert)
     add_model_arguments(convert)
@@ -155,12 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint", type=Path, nargs="?", help="ANN checkpoint (model.pt); or use --model")
     evaluate.add_argument("--snn", type=Path, help="SNN checkpoint from parasnn convert, or a directory from "
                                                    "parasnn convert --model (default: convert now)")
-    evaluate.add_argument("--time-steps", "-T", type=positive_int_list, default=[1, 2, 4, 8],
+    evaluate.add_argument("--time-steps", "-T", type=time_steps_list, default=[1, 2, 4, 8],
                           help="T values (default 1,2,4,8)")
-    evaluate.add_argument("--forms", default="parallel,serial",
+    evaluate.add_argument("--forms", type=forms_list, default="parallel,serial",
                           help="parallel, serial or both (default parallel,serial)")
-    evaluate.add_argument("--limit", type=int, help="evaluate on the first N test images only")
-    evaluate.add_argument("--batch-size", type=int, default=256)
+    evaluate.add_argument("--limit", type=positive_int, help="evaluate on the first N test images only (N >= 1)")
+    evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--no-activity", action="store_true", help="skip firing rates and energy")
     evaluate.add_argument("--json", type=Path, help="also write the full report as JSON")
     evaluate.add_argument("--method", choices=[m.value for m in Method],
@@ -172,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--pascal-accumulation", choices=["inputs", "currents"], default="inputs",
                           help="pascal: accumulate each synapse's input spikes (bit-exact, default) or sum "
                                "per-step currents (floating-point rounding)")
-    evaluate.add_argument("--calibration-size", type=int, default=1024,
+    evaluate.add_argument("--calibration-size", type=positive_int, default=1024,
                           help="ReLU networks: images used to record thresholds when converting on the fly")
     _add_data_options(evaluate)
     add_model_arguments(evaluate)
@@ -181,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
                                description="Runs the embedded QCFS VGG (trained on Fashion-MNIST by parasnn train) "
                                            "on the embedded slice of the Fashion-MNIST test set: ANN vs SNN "
                                            "accuracy at each T, parallel and serial, with timings.")
-    demo.add_argument("--time-steps", "-T", type=positive_int_list, default=[1, 2, 4, 8],
+    demo.add_argument("--time-steps", "-T", type=time_steps_list, default=[1, 2, 4, 8],
                       help="T values to run the SNN at")
     demo.add_argument("--json", type=Path, help="also write the report as JSON")
     demo.add_argument("--device", type=device, default="auto")
@@ -192,6 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(handler=_command_demo)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_command(commands)
+    for command in commands.choices.values():  # `parasnn evaluate ... --debug` works too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                             help="show the full traceback of an error")
     show_defaults(parser)
     return parser
 
@@ -209,6 +230,8 @@ def _command_train(args) -> int:
                          batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.lr,
                          weight_decay=args.weight_decay, augment=not args.no_augment, holdout=args.holdout,
                          seed=args.seed, max_batches=args.max_batches)
+    from ..io.files import check_output_directory
+    check_output_directory(args.out, what="--out")
     if auto:
         return command_train(config, args)
     metrics = train(config, out_dir=args.out, resume=not args.no_resume, device=args.device)
@@ -216,17 +239,23 @@ def _command_train(args) -> int:
     return 0
 
 
-def _dataset_for(checkpoint: dict, data_dir: str | None):
+def _dataset_for(checkpoint: dict, data_dir: str | None, *, spec=None, path=None):
+    """The data set the checkpoint was trained on (``--data-dir`` overrides where it is read
+    from); with ``spec``, its class count and input shape must fit the model's."""
     from ..datasets.data import load_dataset
-    train_config = checkpoint.get("config", {})
+    from ..io.checkpoint import check_fits_data
+    train_config = checkpoint.get("config") or {}
     name = train_config.get("dataset", "fashion-mnist")
-    return load_dataset(name, data_dir=data_dir or train_config.get("data_dir"))
+    splits = load_dataset(name, data_dir=data_dir or train_config.get("data_dir"))
+    if spec is not None:
+        check_fits_data(spec, splits.info, path=path)
+    return splits
 
 
 def _calibration_batches(checkpoint: dict, splits, *, size: int, batch_size: int = 256):
     """The held-apart training slice recorded by parasnn train (never the test set)."""
     from ..datasets.data import first_examples, make_loader, recorded_split
-    _, held_apart = recorded_split(splits.train, config=checkpoint.get("config", {}), fallback_size=size)
+    _, held_apart = recorded_split(splits.train, config=checkpoint.get("config") or {}, fallback_size=size)
     return list(make_loader(first_examples(held_apart, size), batch_size=batch_size, shuffle=False))
 
 
@@ -245,30 +274,25 @@ def _command_convert(args) -> int:
     require_model_or_checkpoint(args, "convert")
     if args.model:
         return convert_external(args)
-    from ..io.checkpoint import load_ann, save_snn
-    from ..io.files import write_json
+    from ..io.checkpoint import ann_fingerprint, load_ann, save_snn
+    from ..io.files import check_outputs, write_json
     from ..conversion.methods import default_method
+    check_outputs({"--out": args.out, "--out's config": config_path(args.out)}, inputs={"checkpoint": args.checkpoint})
     model, spec, checkpoint = load_ann(args.checkpoint)
+    fingerprint = ann_fingerprint(checkpoint["state_dict"])
     method = args.method or default_method(spec.activation.kind).value
-    splits = _dataset_for(checkpoint, args.data_dir) if spec.activation.kind.value == "relu" else None
+    splits = (_dataset_for(checkpoint, args.data_dir, spec=spec, path=args.checkpoint)
+              if spec.activation.kind.value == "relu" else None)
     network, config, from_relu = _convert_checkpoint(
         model, spec, checkpoint, splits, method=method, batchnorm=args.batchnorm, percentile=args.percentile,
         levels=args.levels, calibration_size=args.calibration_size)
     resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": method,
                 "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size,
                 **arguments_record(args)}
-    save_snn(args.out, network, spec, method=method, from_relu=from_relu, config=resolved)
-    write_json(_config_path(args.out), resolved)
+    save_snn(args.out, network, spec, method=method, from_relu=from_relu, config=resolved, ann_fingerprint=fingerprint)
+    write_json(config_path(args.out), resolved)
     print(f"converted {spec.name} ({len(list(network.neurons()))} neuron layers, method {method}) -> {args.out}")
     return 0
-
-
-def _parse_forms(text: str):
-    from ..evaluation.accuracy import Form
-    try:
-        return [Form(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise SystemExit(f"parasnn evaluate: --forms takes parallel and/or serial, got {text!r}") from None
 
 
 def _print_report(report, *, title: str) -> None:
@@ -286,31 +310,40 @@ def _command_evaluate(args) -> int:
 
 def _evaluate(args) -> int:
     from ..runtime import distributed
-    from ..io.checkpoint import load_ann, load_snn
+    from ..io.checkpoint import check_fits_data, check_snn_matches_ann, load_ann, load_snn
     from ..datasets.data import make_loader
     from ..evaluation.accuracy import evaluate
-    from ..io.files import write_json
+    from ..io.files import check_outputs, write_json
     from ..conversion.methods import default_method, method_spec
-    forms = _parse_forms(args.forms)
+    forms = forms_list(args.forms) if isinstance(args.forms, str) else args.forms
     require_model_or_checkpoint(args, "evaluate")
     if args.model:
         return evaluate_external(args, forms)
+    if args.json is not None:
+        check_outputs({"--json": args.json, "--json's config": config_path(args.json)},
+                      inputs={"checkpoint": args.checkpoint, "--snn": args.snn})
     model, spec, checkpoint = load_ann(args.checkpoint)
-    splits = _dataset_for(checkpoint, args.data_dir)
     method = args.method or default_method(spec.activation.kind).value
+    snn_spec = spec
     if args.snn is not None and args.snn.is_dir():  # written by parasnn.save / convert --model
         from ..io.portable import load
         network = load(args.snn)
     elif args.snn is not None:
-        network, _, snn_checkpoint = load_snn(args.snn)
+        network, snn_spec, snn_checkpoint = load_snn(args.snn)
+        if not check_snn_matches_ann(snn_checkpoint, checkpoint, snn_path=args.snn, ann_path=args.checkpoint):
+            print(f"note: {args.snn} records no ANN fingerprint (written by an older parasnn); cannot check that it "
+                  f"was converted from {args.checkpoint}", file=sys.stderr)
         method = snn_checkpoint["method"]
+    splits = _dataset_for(checkpoint, args.data_dir, spec=spec, path=args.checkpoint)
+    if args.snn is not None:
+        check_fits_data(snn_spec, splits.info, path=args.snn)
     else:
         network, _, _ = _convert_checkpoint(model, spec, checkpoint, splits, method=method, batchnorm="keep",
                                             percentile=99.9, levels=8, calibration_size=args.calibration_size)
     test = splits.test
-    if args.limit:
-        from torch.utils.data import TensorDataset
-        test = TensorDataset(*(t[: args.limit] for t in test.tensors))
+    if args.limit is not None:  # a seeded random sample across classes: the same images for every run
+        from ..datasets.splits import sample_subset
+        test = sample_subset(test, args.limit, seed=0)
     evaluation = method_spec(method)
     if evaluation.single_process and distributed.world_size() > 1:
         raise ValueError(f"parasnn evaluate --method {method} runs in one process; start it without torchrun")
@@ -328,7 +361,7 @@ def _evaluate(args) -> int:
                     "forms": [f.value for f in forms], "limit": args.limit, "dataset": splits.info.name,
                     "device": str(args.device), "processes": distributed.world_size(), **arguments_record(args)}
         write_json(args.json, {"config": resolved, "model": spec.to_dict(), **report.to_dict()})
-        write_json(_config_path(args.json), resolved)
+        write_json(config_path(args.json), resolved)
     return 0
 
 
@@ -337,10 +370,12 @@ def _command_demo(args) -> int:
     from ..conversion.stages import convert
     from ..datasets.data import load_subset, make_loader
     from ..evaluation.accuracy import Form, evaluate
-    from ..io.files import write_json
+    from ..io.files import check_outputs, write_json
     for path in (DEMO_CHECKPOINT, DEMO_TEST_SLICE):
         if not path.exists():
             raise SystemExit(f"parasnn demo: embedded file {path} is missing; reinstall parasnn")
+    check_outputs({"--json": args.json}, inputs={"embedded checkpoint": DEMO_CHECKPOINT,
+                                                 "embedded test slice": DEMO_TEST_SLICE})
     model, spec, checkpoint = load_ann(DEMO_CHECKPOINT)
     test, info = load_subset(DEMO_TEST_SLICE)
     start = time.perf_counter()
@@ -362,6 +397,27 @@ def _command_demo(args) -> int:
     return 0
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "the user asked for something that cannot be done" (a bad
+    option, file, checkpoint, data set or run directory): one line and exit status 2."""
+    from ..io.checkpoint import CheckpointError
+    from ..datasets.data import DataError
+    from ..conversion.graph import ConversionError
+    from ..training.runs import RunError
+    return CheckpointError, DataError, ConversionError, RunError, ValueError, OSError
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return text or type(error).__name__
+
+
+def _terminate(signum, frame):
+    # SIGTERM (torchrun stopping the other workers, a job scheduler) as an exception: the
+    # atomic writes' clean-up runs instead of leaving temporary files behind.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "--version"):  # no command: answer without importing torch
@@ -370,14 +426,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(expand_config(argv, parser))
     from ..runtime.progress import enable
     enable()  # bars on the command line; library calls stay quiet unless asked
-    from ..io.checkpoint import CheckpointError
-    from ..datasets.data import DataError
-    from ..conversion.graph import ConversionError
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread
+        previous = None
     try:
         return args.handler(args)
-    except (CheckpointError, DataError, ConversionError, ValueError) as error:
-        print(f"parasnn {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"parasnn {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except user_errors() as error:
+        if args.debug:
+            raise
+        print(f"parasnn {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
+    except Exception as error:  # a bug, not a user error: still no traceback unless asked
+        if args.debug:
+            raise
+        print(f"parasnn {args.command}: internal error ({type(error).__name__}: {_one_line(error)[:300]}); "
+              "rerun with parasnn --debug ... for the traceback and report it", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

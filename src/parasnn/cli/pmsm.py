@@ -84,18 +84,23 @@ def add_command(commands) -> None:
     parser.set_defaults(handler=_command_pmsm)
 
 
-def _splits_of(checkpoint: dict, data_dir: str | None):
-    """(training split, held-apart slice, test set, info) exactly as ``parasnn train`` split them."""
+def _splits_of(checkpoint: dict, data_dir: str | None, *, spec=None, path=None):
+    """(training split, held-apart slice, test set, info) exactly as ``parasnn train`` split them;
+    with ``spec``, the data must fit the model's class count and input shape."""
     from ..datasets.load import checkpoint_dataset
     from ..datasets.splits import recorded_split
-    config = checkpoint.get("config", {})
+    from ..io.checkpoint import check_fits_data
+    config = checkpoint.get("config") or {}
     splits = checkpoint_dataset(config, data_dir=data_dir)
+    if spec is not None:
+        check_fits_data(spec, splits.info, path=path)
     train, held_apart = recorded_split(splits.train, config=config)
     return train, held_apart, splits.test, splits.info
 
 
 def _command_pmsm(args) -> int:
-    from ..io.checkpoint import load_ann, save_ann, save_snn
+    from ..io.checkpoint import ann_fingerprint, load_ann, save_ann, save_snn
+    from ..io.files import check_outputs
     from .arguments import config_path
     from ..datasets.splits import sample_subset
     from ..conversion.stages import convert
@@ -112,6 +117,10 @@ def _command_pmsm(args) -> int:
         raise ValueError("--markdown writes the --compare table; add --compare (or drop --markdown)")
     if args.compare is not None and (args.out or args.snn):
         raise ValueError("--compare writes no network: drop --out/--snn (or run without --compare)")
+    outputs = {"--out": args.out, "--snn": args.snn, "--json": args.json, "--markdown": args.markdown}
+    outputs.update({f"{name}'s config": config_path(path) for name, path in (("--out", args.out), ("--snn", args.snn))
+                    if path is not None})
+    check_outputs(outputs, inputs={"checkpoint": args.checkpoint})
     model, spec, checkpoint = load_ann(args.checkpoint)
     if spec.activation.kind is not ActivationKind.SIGNED:
         raise ValueError(f"{args.checkpoint} has {spec.activation.kind.value} activations; PMSM quantizes networks "
@@ -119,7 +128,7 @@ def _command_pmsm(args) -> int:
     config = PMSMConfig(levels=args.levels[0], initialisation=args.init, percentile=args.percentile,
                         fine_tune_epochs=args.epochs, max_batches=args.max_batches, learning_rate=args.lr,
                         batch_size=args.batch_size, seed=args.seed)
-    train, held_apart, test, info = _splits_of(checkpoint, args.data_dir)
+    train, held_apart, test, info = _splits_of(checkpoint, args.data_dir, spec=spec, path=args.checkpoint)
     calibration = list(make_loader(sample_subset(held_apart, args.calibration_size, seed=args.seed), batch_size=256, shuffle=False))
     test_batches = list(make_loader(test, batch_size=256, shuffle=False))
     model = model.to(args.device)
@@ -141,7 +150,7 @@ def _command_pmsm(args) -> int:
     if args.snn is not None:
         network = convert(quantized, neuron=neuron_factory(Method.PMSM))
         save_snn(args.snn, network, levels_spec, method=Method.PMSM, from_relu=False,
-                 config=dict(resolved, ann=str(args.out)))
+                 config=dict(resolved, ann=str(args.out)), ann_fingerprint=ann_fingerprint(quantized.state_dict()))
         write_json(config_path(args.snn), dict(resolved, ann=str(args.out)))
     if args.json:
         write_json(args.json, {"config": resolved, "model": levels_spec.to_dict(), **metrics})

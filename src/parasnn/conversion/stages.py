@@ -205,6 +205,9 @@ def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: I
     def make_hook(site):
         def hook(module, inputs, output):
             values = output.detach().flatten().float()
+            if not bool(torch.isfinite(values).all()):  # a NaN θ would poison every later layer
+                raise ConversionError(f"recording thresholds: activation {site} sees NaN or infinite values; the "
+                                      "calibration data (or the weights before this layer) hold NaN/inf — clean it")
             if use_max:
                 partial[site][0] = max(partial[site][0], float(values.max()))
             else:
@@ -249,6 +252,9 @@ def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int 
 
 
 def _prepare(model: nn.Module, leaf_modules) -> fx.GraphModule:
+    if not isinstance(model, nn.Module):
+        raise ConversionError(f"convert: expected a torch.nn.Module, got {type(model).__name__}; wrap the function "
+                              "in an nn.Module whose forward calls it")
     model = copy.deepcopy(model).eval()
     gm = expand_operations(trace(model, leaf_modules=leaf_modules))
     check_convertible(gm, model_name=type(model).__name__)

@@ -27,9 +27,17 @@ from torch import Tensor, nn
 from .base import ActivationQuantizer
 from .integrate_fire import ParameterCache, spike_count
 
-__all__ = ["qcfs", "qcfs_level", "level_value", "QCFS", "MIN_THRESHOLD", "require_qcfs"]
+__all__ = ["qcfs", "qcfs_level", "level_value", "QCFS", "MIN_THRESHOLD", "require_qcfs", "check_levels"]
 
 MIN_THRESHOLD = 1e-3
+
+
+def check_levels(levels, *, where: str = "QCFS") -> int:
+    """``levels`` (L) if it is an integer >= 1 (a bool, float, 0 or negative L would give NaN
+    or meaningless outputs), else a ValueError naming ``where``."""
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
+        raise ValueError(f"{where}: levels must be an integer >= 1, got {levels!r}")
+    return levels
 
 
 def level_value(count: Tensor, *, amplitude: Tensor | float, time_steps: int) -> Tensor:
@@ -63,8 +71,7 @@ class QCFS(ActivationQuantizer):
 
     def __init__(self, *, levels: int = 8, threshold: float = 8.0):
         super().__init__()
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 1:
-            raise ValueError(f"QCFS: levels must be an integer >= 1, got {levels!r}")
+        check_levels(levels)
         if not threshold > 0:
             raise ValueError(f"QCFS: threshold must be > 0, got {threshold!r}")
         self.levels = levels
@@ -106,7 +113,14 @@ class QCFS(ActivationQuantizer):
         return {"levels": self.levels}
 
     def set_extra_state(self, state):
-        self.levels = int(state["levels"])
+        # A saved state is checked like the constructor's argument: L = 0 or -3 from a damaged
+        # checkpoint would otherwise give NaN logits without a word.
+        if not isinstance(state, dict) or "levels" not in state:
+            raise ValueError(f"QCFS: extra state must be a dict with 'levels', got {state!r}")
+        levels = state["levels"]
+        if isinstance(levels, torch.Tensor) and levels.numel() == 1 and not levels.is_floating_point():
+            levels = int(levels)
+        self.levels = check_levels(levels, where="QCFS (saved state)")
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, threshold={float(self.threshold):.4g}"

@@ -17,19 +17,41 @@ what one process computes on the union of the shards):
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["init_from_environment", "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_sum",
+__all__ = ["collective_timeout", "TIMEOUT_VARIABLE", "init_from_environment", "is_distributed", "rank", "world_size", "is_main_process", "all_reduce_sum",
            "all_reduce_max", "all_reduce_sum_differentiable", "average_gradients", "threshold_reducer",
            "default_device", "shutdown", "process_group", "shard"]
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
+
+
+# How long a collective waits for the other processes before it fails (seconds). A worker that
+# died (kill -9, out of memory) must not leave the others waiting for the libraries' defaults
+# (30 minutes for gloo): they fail with an error after this long, and torchrun stops the rest.
+TIMEOUT_VARIABLE = "PARASNN_COLLECTIVE_TIMEOUT"
+DEFAULT_TIMEOUT_SECONDS = 300.0
+
+
+def collective_timeout() -> datetime.timedelta:
+    """The collective timeout: ``$PARASNN_COLLECTIVE_TIMEOUT`` seconds, default 300."""
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None:
+        return datetime.timedelta(seconds=DEFAULT_TIMEOUT_SECONDS)
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{TIMEOUT_VARIABLE}={text!r}: expected a positive number of seconds")
+    return datetime.timedelta(seconds=seconds)
 
 
 def init_from_environment() -> bool:
@@ -42,7 +64,7 @@ def init_from_environment() -> bool:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=collective_timeout())
     return world_size() > 1
 
 

@@ -18,9 +18,8 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from ..conversion.network import SpikingNetwork, check_input
+from ..conversion.network import SpikingNetwork, check_input, check_time_steps, explain_shape_errors
 from ..neurons.base import SerialOp, SpikingNeuron
-from ..neurons.integrate_fire import check_time_steps
 
 __all__ = ["parallel_forward", "serial_forward", "parallel_simulation", "serial_simulation", "SimulationResult",
            "serial_outputs", "serial_step", "spike_trains", "spike_counts"]
@@ -58,13 +57,17 @@ class _StepInterpreter(fx.Interpreter):
 
 def _run_step(network: SpikingNetwork, states: States, inputs: tuple[Tensor, ...], time_steps: int):
     interpreter = _StepInterpreter(network.graph_module, states, time_steps)
-    output = interpreter.run(time_steps, *inputs)
+    with explain_shape_errors(inputs, where=f"serial simulation of {network.source}"):
+        output = interpreter.run(time_steps, *inputs)
     return interpreter.new_states, output, interpreter.spikes
 
 
 def serial_step(network: SpikingNetwork, states: States, *inputs: Tensor, time_steps: int
                 ) -> tuple[States, Tensor]:
-    """One step of the serial network: ``(states, x) → (new states, output at this step)``."""
+    """One step of the serial network: ``(states, x) → (new states, output at this step)``.
+    The input is checked as the parallel form checks it (:func:`parasnn.conversion.network.check_input`)."""
+    check_time_steps(time_steps, where=f"serial step of {network.source}")
+    check_input(inputs, where=f"serial step of {network.source}", network=network)
     states, output, _ = _run_step(network, states, inputs, time_steps)
     return states, output
 
@@ -78,8 +81,8 @@ class SimulationResult(NamedTuple):
 
 def serial_simulation(network: SpikingNetwork, *inputs: Tensor, time_steps: int) -> SimulationResult:
     """Run the serial network for ``time_steps`` steps; time-averaged output and spike counts."""
-    check_time_steps(time_steps)
-    check_input(inputs, where=f"serial simulation of {network.source}")
+    check_time_steps(time_steps, where=f"serial simulation of {network.source}")
+    check_input(inputs, where=f"serial simulation of {network.source}", network=network)
     states: States = {}
     total, counts = None, {}
     with torch.no_grad():
@@ -112,13 +115,13 @@ def parallel_simulation(network: SpikingNetwork, *inputs: Tensor, time_steps: in
 
 def serial_outputs(network: SpikingNetwork, *inputs: Tensor, time_steps: int) -> Tensor:
     """Outputs of the serial network at every step, ``(T, B, ...)``."""
-    check_time_steps(time_steps)
-    check_input(inputs, where=f"serial simulation of {network.source}")
+    check_time_steps(time_steps, where=f"serial simulation of {network.source}")
+    check_input(inputs, where=f"serial simulation of {network.source}", network=network)
     states: States = {}
     outputs = []
     with torch.no_grad():
         for _ in range(time_steps):
-            states, output = serial_step(network, states, *inputs, time_steps=time_steps)
+            states, output, _ = _run_step(network, states, inputs, time_steps)
             outputs.append(output)
     return torch.stack(outputs)
 

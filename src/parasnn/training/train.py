@@ -2,10 +2,15 @@
 
 One run lives in one directory::
 
-    config.json   the resolved configuration (written first)
-    last.pt       resumable state after every epoch (model, optimiser, schedule, history)
+    .lock         held (flock) by the one process training into the directory; holds its pid
+    config.json   the resolved configuration (written once the directory is known to fit it)
+    last.pt       resumable state after every epoch (model, optimiser, schedule, history,
+                  every random-number state, the epoch, step and data-order seeds)
     model.pt      the trained ANN (parasnn checkpoint, see :mod:`parasnn.io.checkpoint`)
     metrics.json  per-epoch loss / accuracy and the final test accuracy
+
+The rules of a run directory (one writer, configuration checked before writing, faithful
+resume, no extension of ``epochs``) are in :mod:`parasnn.training.runs`.
 
 ``holdout`` training images (a seeded slice, :func:`parasnn.datasets.data.calibration_split`) are
 kept out of training; they are the validation set here and the default calibration data
@@ -15,7 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -25,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..cli.arguments import dataclass_from_dict
-from ..io.checkpoint import CheckpointError, save_ann
+from ..io.checkpoint import CheckpointError, check_finite_tensors, load_torch_file, save_ann
 from ..datasets.data import augment, calibration_split, load_dataset, make_loader
 from ..evaluation.accuracy import ann_accuracy
 from ..io.files import save_torch, write_json
@@ -33,9 +40,10 @@ from ..zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
 from ..conversion.network import device_of
 from ..neurons.qcfs import QCFS
 from ..runtime.progress import progress
+from .runs import (RUN_FILES, RunError, check_run_config, own_random_states, random_states,
+                   restore_random_states, run_lock)
 
-__all__ = ["Optimizer", "TrainConfig", "train", "build_optimizer", "cosine_schedule"]
-
+__all__ = ["Optimizer", "TrainConfig", "train", "build_optimizer", "cosine_schedule", "RunError"]
 
 class Optimizer(str, enum.Enum):
     SGD = "sgd"
@@ -126,18 +134,25 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, *, total_steps: int, warmu
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def _data_order(config: TrainConfig, epoch: int) -> dict[str, int]:
+    """The seeds of one epoch's data order and augmentation: functions of (seed, epoch) only."""
+    return {"epoch": epoch, "loader_seed": config.seed * 1009 + epoch, "augment_seed": config.seed * 100_003 + epoch}
+
+
+_STATE_KEYS = ("config", "epoch", "model", "optimizer", "schedule", "history")
+
+
 def _resume_state(path: Path, config: TrainConfig) -> dict | None:
     if not path.exists():
         return None
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"cannot resume from {path}: the file is unreadable ({error}); "
-                              "delete it to start over") from error
-    if state.get("config") != config.to_dict():
-        raise CheckpointError(
-            f"{path.parent} holds a run with a different configuration; choose another --out directory "
-            "or pass --no-resume to overwrite it")
+    state = load_torch_file(path, what="training state")
+    if not isinstance(state, dict) or any(key not in state for key in _STATE_KEYS):
+        raise CheckpointError(f"{path} is not a parasnn training state (a dict with {', '.join(_STATE_KEYS)}); "
+                              "delete it or pass --no-resume to start over")
+    if not isinstance(state["model"], dict) or not isinstance(state["epoch"], int):
+        raise CheckpointError(f"{path}: damaged training state; delete it or pass --no-resume to start over")
+    check_finite_tensors(state["model"], where=f"training state {path}")
+    check_run_config(path.parent, config.to_dict(), recorded=state["config"], epochs_done=state["epoch"] + 1)
     return state
 
 
@@ -171,10 +186,30 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
 
     ``initial_state``: a state dict to start from instead of a fresh initialisation (a warm
     start, e.g. the fine-tuning phase of :mod:`parasnn.methods.adaptive_levels`); a resumed run
-    continues from its own last epoch instead."""
+    continues from its own last epoch instead. The rules of a run directory (lock, config
+    check before writing, bit-identical resume, no extension of ``epochs``) are in the module
+    notes. The caller's global random-number states are left as they were."""
     out_dir = Path(out_dir)
     device = device or (torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu"))
-    torch.manual_seed(config.seed)
+    with run_lock(out_dir):
+        state = _resume_state(out_dir / "last.pt", config) if resume else None
+        recorded = out_dir / "config.json"
+        if resume and recorded.exists():
+            try:
+                previous = json.loads(recorded.read_text()).get("train")
+            except (OSError, ValueError, AttributeError) as error:
+                raise RunError(f"{recorded} is unreadable ({error}); pass --no-resume to start over there, or "
+                               "choose another --out") from None
+            check_run_config(out_dir, config.to_dict(), recorded=previous, epochs_done=None)
+        if not resume:
+            for name in RUN_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+        with own_random_states(config.seed):
+            return _train(config, out_dir, device=device, state=state, initial_state=initial_state)
+
+
+def _train(config: TrainConfig, out_dir: Path, *, device: torch.device, state: dict | None,
+           initial_state: dict | None) -> dict[str, Any]:
     splits = load_dataset(config.dataset, data_dir=config.data_dir)
     train_set = splits.train
     validation = None
@@ -192,19 +227,32 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
                                warmup_steps=min(steps_per_epoch, 200))
     history: list[dict] = []
     first_epoch = 0
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{out_dir / 'last.pt'} does not fit this run ({str(error).splitlines()[0]}); "
+                                  "pass --no-resume to start over") from None
+        history, first_epoch = state["history"], state["epoch"] + 1
+        expected = _data_order(config, first_epoch)
+        if state.get("data_order", expected) != expected:
+            raise CheckpointError(f"{out_dir / 'last.pt'} was written with another data order "
+                                  f"({state['data_order']} vs {expected}); pass --no-resume to start over")
+        if "random_states" in state:
+            restore_random_states(state["random_states"])
+        else:
+            print(f"note: {out_dir / 'last.pt'} holds no random-number states (an older parasnn wrote it); the "
+                  "resumed run will not be bit-identical to an uninterrupted one", file=sys.stderr)
     write_json(out_dir / "config.json", {"train": config.to_dict(), "model": spec.to_dict(),
                                          "dataset": dataclasses.asdict(splits.info)})
-    state = _resume_state(out_dir / "last.pt", config) if resume else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        history, first_epoch = state["history"], state["epoch"] + 1
     test_loader = make_loader(splits.test, batch_size=256, shuffle=False)
     validation_loader = make_loader(validation, batch_size=256, shuffle=False) if validation is not None else None
     for epoch in range(first_epoch, config.epochs):
-        generator = torch.Generator().manual_seed(config.seed * 100_003 + epoch)
-        loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed * 1009 + epoch,
+        order = _data_order(config, epoch)
+        generator = torch.Generator().manual_seed(order["augment_seed"])
+        loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=order["loader_seed"],
                              drop_last=True)
         options = _augmentation(splits.info.name)
         augmentation = (lambda images: augment(images, generator=generator, **options)) if config.augment else None
@@ -217,9 +265,16 @@ def train(config: TrainConfig, *, out_dir: str | Path, resume: bool = True,
         history.append(record)
         print(f"epoch {epoch + 1}: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                                                   for k, v in record.items() if k != "epoch"), flush=True)
-        save_torch(out_dir / "last.pt", {"config": config.to_dict(), "epoch": epoch, "model": model.state_dict(),
-                                         "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
-                                         "history": history})
+        if not math.isfinite(record["loss"]):
+            raise RunError(f"training diverged in epoch {epoch + 1} (loss {record['loss']}); lower --lr and start "
+                           f"over with --no-resume (the last good state is {out_dir / 'last.pt'})")
+        # Everything the next epoch depends on, as it is now: a run resumed from here draws the
+        # same random numbers and batches as one that never stopped.
+        save_torch(out_dir / "last.pt", {"config": config.to_dict(), "epoch": epoch, "step": schedule.last_epoch,
+                                         "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                         "schedule": schedule.state_dict(), "history": history,
+                                         "random_states": random_states(),
+                                         "data_order": _data_order(config, epoch + 1)})
     test_accuracy = ann_accuracy(model, test_loader, description="test")[0]
     metrics = {"test_accuracy": test_accuracy, "history": history, "train_images": len(train_set),
                "holdout_images": len(validation) if validation is not None else 0}
