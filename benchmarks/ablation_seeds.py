@@ -1,4 +1,4 @@
-"""The calibration ablation (paper 003, Table 3 layout) repeated over seeds, with the mean,
+"""The calibration ablation ([STDC], Table 3 layout) repeated over seeds, with the mean,
 the spread and the ordering the method promises: full ≥ each single stage ≥ baseline.
 
     python benchmarks/ablation_seeds.py runs/fmnist-vgg-small-relu/model.pt --seeds 0,1,2 \\

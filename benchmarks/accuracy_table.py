@@ -1,5 +1,5 @@
 """Method × T accuracy on the Fashion-MNIST backbones, with the ANN's accuracy, each
-method's loss against it, firing rates and an energy estimate (MATH.md §8).
+method's loss against it, firing rates and an energy estimate (docs/maths.md §8).
 
     python benchmarks/accuracy_table.py --out runs/bench/accuracy           # every backbone present
     python benchmarks/accuracy_table.py --train                              # train missing backbones first
@@ -123,7 +123,7 @@ class Context:
     device: torch.device
     cache: dict = dataclasses.field(default_factory=dict)
     reference: nn.Module | None = None  # the full-precision ANN a quantized backbone came from
-    training_batches: list | None = None  # the training set the calibration stages learn on (paper 003)
+    training_batches: list | None = None  # the training set the calibration stages learn on ([STDC])
 
     @property
     def from_relu(self) -> bool:
@@ -191,13 +191,13 @@ def qcfs_serial(context: Context, time_steps: int) -> RowResult:
     return evaluate_network(context, converted(context), time_steps=time_steps, form=Form.SERIAL)
 
 
-@row("fs-pc-parallel", description="FS-PC parallel IF neurons, one pass (papers 000/003, no calibration)")
+@row("fs-pc-parallel", description="FS-PC parallel IF neurons, one pass ([FS-PC]/[STDC], no calibration)")
 def fs_pc_parallel(context: Context, time_steps: int) -> RowResult:
     return evaluate_network(context, converted(context), time_steps=time_steps, form=Form.PARALLEL)
 
 
 def _calibrated_row(stages: str):
-    """A row of the main paper's calibration (paper 003): the backbone calibrated for each T
+    """A row of the main paper's calibration ([STDC]): the backbone calibrated for each T
     on the held-apart training slice with :func:`parasnn.calibration.pipeline.calibrate` and the given
     stages (default hyperparameters, :class:`~parasnn.calibration.pipeline.CalibrationConfig`), then run in
     parallel."""
@@ -213,7 +213,7 @@ def _calibrated_row(stages: str):
     return function
 
 
-row("fs-pc-dagger", description="FS-PC with DA-QCFS error calibration (paper 003's †, stage da)")(
+row("fs-pc-dagger", description="FS-PC with DA-QCFS error calibration ([STDC]'s †, stage da)")(
     _calibrated_row("da"))
 row("full", description="main paper: BN recalibration + temporal bias correction (stages bn,bias), parallel")(
     _calibrated_row("bn,bias"))
@@ -221,7 +221,7 @@ row("full-dagger", description="main paper with †: DA-QCFS + BN recalibration 
     _calibrated_row("da,bn,bias"))
 
 
-@row("pascal", description="PASCAL (paper 002): inhibitory-spike neurons run serially, layer-pipelined; exact "
+@row("pascal", description="PASCAL ([PASCAL]): inhibitory-spike neurons run serially, layer-pipelined; exact "
      "at T = L, reported in the T = L column with its effective latency T_eff", applies_to=(ActivationKind.QCFS,))
 def pascal(context: Context, time_steps: int) -> RowResult:
     from parasnn.conversion.methods import neuron_factory
@@ -246,7 +246,7 @@ def _pmsm_network(context: Context) -> SpikingNetwork:
     return context.cache["pmsm"]
 
 
-@row("pmsm-parallel", description="PMSM (paper 001): signed multi-spike neurons, parallel; exact at T = 1 "
+@row("pmsm-parallel", description="PMSM ([PMSM]): signed multi-spike neurons, parallel; exact at T = 1 "
      "(a multi-spike counts as its number of spikes)", applies_to=(ActivationKind.SIGNED,))
 def pmsm_parallel(context: Context, time_steps: int) -> RowResult:
     return evaluate_network(context, _pmsm_network(context), time_steps=time_steps, form=Form.PARALLEL)

@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                      *(["--max-batches", "50"] if args.quick else [])])
             includes.append(table)
     # The figures docs/results.md shows: time and memory against T, and what calibration does to
-    # the distributions (paper 003 Figures 1 and 4).
+    # the distributions ([STDC] Figures 1 and 4).
     figures = [args.out / "speed-keep-memory" / f"{name}-vs-T.png" for name in ("vgg-small-b1", "vgg16-b128")]
     figures += [args.out / "ablation-relu" / "seed-0" / f"distributions_T{t}.png" for t in (2, 4)]
     figures += [args.out / "ablation-qcfs-l4" / "seed-0" / "distributions_T2.png"]

@@ -1,4 +1,4 @@
-"""The ablation grid (paper 003 Table 3 layout), the distribution plots and the two commands
+"""The ablation grid ([STDC] Table 3 layout), the distribution plots and the two commands
 (``parasnn calibrate`` / ``parasnn ablate``) end to end on scikit-learn's digits."""
 import json
 

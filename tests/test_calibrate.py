@@ -1,4 +1,4 @@
-"""Distribution-aware calibration (paper 003): each stage on small models, what it may and
+"""Distribution-aware calibration ([STDC]): each stage on small models, what it may and
 may not touch, memory independent of T, checkpoints, and clear errors."""
 import copy
 
@@ -204,7 +204,7 @@ def test_a_stage_that_raises_the_held_out_loss_is_undone(revert):
 
 def test_stage_bn_running_statistics_are_the_calibration_average():
     # With affine fine-tuning at a negligible rate, the final statistics pass leaves the
-    # average of the batch statistics of the DA-QCFS network (Eq. 10 of paper 003).
+    # average of the batch statistics of the DA-QCFS network (Eq. 10 of [STDC]).
     model = _relu_net()
     data = _data(count=4)
     network, _ = convert_for_calibration(model, data, config=_config())

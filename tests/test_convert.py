@@ -179,7 +179,7 @@ def test_batchnorm_folding_removes_bn_and_keeps_outputs_close():
 
 
 def test_serial_and_parallel_agree_for_a_single_layer_with_constant_input():
-    # One neuron layer fed by the (constant) input: serial IF == parallel count (MATH.md §3).
+    # One neuron layer fed by the (constant) input: serial IF == parallel count (docs/maths.md §3).
     model = nn.Sequential(nn.Linear(6, 6), QCFS(levels=8, threshold=1.0), nn.Linear(6, 3))
     network = convert(model)
     x = torch.randn(50, 6)

@@ -1,4 +1,4 @@
-"""Exactness claims of MATH.md §2–3 for the IF neuron maths."""
+"""Exactness claims of docs/maths.md §2–3 for the IF neuron maths."""
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,7 +76,7 @@ def test_if_neuron_at_t_equal_l_reproduces_qcfs_bit_for_bit(levels, threshold, v
 
 
 def test_t_different_from_l_agrees_in_expectation_only():
-    # MATH.md §3: with ψ = θ/2 and inputs uniform over [0, θ], the mean rate is θ/2 for
+    # docs/maths.md §3: with ψ = θ/2 and inputs uniform over [0, θ], the mean rate is θ/2 for
     # every T — the parallel neuron at T ≠ L matches QCFS(L) on average, not pointwise.
     threshold = 2.0
     x = (torch.arange(200_000, dtype=torch.float64) + 0.5) / 200_000 * threshold

@@ -1,4 +1,4 @@
-"""PASCAL (paper 002, MATH.md §5): the serial SNN reproduces the QCFS ANN exactly; its schedule
+"""PASCAL ([PASCAL], docs/maths.md §5): the serial SNN reproduces the QCFS ANN exactly; its schedule
 and effective latency T_eff; the CLI route."""
 import json
 
@@ -144,7 +144,7 @@ def _randomised(levels, seed):
 
 
 def _paper_latency(levels):
-    """T_eff of a chain (MATH.md §5): input at step 1, then C_l + L_l per layer."""
+    """T_eff of a chain (docs/maths.md §5): input at step 1, then C_l + L_l per layer."""
     latency, previous = 1, 1
     for level in levels:
         latency += correction_steps(input_steps=previous, output_steps=level) + level

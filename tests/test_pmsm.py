@@ -1,4 +1,4 @@
-"""PMSM (paper 001, MATH.md §6): the signed quantizer, the signed multi-spike neuron (lossless
+"""PMSM ([PMSM], docs/maths.md §6): the signed quantizer, the signed multi-spike neuron (lossless
 at T = 1, refining at T > 1), the entropy initialisation, and the pipeline around them."""
 import dataclasses
 import json

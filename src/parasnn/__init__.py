@@ -13,7 +13,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from . import _compat
+from . import deprecated_paths
 
 __version__ = "0.1.0"
 
@@ -32,7 +32,7 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *_EXPORTS]
 
-_compat.install()
+deprecated_paths.install()
 
 
 def __getattr__(name: str):

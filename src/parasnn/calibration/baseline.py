@@ -12,7 +12,8 @@ from torch import Tensor, nn
 
 from ..conversion.graph import check_convertible, trace
 from ..conversion.network import SpikingNetwork
-from ..conversion.stages import convert, isolate_activations, quantize_relus, set_submodule
+from ..conversion.editing import set_submodule
+from ..conversion.stages import convert, isolate_activations, quantize_relus
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS, qcfs
 from ..runtime import distributed
@@ -24,7 +25,7 @@ __all__ = ["OriginalActivation", "convert_for_calibration", "if_neurons", "batch
 
 @dataclasses.dataclass(frozen=True)
 class OriginalActivation:
-    """``g_OA`` of paper 003 Alg. 1 for one site: the activation the DA model should match.
+    """``g_OA`` of [STDC] Alg. 1 for one site: the activation the DA model should match.
 
     ``levels`` is the L of a QCFS backbone (``QCFS`` at its own L); ``None`` marks a ReLU
     backbone's site, whose original activation is the clipped ReLU ``clamp(x, 0, θ)``.

@@ -1,4 +1,4 @@
-"""Stage bn, stage 1 of paper 003: spatial recalibration of BatchNorm (§4.2, Alg. 2,
+"""Stage bn, stage 1 of [STDC]: spatial recalibration of BatchNorm (§4.2, Alg. 2,
 docs/maths.md §4b), on the DA-QCFS ANN at the target T — the parallel network itself.
 
 Data in, data out: :func:`fit_batchnorm` returns the learned
@@ -43,7 +43,7 @@ class _SynchronisedBatchNorm(nn.Module):
     on GPUs only), so under torchrun each process normalises exactly as one process would
     on the union of the shards, gradients included; in one process it is plain batch norm.
     ``cumulative`` averages the running statistics over all batches seen (``momentum=None``,
-    Eq. 10 of paper 003) instead of the layer's exponential average.
+    Eq. 10 of [STDC]) instead of the layer's exponential average.
     """
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, *, cumulative: bool):

@@ -1,4 +1,4 @@
-"""Stage bias, stage 2 of paper 003: per-channel temporal bias correction (§4.3, Alg. 3,
+"""Stage bias, stage 2 of [STDC]: per-channel temporal bias correction (§4.3, Alg. 3,
 docs/maths.md §4c).
 
 Data in, data out: :func:`fit_temporal_bias` returns the learned

@@ -4,9 +4,9 @@
 ================  =====================  ==========================================
 stage             options                paper
 ================  =====================  ==========================================
-da (the "†")      :class:`DAConfig`      paper 003 Alg. 1, docs/maths.md §4a
-bn (stage 1)      :class:`BatchNormConfig`  paper 003 §4.2, Alg. 2, docs/maths.md §4b
-bias (stage 2)    :class:`BiasConfig`    paper 003 §4.3, Alg. 3, docs/maths.md §4c
+da (the "†")      :class:`DAConfig`      [STDC] Alg. 1, docs/maths.md §4a
+bn (stage 1)      :class:`BatchNormConfig`  [STDC] §4.2, Alg. 2, docs/maths.md §4b
+bias (stage 2)    :class:`BiasConfig`    [STDC] §4.3, Alg. 3, docs/maths.md §4c
 ================  =====================  ==========================================
 
 Deprecated flat spelling: up to parasnn 0.1 the stage options were flat fields prefixed
@@ -63,7 +63,7 @@ class QuantizerGradient(str, enum.Enum):
     """Which gradient flows through the quantizer (the neuron) in stage 1.
 
     ``SURROGATE`` (default): the IF neuron's triangle surrogate of ``Σ_t H(v_t − θ)`` (the
-    gradient of stage 2). ``STRAIGHT_THROUGH``: the DA-QCFS ANN's own estimator (paper 003
+    gradient of stage 2). ``STRAIGHT_THROUGH``: the DA-QCFS ANN's own estimator ([STDC]
     Alg. 2 runs on the DA-QCFS ANN, trained like QCFS): ``∂count/∂U = 1/θ`` wherever
     ``0 < (U+ψ)/θ < T``, zero outside (``floor`` passes gradients, ``clip`` blocks them).
     """
@@ -107,7 +107,7 @@ class BatchNormConfig:
     learning_rate, final_learning_rate: AdamW peak rate, cosine-decayed to the final one.
     epochs: passes of affine fine-tuning (paper §4.2: "a few epochs"; Alg. 2: one).
     gradient: :class:`QuantizerGradient` through the neurons (default: the IF neuron's
-        triangle surrogate, paper 003 App. C).
+        triangle surrogate, [STDC] App. C).
     """
 
     learning_rate: float = 5e-3

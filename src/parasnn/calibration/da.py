@@ -1,10 +1,10 @@
-"""Stage da, the paper's "†": DA-QCFS error calibration (paper 003 Alg. 1 stage II,
+"""Stage da, the paper's "†": DA-QCFS error calibration ([STDC] Alg. 1 stage II,
 docs/maths.md §4a).
 
 Why the parallel SNN *is* the DA-QCFS ANN: an :class:`~parasnn.neurons.IFNeuron` run at
 ``T`` on the time-averaged current ``z`` returns
 ``((θ + φ_DA)/T)·clip(floor((T·(z + ψ_DA) + θ/2)/θ), 0, T)``, the ``a_DA`` of docs/maths.md
-§4a with ``L = T`` (paper 003 eq. 4). So the stage acts directly on the converted network
+§4a with ``L = T`` ([STDC] eq. 4). So the stage acts directly on the converted network
 evaluated at the target ``T``.
 
 Data in, data out: :func:`fit_distribution` returns the learned :class:`~.terms.DATerms`

@@ -1,8 +1,8 @@
-"""Distribution-aware parallel calibration (paper 003, docs/maths.md §4): DA-QCFS error
+"""Distribution-aware parallel calibration ([STDC], docs/maths.md §4): DA-QCFS error
 calibration, stage 1 BatchNorm recalibration, stage 2 temporal bias correction — for QCFS
 and ReLU backbones. This module runs the stages in order; each stage has its own module.
 
-The pipeline (paper 003, Alg. 1–3)::
+The pipeline ([STDC], Alg. 1–3)::
 
     ANN (QCFS or ReLU)
       │  ReLU sites: thresholds θ recorded on the training data (ThresholdStatistic: a
@@ -181,7 +181,7 @@ def calibrate(model: nn.Module, calibration_data: Iterable, *, config: Calibrati
             train. Inputs alone suffice when the stages are a subset of {da}. Under
             torchrun: this process's shard (see :mod:`parasnn.runtime.distributed`).
         training_data: batches the thresholds and the stages learn on — the training set as
-            paper 003 uses it (all of it, or a random sample: ``config.training_size``).
+            [STDC] uses it (all of it, or a random sample: ``config.training_size``).
         config: :class:`CalibrationConfig` (stages, T, per-stage options, …).
 
     Returns:

@@ -1,5 +1,5 @@
 """``parasnn calibrate`` and ``parasnn ablate`` — distribution-aware parallel calibration
-(paper 003) from the command line.
+([STDC]) from the command line.
 
 ::
 
@@ -49,7 +49,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     defaults = CalibrationConfig()
     data = parser.add_argument_group("data")
     data.add_argument("--learn-on", choices=("training", "held-apart"), default="training",
-                      help="what the stages learn on: the training set (default, as paper 003) or the held-apart "
+                      help="what the stages learn on: the training set (default, as [STDC]) or the held-apart "
                            "slice, split by --validation-fraction (parasnn <= 0.1)")
     data.add_argument("--training-size", type=positive_int,
                       help="images of the training set the stages learn on: a seeded random sample, for speed "
@@ -103,7 +103,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
 
 def add_command(commands) -> None:
     calibrate = commands.add_parser(
-        "calibrate", help="convert and calibrate a network for one T (paper 003: da, bn, bias)",
+        "calibrate", help="convert and calibrate a network for one T ([STDC]: da, bn, bias)",
         description="Convert an ANN checkpoint (QCFS or ReLU) into a parallel SNN calibrated for T time steps: "
                     "DA-QCFS error calibration (da, the paper's †), BatchNorm recalibration (bn, stage 1) and "
                     "per-channel temporal bias correction (bias, stage 2), any subset, always in that order. "
@@ -120,11 +120,11 @@ def add_command(commands) -> None:
     calibrate.set_defaults(handler=_command_calibrate)
 
     ablate = commands.add_parser(
-        "ablate", help="paper 003's ablation table (baseline / spatial / temporal / full, each with †)",
+        "ablate", help="[STDC]'s ablation table (baseline / spatial / temporal / full, each with †)",
         description="For every T: the FS-PC baseline, + spatial recalibration (bn), + temporal correction (bias) "
                     "and both (full), each without and with DA-QCFS error calibration (†), evaluated on the test "
                     "set against the ANN. Writes ablation.md and ablation.json into --out; --plots adds PNG "
-                    "histograms of ANN activations vs SNN time-averaged outputs (paper 003 Figures 1 and 4).")
+                    "histograms of ANN activations vs SNN time-averaged outputs ([STDC] Figures 1 and 4).")
     ablate.add_argument("checkpoint", type=Path, help="ANN checkpoint (model.pt from parasnn train)")
     ablate.add_argument("--time-steps", "-T", type=time_steps_list, default=[2, 4, 8], help="T values (default 2,4,8)")
     ablate.add_argument("--out", type=Path, required=True, help="directory for the table, JSON and plots")

@@ -8,6 +8,10 @@
                        rates and energy; table on screen, JSON on request
     parasnn demo       the embedded Fashion-MNIST network, no download needed
 
+This module holds the commands that share the data and conversion options (train, convert,
+evaluate, demo) and the error handling of every command, hence its length; the other
+commands live in their own modules (``COMMAND_MODULES``).
+
 Every command that writes a file also writes the resolved configuration next to it
 (``<name>.config.json``). Run ``parasnn <command> --help`` for the options.
 
@@ -111,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="parasnn", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--version", action="version", version=f"parasnn {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (default: off)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     train = commands.add_parser("train", help="train a ReLU or QCFS network",
@@ -212,7 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(name).add_command(commands)
     for command in commands.choices.values():  # `parasnn evaluate ... --debug` works too
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                             help="show the full traceback of an error")
+                             help="show the full traceback of an error (default: off)")
     show_defaults(parser)
     return parser
 

@@ -1,4 +1,4 @@
-"""``parasnn pmsm`` — quantize a full-precision signed-clip ANN for PMSM (paper 001).
+"""``parasnn pmsm`` — quantize a full-precision signed-clip ANN for PMSM ([PMSM]).
 
 ::
 

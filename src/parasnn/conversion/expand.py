@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 
 from .decompositions import inline_module
+from .editing import fresh_name
 from .graph import ConversionError, carrying_nodes, classify, describe
 from .rules import Role
 
@@ -24,7 +25,7 @@ def expand_operations(gm: fx.GraphModule) -> fx.GraphModule:
                 continue
             try:
                 module = rule.build(gm, node)
-                inline_module(gm, node, module, prefix=_fresh(gm, f"{node.name}_expanded"))
+                inline_module(gm, node, module, prefix=fresh_name(gm, f"{node.name}_expanded"))
             except (TypeError, ValueError) as error:
                 raise ConversionError(f"{describe(gm, node)} ({rule.name}): {error}") from error
             expanded = True
@@ -34,10 +35,3 @@ def expand_operations(gm: fx.GraphModule) -> fx.GraphModule:
     gm.delete_all_unused_submodules()
     gm.recompile()
     return gm
-
-
-def _fresh(gm: fx.GraphModule, base: str) -> str:
-    name, index = base, 1
-    while hasattr(gm, name):
-        name, index = f"{base}_{index}", index + 1
-    return name

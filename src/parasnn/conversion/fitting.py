@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..datasets.batches import model_inputs
 from ..runtime.progress import progress
+from .editing import fresh_name, replace_with_module, set_submodule
 from .graph import ConversionError, carrying_nodes, classify, describe, module_path
 from .network import device_of
 from .rules import Role
@@ -96,18 +97,11 @@ def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config) -> 
         owner = module_path(node)
         base = f"{owner}.{node.name}" if owner and node.op != "call_module" else (
             node.target if node.op == "call_module" else node.name)
-        name = base if node.op == "call_module" else _fresh(gm, base)
         if node.op == "call_module":
-            parent, _, leaf = name.rpartition(".")
-            setattr(gm.get_submodule(parent) if parent else gm, leaf, layer)
+            set_submodule(gm, base, layer)
             node.args, node.kwargs = (node.args[0],), {}
         else:
-            gm.add_submodule(name, layer)
-            with gm.graph.inserting_before(node):
-                new = gm.graph.call_module(name, (node.args[0],))
-            new.meta = dict(node.meta)
-            node.replace_all_uses_with(new)
-            gm.graph.erase_node(node)
+            replace_with_module(gm, node, fresh_name(gm, base), layer, (node.args[0],))
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -131,19 +125,3 @@ def _pooled(gm, rules: dict, samples: dict[str, Tensor]) -> dict[str, Tensor]:
             values = values[torch.randperm(values.numel(), generator=generator)[:SAMPLES_PER_SITE]]
         pooled[key] = values
     return {node.name: pooled[_group(gm, node, rule)] for node, rule in rules.items() if node.name in samples}
-
-
-def _fresh(gm: fx.GraphModule, base: str) -> str:
-    name, index = base, 1
-    while _exists(gm, name):
-        name, index = f"{base}_{index}", index + 1
-    return name
-
-
-def _exists(gm: fx.GraphModule, path: str) -> bool:
-    parent, _, leaf = path.rpartition(".")
-    try:
-        owner = gm.get_submodule(parent) if parent else gm
-    except AttributeError:
-        return False
-    return hasattr(owner, leaf)

@@ -26,9 +26,9 @@ __all__ = ["Method", "MethodSpec", "register_method", "method_spec", "neuron_fac
 
 
 class Method(str, enum.Enum):
-    """``fs-pc``: parallel IF neurons (paper 000/003; the main paper's calibration adds to them).
-    ``pascal``: PASCAL's inhibitory-spike neurons (paper 002), run serially by :mod:`parasnn.methods.pascal`.
-    ``pmsm``: signed multi-spike neurons for signed-quantizer networks (paper 001, :mod:`parasnn.methods.pmsm`),
+    """``fs-pc``: parallel IF neurons ([FS-PC]; [STDC]'s calibration adds to them).
+    ``pascal``: PASCAL's inhibitory-spike neurons ([PASCAL]), run serially by :mod:`parasnn.methods.pascal`.
+    ``pmsm``: signed multi-spike neurons for signed-quantizer networks ([PMSM], :mod:`parasnn.methods.pmsm`),
     equal to the quantized ANN at T = 1."""
 
     FS_PC = "fs-pc"

@@ -126,9 +126,11 @@ def check_input(inputs: tuple[Tensor, ...], *, where: str, network: "SpikingNetw
         if not isinstance(x, Tensor):
             raise TypeError(f"{where}: input {index} must be a tensor, got {type(x).__name__}")
         if not x.is_floating_point():
-            if x.is_complex() or x.dtype == torch.bool:
-                raise ValueError(f"{where}: input {index} has dtype {x.dtype}; the network takes real-valued inputs "
-                                 "(images: convert with x.float(); token ids and masks: integers)")
+            # Integers are token ids or masks for an embedding; a conv or linear layer takes floats.
+            feeds_synapses = network is not None and any(value is not None for value in expected[index])
+            if x.is_complex() or x.dtype == torch.bool or feeds_synapses or network is None:
+                raise ValueError(f"{where}: input {index} has dtype {x.dtype}; the network takes floating-point images "
+                                 "(convert with x.float())")
             continue  # integer inputs (token ids, attention masks) have no NaN to check
         # Under torch.export/compile the values are symbolic: a value check cannot be traced.
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(x).all()):

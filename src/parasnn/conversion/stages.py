@@ -33,6 +33,7 @@ from ..neurons.base import SpikingNeuron
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS
 from .builtin_rules import RELU6_FUNCTIONS
+from .editing import fresh_name, replace_with_module, set_submodule
 from .expand import expand_operations
 from .fitting import FitScope, fit_sites
 from .graph import ConversionError, carrying_nodes, check_convertible, classify, describe, module_path, trace
@@ -120,34 +121,6 @@ class ConversionConfig:
 
 # -- stages ---------------------------------------------------------------------------
 
-def _fresh_name(gm: fx.GraphModule, base: str) -> str:
-    name, index = base, 1
-    while _has_path(gm, name):
-        name, index = f"{base}_{index}", index + 1
-    return name
-
-
-def _has_path(root: nn.Module, path: str) -> bool:
-    """Whether ``path`` (dotted) names any attribute of ``root`` — a module, parameter or other."""
-    parent_path, _, leaf = path.rpartition(".")
-    try:
-        parent = root.get_submodule(parent_path) if parent_path else root
-    except AttributeError:
-        return False
-    return hasattr(parent, leaf)
-
-
-def _replace_with_module(gm: fx.GraphModule, node: fx.Node, name: str, module: nn.Module,
-                         args: tuple, kwargs: dict | None = None) -> fx.Node:
-    gm.add_submodule(name, module)
-    with gm.graph.inserting_before(node):
-        new = gm.graph.call_module(name, args, kwargs or {})
-    new.meta = dict(node.meta)
-    node.replace_all_uses_with(new)
-    gm.graph.erase_node(node)
-    return new
-
-
 def activation_sites(gm: fx.GraphModule) -> list[fx.Node]:
     """Activation call sites (ReLU or quantizer), in graph order."""
     dependent = carrying_nodes(gm)
@@ -174,22 +147,15 @@ def isolate_activations(gm: fx.GraphModule) -> fx.GraphModule:
             module = copy.deepcopy(gm.get_submodule(node.target))
             if isinstance(module, _RELUS):
                 module = type(module)()
-            name = _fresh_name(gm, node.target)
+            name = fresh_name(gm, node.target)
         else:
             module = nn.ReLU6() if node.target in RELU6_FUNCTIONS else nn.ReLU()
             owner = module_path(node)
-            name = _fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
-        _replace_with_module(gm, node, name, module, (node.args[0],))
+            name = fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
+        replace_with_module(gm, node, name, module, (node.args[0],))
     gm.graph.lint()
     gm.recompile()
     return gm
-
-
-def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:
-    """Replace the submodule at dotted ``path`` of ``root`` by ``module``."""
-    parent_path, _, leaf = path.rpartition(".")
-    parent = root.get_submodule(parent_path) if parent_path else root
-    setattr(parent, leaf, module)
 
 
 def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: Iterable,
@@ -237,7 +203,7 @@ def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int 
                    statistic: ThresholdStatistic = ThresholdStatistic(), leaf_modules: tuple[type, ...] = (),
                    reduce: Callable[[dict], dict] | None = None) -> fx.GraphModule:
     """A copy of ``model`` with every ReLU site replaced by QCFS(levels, θ), θ recorded on
-    ``calibration_data`` (the "clipped ReLU / QCFS" step of MATH.md §4d). Quantizer sites
+    ``calibration_data`` (the "clipped ReLU / QCFS" step of docs/maths.md §4d). Quantizer sites
     already present are kept."""
     gm = _prepare(model, leaf_modules)
     relu_sites = [n.target for n in activation_sites(gm) if isinstance(gm.get_submodule(n.target), _RELUS)]
@@ -322,8 +288,8 @@ def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
                 node.args, node.kwargs = tuple(node.args[i] for i in rule.inputs), {}
             else:
                 owner = module_path(node)
-                name = _fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
-                node = _replace_with_module(gm, node, name, spiking, tuple(node.args[i] for i in rule.inputs))
+                name = fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
+                node = replace_with_module(gm, node, name, spiking, tuple(node.args[i] for i in rule.inputs))
         elif role is Role.IGNORED:
             if rule.replacement is not None:
                 node.replace_all_uses_with(node.args[rule.replacement])

@@ -1,4 +1,4 @@
-"""The ablation of paper 003 (its Table 3, with the "†" rows of Table 1): for each T, the
+"""The ablation of [STDC] (its Table 3, with the "†" rows of Table 1): for each T, the
 FS-PC baseline, + spatial recalibration (stage 1, ``bn``), + temporal correction (stage 2,
 ``bias``) and the full method (``bn`` + ``bias``) — each without and with DA-QCFS error
 calibration (``da``, the "†") — evaluated on the test set against the ANN.
@@ -8,7 +8,7 @@ The calibrations share work: per T and per † variant, stage 1 runs once and fe
 ("full"). The thresholds of a ReLU backbone are recorded once for all T.
 
 Optionally (``plots``) the distributions of ANN activations and SNN time-averaged outputs
-of chosen layers are drawn per configuration (paper 003 Figures 1 and 4), see
+of chosen layers are drawn per configuration ([STDC] Figures 1 and 4), see
 :mod:`parasnn.evaluation.plots`.
 """
 from __future__ import annotations
@@ -40,7 +40,7 @@ from ..runtime.progress import progress
 __all__ = ["VARIANTS", "COMPARISONS", "AblationCell", "AblationReport", "PlotRequest", "run_ablation", "format_markdown",
            "discordant_counts", "paired_difference"]
 
-# (name, stages without da) in the column order of paper 003 Table 3.
+# (name, stages without da) in the column order of [STDC] Table 3.
 VARIANTS: tuple[tuple[str, tuple[Stage, ...]], ...] = (
     ("baseline", ()),
     ("spatial", (Stage.BN,)),
@@ -299,7 +299,7 @@ def _cell_text(cell: AblationCell) -> str:
 
 
 def format_markdown(report: AblationReport) -> str:
-    """Paper 003 Table 3 layout: one row per (T, †), columns baseline / + spatial /
+    """[STDC] Table 3 layout: one row per (T, †), columns baseline / + spatial /
     + temporal / full; each cell ``accuracy (loss against the ANN)`` in %."""
     backbone = "ReLU" if report.from_relu else "QCFS"
     lines = [f"### Ablation: {report.model} ({backbone} backbone) on {report.dataset or 'the test set'} "

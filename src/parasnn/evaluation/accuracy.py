@@ -1,5 +1,5 @@
 """Accuracy of an ANN and of its spiking network at several T, in parallel and serial form,
-with firing rates, synaptic operations and energy (MATH.md §8), timed.
+with firing rates, synaptic operations and energy (docs/maths.md §8), timed.
 
 Under torchrun each process evaluates its shard of the data (a distributed sampler) and the
 counts are summed across processes, so every process holds the same report.

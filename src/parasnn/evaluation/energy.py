@@ -1,4 +1,4 @@
-"""Firing rates, synaptic operations and an energy estimate per layer (MATH.md §8).
+"""Firing rates, synaptic operations and an energy estimate per layer (docs/maths.md §8).
 
 Counting rules (decisions, stated so results can be compared):
 

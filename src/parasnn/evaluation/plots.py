@@ -1,4 +1,4 @@
-"""Distribution plots of paper 003's Figures 1 and 4: ANN activations against the SNN's
+"""Distribution plots of [STDC]'s Figures 1 and 4: ANN activations against the SNN's
 time-averaged outputs ("firing rate × θ_post"), layer by layer, per configuration.
 
 The data side (:func:`collect_outputs`, :func:`summarize`) needs only torch; drawing
@@ -33,7 +33,7 @@ def resolve_layers(names: Sequence[str], wanted: Sequence[str] | None) -> list[s
 
     ``wanted`` holds paths or 1-based positions (``"2"`` = the 2nd activation layer, as the
     paper counts them); ``None`` or empty picks the 2nd, a middle and the last layer
-    (paper 003 shows the 2nd, 8th and 16th of ResNet-18)."""
+    ([STDC] shows the 2nd, 8th and 16th of ResNet-18)."""
     names = list(names)
     if not names:
         raise ValueError("the network has no activation layers to plot")

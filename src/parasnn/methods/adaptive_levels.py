@@ -1,4 +1,4 @@
-"""PASCAL's adaptive layerwise activation (AL, paper 002, MATH.md §5): pick the quantization
+"""PASCAL's adaptive layerwise activation (AL, [PASCAL], docs/maths.md §5): pick the quantization
 levels L of every QCFS layer from the shape of its output histogram, then fine-tune.
 
 The procedure (:func:`train_adaptive`, ``parasnn train --levels auto``)
@@ -25,8 +25,8 @@ Decisions (the paper text we have fixes the formula, not these)
 * **Estimators.** ``g`` and ``K`` are the bias-corrected sample estimators ``G1`` and ``G2``
   (``scipy.stats.skew(bias=False)``, ``scipy.stats.kurtosis(bias=False)``, pandas'
   ``skew``/``kurt``): the ``(n − 2)(n − 3)`` denominators of ``K'`` belong to ``G2``'s
-  family. The constant ``3n²/((n−2)(n−3))`` is MATH.md's reading of the authors' script
-  (``G2``'s own constant would be ``3(n−1)²/…``); we follow MATH.md. It also keeps
+  family. The constant ``3n²/((n−2)(n−3))`` is docs/maths.md's reading of the authors' script
+  (``G2``'s own constant would be ``3(n−1)²/…``); we follow docs/maths.md. It also keeps
   ``K' > 0`` (``G2 ≥ −4`` for n = 5), so the sign of M is the sign of A.
 * **Degenerate histograms.** Equal bin counts have no spread: ``g = K = 0`` then (and
   ``A = 0``, so ``M = 0``). ``n ≥ 4`` is required (``K'`` divides by ``n − 3``).
@@ -155,7 +155,7 @@ def excess_kurtosis(values: Sequence[float]) -> float:
 
 
 def kurtosis_term(histogram: Sequence[float]) -> float:
-    """``K' = K + 3n²/((n − 2)(n − 3))`` over the ``n`` bin counts (MATH.md §5)."""
+    """``K' = K + 3n²/((n − 2)(n − 3))`` over the ``n`` bin counts (docs/maths.md §5)."""
     n = len(_frequencies(histogram))
     return excess_kurtosis(histogram) + 3 * n ** 2 / ((n - 2) * (n - 3))
 

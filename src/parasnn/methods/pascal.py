@@ -1,4 +1,4 @@
-"""PASCAL's serial SNN (paper 002, MATH.md §5): a layer-pipelined simulation that reproduces the
+"""PASCAL's serial SNN ([PASCAL], docs/maths.md §5): a layer-pipelined simulation that reproduces the
 QCFS ANN exactly, its effective latency ``T_eff``, and its evaluation.
 
 Why a simulator of its own
@@ -100,7 +100,7 @@ class Accumulation(str, enum.Enum):
 
 
 class Correction(str, enum.Enum):
-    """``paper``: ``C = max(T_in, L) − 1`` (MATH.md §5); ``sufficient``: ``C = L − 1``."""
+    """``paper``: ``C = max(T_in, L) − 1`` (docs/maths.md §5); ``sufficient``: ``C = L − 1``."""
 
     PAPER = "paper"
     SUFFICIENT = "sufficient"

@@ -1,4 +1,4 @@
-"""PMSM end to end (paper 001, MATH.md §6): full-precision signed-clip ANN → signed quantized ANN
+"""PMSM end to end ([PMSM], docs/maths.md §6): full-precision signed-clip ANN → signed quantized ANN
 → signed multi-spike SNN that equals it at T = 1.
 
 ::

@@ -1,5 +1,5 @@
 """The parallel integrate-and-fire neuron (FS-PC) as a layer, with the calibration terms of
-the main paper (MATH.md §3–4). Maths in :mod:`parasnn.neurons.integrate_fire`.
+the main paper (docs/maths.md §3–4). Maths in :mod:`parasnn.neurons.integrate_fire`.
 
 Parameters (buffers unless noted; each a scalar or per-channel ``(C,)`` tensor):
 

@@ -1,5 +1,5 @@
 """Integrate-and-fire neurons as pure functions: serial (step by step) and parallel
-(all T steps in one shot). MATH.md §2–3; papers 000 (FS-PC) and 003 §3–4.
+(all T steps in one shot). docs/maths.md §2–3; [FS-PC] and [STDC] §3–4.
 
 Symbols and argument names
 --------------------------
@@ -10,7 +10,7 @@ argument            paper         meaning
 ``shift``           ψ = v⁰        initial membrane potential (θ/2 for lossless QCFS mapping)
 ``time_steps``      T             simulation window
 ``cumulative_current``  U = Σ_t I_t   total input current over the window
-``temporal_bias``   Δb_c          paper 003 eq. 17: learnable per-channel bias added to the
+``temporal_bias``   Δb_c          [STDC] eq. 17: learnable per-channel bias added to the
                                   potential before the threshold at every step
 ``step``            t ∈ 1..T      one-based time index, as in the papers
 ==================  ============  ==========================================================
@@ -22,7 +22,7 @@ broadcast against ``S`` (scalars, or per-channel tensors already viewed as
 
 The parallel rule
 -----------------
-A neuron fires at step ``t`` iff (paper 003 eq. 8, with eq. 17's bias)::
+A neuron fires at step ``t`` iff ([STDC] eq. 8, with eq. 17's bias)::
 
     (U + ψ) / (T − t + 1) + Δb  ≥  θ
 
@@ -33,7 +33,7 @@ every later step: the spikes occupy the last ``k`` slots and ``k`` has the close
 
 Three implementations of this one rule are given and tested against each other:
 :func:`spike_count` (closed form, O(1)), :func:`spike_count_by_search` (binary search for
-the first firing step, O(log T), paper 000, usable for any rule monotone in ``t``) and
+the first firing step, O(log T), [FS-PC], usable for any rule monotone in ``t``) and
 :func:`spike_train_by_matrix` (the paper's ``Λ_PC·I + b ≥ θ``, O(T²), the readable
 reference). In exact arithmetic they agree; in floating point the closed form divides once
 where the others divide by ``T − t + 1``, so they agree bit for bit whenever those
@@ -143,7 +143,7 @@ def spike_count(
 ) -> Tensor:
     """Closed-form spike count of a parallel IF neuron: ``k = clip(floor((U + ψ)/θ), 0, T)``.
 
-    With ``U = L·x`` and ``time_steps = L`` this *is* the QCFS level of MATH.md §1; the
+    With ``U = L·x`` and ``time_steps = L`` this *is* the QCFS level of docs/maths.md §1; the
     QCFS activation calls this function, so the lossless T = L mapping holds bit for bit.
     ``floor`` carries a straight-through gradient (used when training QCFS networks).
     Returns a float tensor of integer values in ``0..T``, shape of ``cumulative_current``.
@@ -170,13 +170,13 @@ def fires(
     time_steps: int,
     temporal_bias: Tensor | float = 0.0,
 ) -> Tensor:
-    """The parallel firing rule at one-based ``step`` t, written as in paper 003 eq. 8/17:
+    """The parallel firing rule at one-based ``step`` t, written as in [STDC] eq. 8/17:
     ``(U + ψ)/(T − t + 1) + Δb ≥ θ``. ``step`` may be a tensor broadcasting with ``U``."""
     return (cumulative_current + shift) / (time_steps - step + 1) + temporal_bias >= threshold
 
 
 def first_spike_step(rule: Callable[[Tensor], Tensor], *, time_steps: int, shape, device=None) -> Tensor:
-    """Binary search (paper 000) for the first step ``t ∈ 1..T`` at which ``rule(t)`` holds.
+    """Binary search ([FS-PC]) for the first step ``t ∈ 1..T`` at which ``rule(t)`` holds.
 
     ``rule`` maps a long tensor of steps (shape ``shape``) to a bool tensor of the same
     shape and must be monotone in ``t`` (false … false true … true) for every element.
@@ -216,7 +216,7 @@ def spike_count_by_search(
 
 
 def parallel_conversion_matrix(time_steps: int, *, dtype=torch.float32, device=None) -> Tensor:
-    """``Λ_PC`` of paper 003 eq. 6, shape ``(T, T)``: row ``t`` is ``1/(T − t + 1)`` everywhere,
+    """``Λ_PC`` of [STDC] eq. 6, shape ``(T, T)``: row ``t`` is ``1/(T − t + 1)`` everywhere,
     so ``(Λ_PC · I)_t = U / (T − t + 1)`` for a current sequence ``I`` of shape ``(T, *S)``."""
     _check_time_steps(time_steps)
     rows = 1.0 / torch.arange(time_steps, 0, -1, dtype=dtype, device=device)  # 1/T ... 1/1
@@ -224,7 +224,7 @@ def parallel_conversion_matrix(time_steps: int, *, dtype=torch.float32, device=N
 
 
 def parallel_bias(shift: Tensor | float, *, time_steps: int, dtype=torch.float32, device=None) -> Tensor:
-    """The bias vector ``b`` of paper 003 eq. 7, ``b_t = ψ/(T − t + 1)``; shape ``(T, *ψ.shape)``."""
+    """The bias vector ``b`` of [STDC] eq. 7, ``b_t = ψ/(T − t + 1)``; shape ``(T, *ψ.shape)``."""
     _check_time_steps(time_steps)
     shift = torch.as_tensor(shift, dtype=dtype, device=device)
     denominators = torch.arange(time_steps, 0, -1, dtype=dtype, device=device)
@@ -254,7 +254,7 @@ def spike_train_by_matrix(
 
 
 def if_step(potential: Tensor, current: Tensor, *, threshold: Tensor | float) -> tuple[Tensor, Tensor]:
-    """One step of the serial IF neuron with soft reset (MATH.md §2)::
+    """One step of the serial IF neuron with soft reset (docs/maths.md §2)::
 
         v ← v + I_t ;  s_t = [v ≥ θ] ;  v ← v − s_t·θ
 
@@ -283,7 +283,7 @@ class _ParallelIFCount(torch.autograd.Function):
     of the neuron's own shape, so it stores only ``U`` — never a ``(T, ...)`` copy — and
     the memory of training through a parallel neuron stays that of one activation.
     The surrogate acts on ``(v_t − θ)/θ``: the band is relative to the threshold, so
-    layers with different θ see the same sharpness (decision; paper 003 does not say).
+    layers with different θ see the same sharpness (decision; [STDC] does not say).
     """
 
     @staticmethod
@@ -335,7 +335,7 @@ def parallel_if_count(
     temporal_bias: Tensor | None = None,
     surrogate_width: float = 1.0,
 ) -> Tensor:
-    """Spike count of the parallel IF neuron with the temporal bias of paper 003 §4.3,
+    """Spike count of the parallel IF neuron with the temporal bias of [STDC] §4.3,
     ``clip(floor((U + ψ)/(θ − Δb)), 0, T)``, differentiable through the triangle surrogate
     of ``Σ_t H((U + ψ)/(T − t + 1) + Δb − θ)`` with respect to ``U``, ``ψ``, ``θ`` and ``Δb``.
 

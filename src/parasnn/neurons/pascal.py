@@ -1,11 +1,11 @@
-"""PASCAL's inhibitory-spike IF neuron (paper 002, MATH.md §5) as pure functions, and the thin
+"""PASCAL's inhibitory-spike IF neuron ([PASCAL], docs/maths.md §5) as pure functions, and the thin
 :class:`PascalNeuron` layer that holds its parameters.
 
 A PASCAL layer ``l`` works in three phases and waits for *all* of its input before it emits:
 
 1. **integration** — for the ``T_in`` steps of its input window it adds the incoming
    current to its membrane and may fire after every step;
-2. **correction** — ``C = max(T_in, T_l) − 1`` more steps with no input (MATH.md §5), in
+2. **correction** — ``C = max(T_in, T_l) − 1`` more steps with no input (docs/maths.md §5), in
    which it keeps firing by the same rule;
 3. **emission** — it sends its net spike count ``q`` as ``q`` positive spikes in the first
    ``q`` of its own ``T_l = L_l`` output steps (each spike worth the quantum ``λ = θ/L``).
@@ -34,7 +34,7 @@ argument            paper       meaning
 
 Decisions (the paper text we have gives the mechanism, not these details)
 ------------------------------------------------------------------------
-* **Scale of the membrane.** MATH.md writes the rule on the pre-activation scale
+* **Scale of the membrane.** docs/maths.md writes the rule on the pre-activation scale
   (threshold ``θ/L``, initial potential ``θ/(2L)``). We keep the membrane multiplied by
   ``L`` — the *charge* ``u = ψ + L·Σ I`` with threshold ``θ`` — because QCFS evaluates
   ``(L·z + ψ)/θ``: the neuron then computes the same floating-point expression as QCFS.
@@ -79,7 +79,7 @@ __all__ = ["correction_steps", "sufficient_correction_steps", "membrane_charge",
 
 
 def correction_steps(*, input_steps: int, output_steps: int) -> int:
-    """The paper's number of correction steps, ``C = max(T_{l−1}, T_l) − 1`` (MATH.md §5)."""
+    """The paper's number of correction steps, ``C = max(T_{l−1}, T_l) − 1`` (docs/maths.md §5)."""
     check_time_steps(input_steps)
     check_time_steps(output_steps)
     return max(input_steps, output_steps) - 1

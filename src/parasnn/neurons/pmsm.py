@@ -1,6 +1,8 @@
-"""PMSM — polarity multi-spike mapping (paper 001, MATH.md §6): a signed quantized activation
+"""PMSM — polarity multi-spike mapping ([PMSM], docs/maths.md §6): a signed quantized activation
 on the ANN side, a signed multi-spike neuron on the SNN side, and the information-entropy
 initialisation of the quantizer. Maths as pure functions; the modules only hold parameters.
+One module on purpose (over 400 lines): the quantizer and the neuron share the rounding
+expression that makes T = 1 bit-equal, and the entropy rule reads the same level grid.
 
 Symbols and argument names
 --------------------------
@@ -44,10 +46,8 @@ PMSM network starts from a network trained with this signed clip after every Bat
 A ReLU network would make the signed quantizer pointless (its negative half carries
 nothing the next layer was trained to read); the signed clip is the function whose
 quantization *is* the signed quantizer (its ``θ → 0`` limit at a fixed range), so
-quantization, not a change of nonlinearity, is the only thing fine-tuning must absorb.
-Observed on Fashion-MNIST: training shrinks r to 0.3–2 BN standard deviations and
-saturates 6–80 % of the pre-activations per layer, so the trained network is already close
-to a few-level one and quantizing it at L = 4 costs almost nothing.
+quantization, not a change of nonlinearity, is the only thing fine-tuning must absorb
+(measurements: docs/decisions.md).
 
 The signed multi-spike neuron (SNN side)
 ----------------------------------------

@@ -1,4 +1,4 @@
-"""QCFS — the quantization-clip-floor-shift activation of the ANN side (MATH.md §1).
+"""QCFS — the quantization-clip-floor-shift activation of the ANN side (docs/maths.md §1).
 
 ::
 

@@ -6,10 +6,10 @@ Both are autograd functions whose *forward* is the exact operation (``torch.floo
 Only the backward pass is approximated:
 
 * :func:`floor_ste` — straight-through estimator, ``d floor(x)/dx := 1``. Used by the QCFS
-  activation during ANN training (MATH.md §1).
+  activation during ANN training (docs/maths.md §1).
 * :func:`heaviside` — the step ``H(x) = [x >= 0]`` with the *triangle* surrogate
   ``H'(x) := triangle(x)``, unit slope inside a band ``|x| < width`` and zero outside
-  (paper 003, App. C). Used to train the temporal bias of parallel neurons (MATH.md §4c).
+  ([STDC], App. C). Used to train the temporal bias of parallel neurons (docs/maths.md §4c).
 
 The triangle is normalised to unit area, so it is the exact derivative of
 :func:`smoothed_heaviside`, a piecewise-quadratic ramp from 0 (at ``-width``) to 1 (at

@@ -44,7 +44,7 @@ class ActivationKind(str, enum.Enum):
 
     RELU = "relu"
     QCFS = "qcfs"
-    # PMSM (paper 001): the signed clip clip(x, −r, r) with r = ``threshold`` (learnt), trained
+    # PMSM ([PMSM]): the signed clip clip(x, −r, r) with r = ``threshold`` (learnt), trained
     # in full precision; ``parasnn pmsm`` quantizes it to ``levels`` levels per polarity.
     SIGNED = "signed"
 
