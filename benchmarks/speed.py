@@ -7,12 +7,17 @@ SpikingJelly and FS-PC's time-folded network — same process, same batch, same 
 Models (random weights: Kaiming initialisation, seed 0, BatchNorm in eval at its initial
 statistics; speed does not depend on the weights' values): VGG-16 and ResNet-20 on
 3×32×32 inputs, the small Fashion-MNIST VGG on 1×28×28, all with QCFS activations (L = 4,
-θ = 1). Engines, per model × batch size × T (see :mod:`parasnn.bench.measure` for the method):
+θ = 1); torchvision's ResNet-18 (10 classes, 3×64×64 inputs to keep a 2-core run short)
+with its ReLUs replaced by QCFS (L = 4, θ from one random batch,
+:func:`parasnn.conversion.stages.quantize_relus`) — there ``ann-relu`` is the torchvision
+network itself (in-place ReLUs), the network a user starts from. Engines, per model × batch size × T (see :mod:`parasnn.bench.measure` for the method):
 
 =================  ===========================================================================
 ``ann``            the QCFS ANN (the network's own activations: the same elementwise work)
 ``ann-relu``       the same weights with ReLU (the cheapest activation), reported separately
 ``parallel``       parasnn's parallel SNN, counts only (one pass)
+``parallel-fused``  the same network after :func:`parasnn.simulation.compiled.fuse` (one fused
+                   kernel per neuron layer; bit-equal outputs)
 ``parallel+trains``  the same, with the spike train ``(T, B, ...)`` of every neuron layer built
 ``serial``         parasnn's serial simulation (the fx graph once per step)
 ``spikingjelly``   SpikingJelly 0.0.0.0.14's converted network, multi-step IF mode
@@ -37,12 +42,16 @@ from baselines import folded_network, run_folded, run_spikingjelly, spikingjelly
 
 from parasnn.bench import measure as bench  # noqa: E402
 from parasnn.cli.arguments import device as device_argument  # noqa: E402
-from parasnn.conversion.stages import convert  # noqa: E402
+from parasnn.conversion.stages import convert, quantize_relus  # noqa: E402
+from parasnn.simulation.compiled import fuse  # noqa: E402
 from parasnn.zoo.models import ActivationSpec, ModelSpec, build_model  # noqa: E402
 
-MODELS = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "vgg-small": (1, 28, 28)}
-FOLDED, SPIKINGJELLY = "folded", "spikingjelly"
-RATIOS = bench.PARASNN_RATIOS + (bench.RatioSpec(SPIKINGJELLY, bench.PARALLEL),
+MODELS = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "vgg-small": (1, 28, 28), "resnet18": (3, 64, 64)}
+TORCHVISION = {"resnet18"}
+FOLDED, SPIKINGJELLY, FUSED = "folded", "spikingjelly", "parallel-fused"
+RATIOS = bench.PARASNN_RATIOS + (bench.RatioSpec(FUSED, bench.ANN_RELU), bench.RatioSpec(FUSED, bench.PARALLEL),
+                                 bench.RatioSpec(bench.SERIAL, FUSED),
+                                 bench.RatioSpec(SPIKINGJELLY, bench.PARALLEL),
                                  bench.RatioSpec(FOLDED, bench.PARALLEL),
                                  bench.RatioSpec(SPIKINGJELLY, bench.SERIAL))
 NOTES = (
@@ -90,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "cores (use with --threads 1)")
     parser.add_argument("--no-spikingjelly", action="store_true", help="leave the SpikingJelly baseline out")
     parser.add_argument("--no-folded", action="store_true", help="leave the FS-PC folded baseline out")
+    parser.add_argument("--no-fused", action="store_true", help="leave the fused parallel network out")
+    parser.add_argument("--no-serial", action="store_true", help="leave the serial simulation out")
+    parser.add_argument("--no-trains", action="store_true", help="leave parallel+trains out")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc malloc keeps freed memory (no page faults on every pass; see "
                              "parasnn.bench.measure.keep_freed_cpu_memory); default: the allocator as it comes")
@@ -105,19 +117,40 @@ def _share_weights_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def torchvision_qcfs(name: str, *, shape: tuple[int, ...], device: torch.device,
+                     seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(QCFS network, the torchvision ReLU network it comes from)`` for a torchvision model."""
+    import torchvision
+
+    relu = getattr(torchvision.models, name)(num_classes=10).eval().to(device)
+    calibration = [(torch.randn(8, *shape, generator=torch.Generator().manual_seed(seed + 3)).to(device), None)]
+    return quantize_relus(relu, calibration, levels=4).to(device), relu
+
+
 def model_cases(name: str, *, batch_size: int, time_steps: list[int], width: int | None, device: torch.device,
-                seed: int, spikingjelly: bool, folded: bool) -> tuple[list[bench.Case], dict, list[str]]:
+                seed: int, spikingjelly: bool, folded: bool, fused: bool = True, serial: bool = True,
+                trains: bool = True) -> tuple[list[bench.Case], dict, list[str]]:
     """Every engine of one model × batch size, as :class:`parasnn.bench.measure.Case` objects."""
     shape = MODELS[name]
-    spec = ModelSpec(name=name, input_shape=shape, num_classes=10, width=width,
-                     activation=ActivationSpec(kind="qcfs", levels=4, threshold=1.0))
     torch.manual_seed(seed)
-    model = build_model(spec).eval().to(device)
+    if name in TORCHVISION:
+        model, relu = torchvision_qcfs(name, shape=shape, device=device, seed=seed)
+        resolved_width = None
+    else:
+        spec = ModelSpec(name=name, input_shape=shape, num_classes=10, width=width,
+                         activation=ActivationSpec(kind="qcfs", levels=4, threshold=1.0))
+        model = build_model(spec).eval().to(device)
+        relu = bench.relu_twin(model).to(device)
+        resolved_width = spec.resolved_width
     network = convert(model).to(device)
-    relu = bench.relu_twin(model).to(device)
     inputs = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
-    cases = bench.parasnn_cases(ann=model, relu_ann=relu, network=network, inputs=inputs, time_steps=time_steps)
+    cases = bench.parasnn_cases(ann=model, relu_ann=relu, network=network, inputs=inputs, time_steps=time_steps,
+                                serial=serial, trains=trains)
     notes = []
+    if fused:
+        fast = fuse(network)
+        for t in time_steps:
+            cases.append(bench.Case(FUSED, t, lambda t=t: fast(inputs, time_steps=t)))
     if folded:
         for t in time_steps:
             net = _share_weights_copy(folded_network(model, time_steps=t))
@@ -134,7 +167,7 @@ def model_cases(name: str, *, batch_size: int, time_steps: list[int], width: int
             for t in time_steps:
                 cases.append(bench.Case(SPIKINGJELLY, t, lambda t=t: run_spikingjelly(sj, inputs, time_steps=t),
                                         grows_with_time=True))
-    config = {"model": name, "input_shape": list(shape), "batch_size": batch_size, "width": spec.resolved_width,
+    config = {"model": name, "input_shape": list(shape), "batch_size": batch_size, "width": resolved_width,
               "weights": f"random (seed {seed})", "activation": "qcfs L=4 θ=1"}
     return cases, config, notes
 
@@ -163,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}, batch {batch_size}, {device}, {args.threads} threads", file=sys.stderr, flush=True)
             cases, config, extra = model_cases(name, batch_size=batch_size, time_steps=args.time_steps,
                                                width=args.width, device=device, seed=args.seed,
-                                               spikingjelly=not args.no_spikingjelly, folded=not args.no_folded)
+                                               spikingjelly=not args.no_spikingjelly, folded=not args.no_folded,
+                                               fused=not args.no_fused, serial=not args.no_serial,
+                                               trains=not args.no_trains)
             notes += [n for n in extra if n not in notes]
             results.append(bench.measure(cases, config=config, device=device, threads=args.threads,
                                          rounds=args.rounds, min_block_seconds=args.min_block_seconds,

@@ -216,3 +216,47 @@ def test_build_failure_falls_back_with_one_warning(monkeypatch):
 def build_qcfs():
     from parasnn.neurons import QCFS
     return QCFS(levels=4, threshold=1.0)
+
+
+class _Branching(nn.Module):
+    """conv → QCFS, where the conv output is also read by a later addition (not dead)."""
+
+    def __init__(self):
+        super().__init__()
+        from parasnn.neurons import QCFS
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.act = QCFS(levels=4, threshold=1.0)
+        self.conv2 = nn.Conv2d(3, 3, 1)
+        self.act2 = QCFS(levels=4, threshold=1.0)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return self.act2(self.conv2(self.act(y)) + y)
+
+
+def test_overwrite_only_dead_currents(kernels):
+    torch.manual_seed(0)
+    network = convert(_Branching().eval())
+    fast = fuse(network)
+    flags = {path: neuron.overwrite_input for path, neuron in fast.neurons()}
+    assert flags == {"act": False, "act2": True}, flags  # conv output read twice; the sum only by act2
+    assert not any(getattr(n, "overwrite_input", False) for _, n in network.neurons())  # original untouched
+    x = torch.randn(2, 2, 5, 5)
+    with torch.no_grad():
+        assert torch.equal(fast(x, time_steps=4), network(x, time_steps=4))
+
+
+def test_hooks_keep_their_tensors(kernels):
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name="vgg-small", input_shape=(1, 12, 12), num_classes=10, width=4,
+                                  activation=ActivationSpec(kind="qcfs", levels=4, threshold=1.0))).eval()
+    fast = fuse(convert(model))
+    assert any(neuron.overwrite_input for _, neuron in fast.neurons())
+    path, neuron = next((p, n) for p, n in fast.neurons() if n.overwrite_input)
+    kept = []
+    handle = neuron.register_forward_pre_hook(lambda module, args: kept.append((args[0], args[0].clone())))
+    x = torch.randn(2, 1, 12, 12)
+    with torch.no_grad():
+        fast(x, time_steps=3)
+    handle.remove()
+    assert torch.equal(kept[0][0], kept[0][1]), f"{path} overwrote a current a hook was holding"

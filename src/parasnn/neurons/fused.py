@@ -52,12 +52,14 @@ CPU_SOURCE = r"""
 #include <ATen/Parallel.h>
 #include <cmath>
 
-// One row: n contiguous elements. PER_ELEMENT: parameter j belongs to element j (a (B, F)
-// input with per-feature parameters); otherwise one value per row (hoisted by the compiler).
+// One row: n contiguous elements; out may be x itself (every element is read, then written
+// at its own index, so there is no dependence between iterations: ivdep). PER_ELEMENT:
+// parameter j belongs to element j (a (B, F) input with per-feature parameters); otherwise
+// one value per row (hoisted out of the loop by the compiler).
 template <typename T, bool PRE, bool PER_ELEMENT>
-static inline void if_row(const T* __restrict x, T* __restrict out, int64_t n, const T* __restrict pre,
-                          const T* __restrict shift, const T* __restrict threshold, const T* __restrict scale,
-                          const T steps) {
+static inline void if_row(const T* x, T* out, int64_t n, const T* __restrict pre, const T* __restrict shift,
+                          const T* __restrict threshold, const T* __restrict scale, const T steps) {
+#pragma GCC ivdep
   for (int64_t i = 0; i < n; ++i) {
     const int64_t j = PER_ELEMENT ? i : 0;
     // The reference's order: (z [+ pre]) * T, + shift, / threshold, floor, clip(0, T), * scale.
@@ -70,8 +72,9 @@ static inline void if_row(const T* __restrict x, T* __restrict out, int64_t n, c
 }
 
 template <typename T>
-static inline void polarity_row(const T* __restrict x, T* __restrict out, int64_t n, const T threshold,
-                                const T lower, const T upper, const T scale, const T steps) {
+static inline void polarity_row(const T* x, T* out, int64_t n, const T threshold, const T lower, const T upper,
+                                const T scale, const T steps) {
+#pragma GCC ivdep
   for (int64_t i = 0; i < n; ++i) {
     T count = std::floor(x[i] * steps / threshold + T(0.5));
     count = count < lower ? lower : count;
@@ -82,35 +85,44 @@ static inline void polarity_row(const T* __restrict x, T* __restrict out, int64_
 
 static constexpr int64_t GRAIN = 32768;  // elements per task of the intra-op thread pool
 
-// One value per channel, contiguous, of length channels (a 1-element parameter is broadcast).
-static torch::Tensor per_channel_values(const torch::Tensor& p, int64_t channels) {
-  return p.reshape({-1}).expand({channels}).contiguous();
+// The output: a fresh tensor, or the input itself where the caller knows it is dead.
+static torch::Tensor output_for(const torch::Tensor& x, bool overwrite) {
+  return overwrite ? x : torch::empty_like(x);
+}
+
+// Parameters are 1 or C values; per element they must all be C contiguous values.
+static torch::Tensor expanded(const torch::Tensor& p, int64_t channels) {
+  return p.numel() == channels ? p.reshape({-1}).contiguous() : p.reshape({-1}).expand({channels}).contiguous();
 }
 
 torch::Tensor if_forward(const torch::Tensor& x, const c10::optional<torch::Tensor>& pre_shift,
                          const torch::Tensor& shift, const torch::Tensor& threshold, const torch::Tensor& scale,
-                         int64_t time_steps) {
+                         int64_t time_steps, bool overwrite) {
   TORCH_CHECK(x.is_contiguous(), "parasnn fused IF: the current must be contiguous");
   const bool pre = pre_shift.has_value();
-  int64_t channels = 1;
-  for (const auto* p : {&shift, &threshold, &scale}) channels = std::max(channels, p->numel());
-  if (pre) channels = std::max(channels, pre_shift->numel());
+  int64_t channels = std::max({shift.numel(), threshold.numel(), scale.numel(), pre ? pre_shift->numel() : 1});
   const int64_t numel = x.numel();
-  const int64_t batch = x.dim() > 0 ? x.size(0) : 1;
-  const int64_t inner = channels > 1 ? numel / (batch * channels) : numel;
   TORCH_CHECK(channels == 1 || (x.dim() >= 2 && x.size(1) == channels),
               "parasnn fused IF: per-channel parameters need C = current.shape[1]");
-  auto out = torch::empty_like(x);
+  auto out = output_for(x, overwrite);
   if (numel == 0) return out;
+  const int64_t batch = x.size(0);
+  const int64_t inner = channels > 1 ? numel / (batch * channels) : numel;
   const bool per_element = channels > 1 && inner == 1;
-  auto cshift = per_channel_values(shift, channels), cthreshold = per_channel_values(threshold, channels);
-  auto cscale = per_channel_values(scale, channels);
-  auto cpre = pre ? per_channel_values(*pre_shift, channels) : cshift;
+  // Per-row parameters are read at [c * stride] (stride 0: one value for every channel).
+  torch::Tensor p_shift = shift, p_threshold = threshold, p_scale = scale, p_pre = pre ? *pre_shift : shift;
+  if (per_element) {
+    p_shift = expanded(shift, channels), p_threshold = expanded(threshold, channels);
+    p_scale = expanded(scale, channels), p_pre = expanded(p_pre, channels);
+  } else {
+    p_shift = shift.contiguous(), p_threshold = threshold.contiguous(), p_scale = scale.contiguous(),
+    p_pre = p_pre.contiguous();
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_if", [&] {
     const scalar_t* in = x.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    const scalar_t *ps = cpre.data_ptr<scalar_t>(), *sh = cshift.data_ptr<scalar_t>();
-    const scalar_t *th = cthreshold.data_ptr<scalar_t>(), *sc = cscale.data_ptr<scalar_t>();
+    const scalar_t *ps = p_pre.data_ptr<scalar_t>(), *sh = p_shift.data_ptr<scalar_t>();
+    const scalar_t *th = p_threshold.data_ptr<scalar_t>(), *sc = p_scale.data_ptr<scalar_t>();
     const scalar_t steps = static_cast<scalar_t>(time_steps);
     if (per_element) {  // rows are samples, parameters run along the row
       at::parallel_for(0, batch, std::max<int64_t>(1, GRAIN / channels), [&](int64_t begin, int64_t end) {
@@ -122,11 +134,15 @@ torch::Tensor if_forward(const torch::Tensor& x, const c10::optional<torch::Tens
       });
     } else {  // rows are (sample, channel) planes, one parameter value per row
       const int64_t rows = numel / inner;
+      const int64_t s_pre = p_pre.numel() > 1, s_shift = p_shift.numel() > 1;
+      const int64_t s_threshold = p_threshold.numel() > 1, s_scale = p_scale.numel() > 1;
       at::parallel_for(0, rows, std::max<int64_t>(1, GRAIN / inner), [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const int64_t c = r % channels, at = r * inner;
-          if (pre) if_row<scalar_t, true, false>(in + at, o + at, inner, ps + c, sh + c, th + c, sc + c, steps);
-          else if_row<scalar_t, false, false>(in + at, o + at, inner, ps + c, sh + c, th + c, sc + c, steps);
+          if (pre) if_row<scalar_t, true, false>(in + at, o + at, inner, ps + c * s_pre, sh + c * s_shift,
+                                                 th + c * s_threshold, sc + c * s_scale, steps);
+          else if_row<scalar_t, false, false>(in + at, o + at, inner, ps, sh + c * s_shift,
+                                              th + c * s_threshold, sc + c * s_scale, steps);
         }
       });
     }
@@ -135,10 +151,10 @@ torch::Tensor if_forward(const torch::Tensor& x, const c10::optional<torch::Tens
 }
 
 torch::Tensor polarity_forward(const torch::Tensor& x, const torch::Tensor& threshold, const torch::Tensor& scale,
-                               int64_t lower, int64_t upper, int64_t time_steps) {
+                               int64_t lower, int64_t upper, int64_t time_steps, bool overwrite) {
   TORCH_CHECK(x.is_contiguous(), "parasnn fused PMSM: the current must be contiguous");
   TORCH_CHECK(threshold.numel() == 1 && scale.numel() == 1, "parasnn fused PMSM: one threshold per layer");
-  auto out = torch::empty_like(x);
+  auto out = output_for(x, overwrite);
   const int64_t numel = x.numel();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_polarity", [&] {
     const scalar_t* in = x.data_ptr<scalar_t>();
@@ -188,9 +204,12 @@ def cpu_kernels() -> BuiltKernels | None:
     return BuiltKernels(module, time.perf_counter() - start)
 
 
+_KERNEL_DTYPES = (torch.float32, torch.float64)
+
+
 def _kernel_applies(current: Tensor, parameters: tuple[Tensor, ...]) -> bool:
     return (isinstance(current, Tensor) and current.device.type == "cpu"
-            and current.dtype in (torch.float32, torch.float64) and current.is_contiguous()
+            and current.dtype in _KERNEL_DTYPES and current.is_contiguous()
             and all(p.dtype == current.dtype and p.device == current.device for p in parameters))
 
 
@@ -207,29 +226,58 @@ def reference_if_forward(current: Tensor, *, time_steps: int, pre_shift: Tensor 
 
 
 def fused_if_forward(current: Tensor, *, time_steps: int, pre_shift: Tensor | None, shift: Tensor,
-                     threshold: Tensor, scale: Tensor) -> Tensor:
+                     threshold: Tensor, scale: Tensor, overwrite_input: bool = False) -> Tensor:
     """:func:`reference_if_forward` as one kernel (same signature, same bits). Falls back to
-    the reference for inputs the kernel does not cover (see the module docstring)."""
+    the reference for inputs the kernel does not cover (see the module docstring).
+    ``overwrite_input``: write the output into ``current`` (its caller knows nothing else
+    reads it) instead of a fresh tensor, where the kernel applies."""
     parameters = (shift, threshold, scale) + (() if pre_shift is None else (pre_shift,))
     kernels = cpu_kernels() if _kernel_applies(current, parameters) else None
     if kernels is None:
         return reference_if_forward(current, time_steps=time_steps, pre_shift=pre_shift, shift=shift,
                                     threshold=threshold, scale=scale)
-    return kernels.module.if_forward(current, pre_shift, shift, threshold, scale, time_steps)
+    return kernels.module.if_forward(current, pre_shift, shift, threshold, scale, time_steps, overwrite_input)
+
+
+def _overwrite_allowed(neuron: torch.nn.Module) -> bool:
+    """Whether ``neuron`` may write into its input now: :func:`parasnn.simulation.compiled.fuse`
+    found the input dead after the neuron (``overwrite_input``), and no hook could be
+    holding it (a hook on the neuron, or a global module hook)."""
+    return (neuron.overwrite_input and not neuron._forward_pre_hooks and not neuron._forward_hooks
+            and not _global_hooks())
+
+
+def _global_hooks() -> bool:
+    module = torch.nn.modules.module
+    return any(getattr(module, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks"))
 
 
 class FusedIFNeuron(IFNeuron):
     """:class:`~parasnn.neurons.IFNeuron` whose parallel inference forward is the fused
     kernel. Everything else (gradients, calibration, serial steps, spike trains) is the
-    parent's; build one with :func:`fused_neuron`."""
+    parent's; build one with :func:`fused_neuron`.
+
+    ``overwrite_input`` (default False) lets the kernel write its output into the input
+    current; :func:`parasnn.simulation.compiled.fuse` sets it where the graph proves that
+    nothing else reads that current (it saves the allocation and page faults of a fresh
+    output, as an in-place ReLU does)."""
+
+    overwrite_input = False
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
         constants = self.inference_constants(current, time_steps)
         if constants is None:  # a graph is needed (or dtypes differ): the reference path
             return super().forward(current, time_steps=time_steps)
         pre_shift, shift, threshold, scale = constants
-        return fused_if_forward(current, time_steps=time_steps, pre_shift=pre_shift, shift=shift,
-                                threshold=threshold, scale=scale)
+        if current.device.type != "cpu" or current.dtype not in _KERNEL_DTYPES or not current.is_contiguous():
+            kernels = None  # (the constants already have the current's dtype)
+        else:
+            kernels = cpu_kernels()
+        if kernels is None:
+            return reference_if_forward(current, time_steps=time_steps, pre_shift=pre_shift, shift=shift,
+                                        threshold=threshold, scale=scale)
+        return kernels.module.if_forward(current, pre_shift, shift, threshold, scale, time_steps,
+                                         _overwrite_allowed(self))
 
 
 # --------------------------------------------------------------------------- PMSM
@@ -245,9 +293,10 @@ def reference_polarity_forward(current: Tensor, *, time_steps: int, threshold: T
 
 
 def fused_polarity_forward(current: Tensor, *, time_steps: int, threshold: Tensor, negative_levels: int,
-                           positive_levels: int) -> Tensor:
+                           positive_levels: int, overwrite_input: bool = False) -> Tensor:
     """:func:`reference_polarity_forward` as one kernel (same signature, same bits); the
-    reference where a graph is needed or the kernel does not apply."""
+    reference where a graph is needed or the kernel does not apply. ``overwrite_input`` as
+    for :func:`fused_if_forward`."""
     if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
         raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
     needs_graph = torch.is_grad_enabled() and (current.requires_grad or threshold.requires_grad)
@@ -258,15 +307,19 @@ def fused_polarity_forward(current: Tensor, *, time_steps: int, threshold: Tenso
     # θ/T as the reference computes it (a tensor division), so the scale has the same bits.
     scale = threshold / time_steps
     return kernels.module.polarity_forward(current, threshold, scale, -time_steps * negative_levels,
-                                           time_steps * positive_levels, time_steps)
+                                           time_steps * positive_levels, time_steps, overwrite_input)
 
 
 class FusedPolarityNeuron(PolarityMultiSpikeNeuron):
-    """:class:`~parasnn.neurons.PolarityMultiSpikeNeuron` with the fused parallel forward."""
+    """:class:`~parasnn.neurons.PolarityMultiSpikeNeuron` with the fused parallel forward
+    (``overwrite_input`` as for :class:`FusedIFNeuron`)."""
+
+    overwrite_input = False
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
         return fused_polarity_forward(current, time_steps=time_steps, threshold=self.threshold,
-                                      negative_levels=self.negative_levels, positive_levels=self.positive_levels)
+                                      negative_levels=self.negative_levels, positive_levels=self.positive_levels,
+                                      overwrite_input=_overwrite_allowed(self))
 
 
 # --------------------------------------------------------------------------- building
