@@ -77,7 +77,7 @@ def _int_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="vgg16,resnet20,vgg-small", help="comma-separated model names")
+    parser.add_argument("--models", default="vgg16,resnet20,vgg-small,resnet18", help="comma-separated model names")
     parser.add_argument("--width", type=int, help="base width of every model (default: each model's own)")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 128], help="default 1,128")
     parser.add_argument("--batch-sizes-for", action="append", default=["vgg-small=1,8,32,128"],
