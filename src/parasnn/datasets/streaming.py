@@ -4,9 +4,12 @@ The in-memory image-folder reader decodes every image up front and keeps them al
 ImageNet-size folder does not fit. :func:`stream_image_folder` reads the same layout
 (``root/train/<class>/<image>``, ``root/test/<class>/<image>`` or ``val/``) and returns
 datasets that decode one image per ``__getitem__``, in :class:`~torch.utils.data.DataLoader`
-worker processes (:func:`stream_loader`). What it keeps per image is its path (bytes, in one
-numpy array, so forked workers share the pages instead of copying them as reference counts
-of Python strings change) and its label.
+worker processes (:func:`stream_loader`). What it keeps per image is its path relative to
+the split directory (bytes, in one numpy array, so forked workers share the pages instead of
+copying them as reference counts of Python strings change) and its label: about
+``len(path) + 8`` bytes per image (≈ 40 bytes for ``class/name.png``; an ImageNet training
+set's 1.28 M images: ≈ 60 MB, against ≈ 190 GB decoded) — the only part that grows with the
+folder.
 
 Same tensors as the in-memory reader: decoding is the same Pillow code (``convert("L")`` when
 every image of the folder is grey, ``"RGB"`` otherwise; ``resize(..., BILINEAR)`` when an
@@ -22,6 +25,7 @@ one decoding pass over the training split for the mean and std (in workers too).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -50,11 +54,13 @@ def _import_pil():
     return Image
 
 
-def list_image_files(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted sub-directories, or the given ones) and ``(file, label)`` pairs,
-    files sorted by name within a class; only known image suffixes, no hidden entries (the
-    in-memory reader's rules)."""
-    found = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir() and not entry.name.startswith("."))
+def list_image_files(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Class names (sorted sub-directories, or the given ones), then the images' paths
+    relative to ``split_dir`` (``bytes``, one numpy array) and their ``int64`` labels; files
+    sorted by name within a class, only known image suffixes, no hidden entries (the
+    in-memory reader's rules). Only one class's names are held as Python strings at a time."""
+    found = sorted(entry.name for entry in os.scandir(split_dir)
+                   if entry.is_dir() and not entry.name.startswith("."))
     if classes is None:
         classes = found
     else:
@@ -62,14 +68,19 @@ def list_image_files(split_dir: Path, classes: Sequence[str] | None) -> tuple[li
         if unknown:
             raise DataError(f"{split_dir}: classes {unknown} do not exist in the training split; every test class "
                             "needs a directory of the same name under train/")
-    files: list[tuple[Path, int]] = []
+    paths, labels = [], []
     for label, class_name in enumerate(classes):
         class_dir = split_dir / class_name
-        if class_dir.is_dir():
-            files.extend((entry, label) for entry in sorted(class_dir.iterdir())
-                         if entry.is_file() and not entry.name.startswith(".")
-                         and entry.suffix.lower() in IMAGE_SUFFIXES)
-    return list(classes), files
+        if not class_dir.is_dir():
+            continue
+        names = sorted(entry.name for entry in os.scandir(class_dir)
+                       if entry.is_file() and not entry.name.startswith(".")
+                       and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES)
+        paths.append(np.array([f"{class_name}/{name}".encode() for name in names], dtype=np.bytes_))
+        labels.append(np.full(len(names), label, dtype=np.int64))
+    if not paths:
+        return list(classes), np.array([], dtype=np.bytes_), np.array([], dtype=np.int64)
+    return list(classes), np.concatenate(paths), np.concatenate(labels)
 
 
 class ImageFolderStream(Dataset):
@@ -78,18 +89,22 @@ class ImageFolderStream(Dataset):
     ``info`` is None) and ``label`` an int.
 
     Args:
-        paths: one file per example (kept as bytes in a numpy array).
+        paths: one file per example, relative to ``root`` when it is given (kept as bytes in
+            one numpy array).
         labels: ``int64`` label per example.
         grayscale: decode to one channel (``"L"``) or three (``"RGB"``).
         size: ``(width, height)`` every image is resized to, or None to keep them as they are.
         info: normalisation; None yields raw pixels (what :func:`channel_statistics` reads).
+        root: the directory ``paths`` are relative to (None: they are complete).
     """
 
-    def __init__(self, paths: Sequence[Path | str], labels: Sequence[int], *, grayscale: bool,
-                 size: tuple[int, int] | None, info: DatasetInfo | None):
+    def __init__(self, paths: Sequence[Path | str] | np.ndarray, labels: Sequence[int], *, grayscale: bool,
+                 size: tuple[int, int] | None, info: DatasetInfo | None, root: str | Path | None = None):
         if len(paths) != len(labels):
             raise ValueError(f"ImageFolderStream: {len(paths)} paths but {len(labels)} labels")
-        self.paths = np.array([str(p).encode() for p in paths], dtype=np.bytes_)
+        self.paths = paths if isinstance(paths, np.ndarray) and paths.dtype.kind == "S" else \
+            np.array([str(p).encode() for p in paths], dtype=np.bytes_)
+        self.root = None if root is None else str(root)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.grayscale = grayscale
         self.size = size
@@ -98,10 +113,15 @@ class ImageFolderStream(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
+    def path(self, index: int) -> str:
+        """The file of example ``index``."""
+        name = self.paths[index].decode()
+        return name if self.root is None else os.path.join(self.root, name)
+
     def raw(self, index: int) -> np.ndarray:
         """Pixels of example ``index`` as ``uint8 (C, H, W)``."""
         Image = _import_pil()
-        path = self.paths[index].decode()
+        path = self.path(index)
         try:
             with Image.open(path) as image:
                 image = image.convert("L" if self.grayscale else "RGB")
@@ -128,12 +148,13 @@ class StreamSplits:
     info: DatasetInfo
 
 
-def _scan(files: list[tuple[Path, int]], *, image_size: int | None, first: tuple | None) -> tuple[bool, tuple]:
+def _scan(split_dir: Path, paths: np.ndarray, *, image_size: int | None, first: tuple | None) -> tuple[bool, tuple]:
     """One pass over the headers: are all images grey, and (without ``image_size``) do they
     have one size. ``first`` carries ``(size, path)`` of the first image across splits."""
     Image = _import_pil()
     grayscale = True
-    for path, _ in files:
+    for name in paths:
+        path = split_dir / name.decode()
         try:
             with Image.open(path) as image:
                 grayscale &= image.mode in GRAYSCALE_MODES
@@ -156,8 +177,8 @@ def channel_statistics(dataset: ImageFolderStream, *, workers: int = 2,
     """Per-channel mean and (population) standard deviation of ``dataset``'s raw pixels on
     the ``[0, 1]`` scale, from exact integer sums streamed through ``workers`` processes.
     A constant channel gets std 1 (as in the in-memory reader)."""
-    raw = ImageFolderStream([], [], grayscale=dataset.grayscale, size=dataset.size, info=None)
-    raw.paths, raw.labels = dataset.paths, dataset.labels  # the same arrays, no copy
+    raw = ImageFolderStream(dataset.paths, dataset.labels, grayscale=dataset.grayscale, size=dataset.size, info=None,
+                            root=dataset.root)  # the same arrays, no copy
     total = count = squares = None
     loader = DataLoader(raw, batch_size=batch_size, num_workers=workers, shuffle=False)
     for pixels, _ in loader:
@@ -200,26 +221,26 @@ def stream_image_folder(root: str | Path, *, image_size: int | None = None, work
         raise DataError(f"image folder not found: need {train_dir} and {test_dirs[0]} (or {test_dirs[1]}), each "
                         "holding one sub-directory of images per class; pass the directory above them as data_dir "
                         "(--data-dir)")
-    classes, train_files = list_image_files(train_dir, None)
+    classes, train_paths, train_labels = list_image_files(train_dir, None)
     if not classes:
         raise DataError(f"{train_dir}: no class sub-directories; expected {train_dir}/<class>/<image>")
-    _, test_files = list_image_files(test_dir, classes)
-    counts = np.bincount([label for _, label in train_files], minlength=len(classes))
+    _, test_paths, test_labels = list_image_files(test_dir, classes)
+    counts = np.bincount(train_labels, minlength=len(classes))
     empty = [classes[label] for label in np.flatnonzero(counts == 0)]
     if empty:
         raise DataError(f"{train_dir}: no images for classes {empty} (suffixes read: {sorted(IMAGE_SUFFIXES)})")
-    if not test_files:
+    if not len(test_paths):
         raise DataError(f"{test_dir}: no images; expected {test_dir}/<class>/<image>")
-    train_grey, first = _scan(train_files, image_size=image_size, first=None)
-    test_grey, first = _scan(test_files, image_size=image_size, first=first)
+    train_grey, first = _scan(train_dir, train_paths, image_size=image_size, first=None)
+    test_grey, first = _scan(test_dir, test_paths, image_size=image_size, first=first)
     grayscale = train_grey and test_grey
     size = (image_size, image_size) if image_size is not None else first[0]
 
-    def split(files, info):
-        return ImageFolderStream([path for path, _ in files], [label for _, label in files], grayscale=grayscale,
-                                 size=size if image_size is not None else None, info=info)
+    def split(directory, paths, labels, info):
+        return ImageFolderStream(paths, labels, grayscale=grayscale, size=size if image_size is not None else None,
+                                 info=info, root=directory)
 
-    train = split(train_files, None)
+    train = split(train_dir, train_paths, train_labels, None)
     mean, std = channel_statistics(train, workers=workers) if statistics is None else statistics
     channels = 1 if grayscale else 3
     if len(mean) != channels or len(std) != channels:
@@ -228,7 +249,7 @@ def stream_image_folder(root: str | Path, *, image_size: int | None = None, work
                        num_classes=len(classes), mean=tuple(float(v) for v in mean),
                        std=tuple(float(v) for v in std), class_names=tuple(classes), source=str(root))
     train.info = info
-    return StreamSplits(train=train, test=split(test_files, info), info=info)
+    return StreamSplits(train=train, test=split(test_dir, test_paths, test_labels, info), info=info)
 
 
 def stream_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 2,
