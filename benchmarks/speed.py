@@ -20,7 +20,7 @@ network itself (in-place ReLUs), the network a user starts from. Engines, per mo
                    kernel per neuron layer; bit-equal outputs)
 ``parallel+trains``  the same, with the spike train ``(T, B, ...)`` of every neuron layer built
 ``serial``         parasnn's serial simulation (the fx graph once per step)
-``spikingjelly``   SpikingJelly 0.0.0.0.14's converted network, multi-step IF mode
+``spikingjelly``   SpikingJelly 2.0.0's converted network, multi-step IF mode
 ``folded``         FS-PC's reference style: T copies of the input through parallel neurons
 =================  ===========================================================================
 
@@ -58,9 +58,12 @@ NOTES = (
     "Random weights (Kaiming initialisation, seed 0; BN in eval): speed does not depend on the weights' values. "
     "QCFS activations, L = 4, θ = 1.",
     "`ann` is the QCFS ANN (same elementwise work as the SNN); `ann-relu` the same weights with ReLU.",
-    "`spikingjelly`: SpikingJelly 0.0.0.0.14 ann2snn.Converter on the ReLU twin, scales set to the QCFS θ, "
-    "v₀ = θ/2, stateless layers wrapped in SeqToANNContainer, IF nodes in multi-step mode "
-    "(benchmarks/baselines.py says why each correction is needed). It folds BN into the convolutions.",
+    "`spikingjelly`: SpikingJelly 2.0.0 ann2snn.Converter(RateCodingRecipe) on the ReLU twin, scales set to the "
+    "QCFS θ, v₀ = θ/2 (through its neuron_factory), IF nodes in multi-step mode; on the CPU its if_multi_step "
+    "operator is its PyTorch reference, a loop over T (benchmarks/baselines.py says why each correction is needed). "
+    "It folds BN into the convolutions.",
+    "`parallel-fused`: parasnn.simulation.compiled.fuse(network), one fused C++ kernel per neuron layer "
+    "(bit-equal outputs; docs/speed.md).",
     "`serial` is parasnn.simulation.forms.serial_forward: the fx graph interpreted once per step (it also counts "
     "spikes per layer); `parallel+trains` is parasnn.simulation.forms.spike_trains for every neuron layer.",
     "`folded`: FS-PC's reference style, T copies of the input in the batch through parallel neurons that "
@@ -189,7 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + shlex.join([f"benchmarks/{Path(__file__).name}", *(sys.argv[1:] if argv is None else argv)])
     # The notes on the baselines only where they were run.
     notes = [n for n in NOTES if not (n.startswith("`spikingjelly`") and args.no_spikingjelly)
-             and not (n.startswith("`folded`") and args.no_folded)]
+             and not (n.startswith("`folded`") and args.no_folded)
+             and not (n.startswith("`parallel-fused`") and args.no_fused)]
     results = []
     for name in models:
         for batch_size in per_model.get(name, args.batch_sizes):
