@@ -43,6 +43,7 @@ from baselines import folded_network, run_folded, run_spikingjelly, spikingjelly
 from parasnn.bench import measure as bench  # noqa: E402
 from parasnn.cli.arguments import device as device_argument  # noqa: E402
 from parasnn.conversion.stages import convert, quantize_relus  # noqa: E402
+from parasnn.neurons.fused import cpu_kernels  # noqa: E402
 from parasnn.simulation.compiled import fuse  # noqa: E402
 from parasnn.zoo.models import ActivationSpec, ModelSpec, build_model  # noqa: E402
 
@@ -152,6 +153,10 @@ def model_cases(name: str, *, batch_size: int, time_steps: list[int], width: int
     notes = []
     if fused:
         fast = fuse(network)
+        kernels = cpu_kernels()
+        notes.append("fused kernels: " + (f"built or loaded in {kernels.seconds:.1f} s by this process (compiled "
+                                          "once per machine, then loaded from PyTorch's extension cache)"
+                                          if kernels is not None else "unavailable here: parallel-fused ran unfused"))
         for t in time_steps:
             cases.append(bench.Case(FUSED, t, lambda t=t: fast(inputs, time_steps=t)))
     if folded:
