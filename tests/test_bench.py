@@ -133,7 +133,8 @@ def test_speed_benchmark_writes_every_engine_ratio_and_plot(tmp_path):
         assert all(m["peak_bytes"] > 0 and m["seconds"]["median"] > 0 for m in result["measurements"])
         ratios = {r["name"] for r in result["ratios"]}
         expected = {"parallel/ann", "parallel/ann-relu", "serial/parallel", "parallel+trains/parallel",
-                    "folded/parallel"} | ({"spikingjelly/parallel", "spikingjelly/serial"} if has_sj else set())
+                    "folded/parallel", "parallel-fused/ann-relu", "parallel-fused/parallel",
+                    "serial/parallel-fused"} | ({"spikingjelly/parallel", "spikingjelly/serial"} if has_sj else set())
         assert ratios == expected
         assert {g["goal"] for g in result["goals"]} == {"parallel/ann time", "serial/parallel time",
                                                         "parallel/ann memory"}
