@@ -43,10 +43,11 @@ def generate(root: Path, size: int, *, pixels: int, seed: int = 0) -> Path:
     return folder
 
 
-def _current_rss_mib() -> float:
+def _current_rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmRSS``) or its peak so far (``VmHWM``), MiB."""
     with open("/proc/self/status") as status:
         for line in status:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     return float("nan")
 
@@ -68,6 +69,7 @@ def measure(folder: Path, *, workers: int, batch_size: int, in_memory: bool) -> 
         splits = stream_image_folder(folder, workers=workers)
         loader = stream_loader(splits.train, batch_size=batch_size, shuffle=False, workers=workers)
     built = time.perf_counter() - start
+    peak_after_build = _current_rss_mib("VmHWM")
     seen = 0
     for images, _ in loader:
         seen += images.shape[0]
@@ -77,7 +79,7 @@ def measure(folder: Path, *, workers: int, batch_size: int, in_memory: bool) -> 
     epoch = time.perf_counter() - start - built
     kib = 1024
     return {"images": seen, "build_seconds": round(built, 2), "epoch_seconds": round(epoch, 2),
-            "baseline_mib": round(baseline, 1),
+            "baseline_mib": round(baseline, 1), "peak_after_build_mib": round(peak_after_build, 1),
             "main_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib, 1),
             "largest_worker_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib, 1)}
 
