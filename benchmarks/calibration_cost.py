@@ -92,7 +92,10 @@ def calibration_cost(*, dataset: str = "fashion-mnist", model_name: str = "vgg-s
             "epoch": epoch, "calibrate": calibrate,
             "ratio_wall": round(calibrate["wall_seconds"] / epoch["wall_seconds"], 3),
             "ratio_cpu": round(calibrate["cpu_seconds"] / epoch["cpu_seconds"], 3),
-            "stage_reports": {name: values for name, values in report.to_dict().get("validation", {}).items()}}
+            # steps per stage (stage bias may stop early) and whether the guard reverted one
+            "stages_run": [{key: value for key, value in stage.items() if not isinstance(value, (dict, list))}
+                           for stage in report.to_dict()["stages"]],
+            "held_out": report.to_dict()["validation"]}
 
 
 def main(argv: list[str] | None = None) -> int:
