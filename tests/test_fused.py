@@ -260,3 +260,28 @@ def test_hooks_keep_their_tensors(kernels):
         fast(x, time_steps=3)
     handle.remove()
     assert torch.equal(kept[0][0], kept[0][1]), f"{path} overwrote a current a hook was holding"
+
+
+@pytest.mark.parametrize("name,shape", [("vgg-small", (1, 12, 12)), ("resnet20", (3, 12, 12))])
+def test_fuse_pmsm_network_bit_equal(kernels, name, shape, monkeypatch):
+    from parasnn.conversion.methods import Method, neuron_factory
+    from parasnn.neurons.pmsm import PolarityQuantizer
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name=name, input_shape=shape, num_classes=10, width=4,
+                                  activation=ActivationSpec(kind="signed", levels=2))).eval()
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, PolarityQuantizer):
+            module.quantized = True
+            module.negative_levels = int(torch.randint(0, 4, (1,), generator=generator))
+            module.scale.data.fill_(float(torch.rand(1, generator=generator)) + 0.2)
+    network = convert(model, neuron=neuron_factory(Method.PMSM))
+    fast = fuse(network)
+    assert fused_layer_count(fast) == sum(1 for _ in network.neurons()) > 0
+    x = torch.randn(3, *shape, generator=generator)
+    with torch.no_grad():
+        for time_steps in (1, 5, 64):
+            expected = network(x, time_steps=time_steps)
+            with monkeypatch.context() as patch:  # the kernel, not the reference, must run
+                patch.setattr(fused, "reference_polarity_forward", None)
+                assert torch.equal(fast(x, time_steps=time_steps), expected)
