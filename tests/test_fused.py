@@ -285,3 +285,41 @@ def test_fuse_pmsm_network_bit_equal(kernels, name, shape, monkeypatch):
             with monkeypatch.context() as patch:  # the kernel, not the reference, must run
                 patch.setattr(fused, "reference_polarity_forward", None)
                 assert torch.equal(fast(x, time_steps=time_steps), expected)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@needs_cuda
+@pytest.mark.parametrize("time_steps", [1, 7, 64])
+@pytest.mark.parametrize("shape", [(3, 5, 4, 6), (4, 9)])
+@pytest.mark.parametrize("per_channel,calibrated", [(False, False), (True, True), (False, True)])
+def test_fused_if_equals_reference_on_cuda(time_steps, shape, per_channel, calibrated):
+    assert fused.cuda_kernels() is not None, "the fused CUDA kernels must build where a GPU is present"
+    generator = torch.Generator().manual_seed(time_steps * 1000 + len(shape))
+    neuron = _random_if_neuron(shape[1], generator=generator, calibrated=calibrated, per_channel=per_channel)
+    current = _edge_currents(shape, time_steps=time_steps, threshold=neuron.threshold, shift=neuron.shift,
+                             generator=generator).cuda()
+    neuron = neuron.cuda()
+    with torch.no_grad():
+        arguments = _if_constants(neuron, current, time_steps)
+        expected = reference_if_forward(current, **arguments)
+        assert torch.equal(fused_if_forward(current, **arguments), expected)
+        assert torch.equal(fused_neuron(neuron)(current, time_steps=time_steps), expected)
+
+
+@needs_cuda
+@pytest.mark.parametrize("time_steps", [1, 16])
+def test_fused_polarity_and_network_on_cuda(time_steps):
+    threshold = torch.tensor(0.3, device="cuda")
+    current = torch.randn(3, 4, 5, 5, device="cuda") * 3
+    arguments = dict(time_steps=time_steps, threshold=threshold, negative_levels=2, positive_levels=3)
+    assert torch.equal(fused_polarity_forward(current, **arguments), reference_polarity_forward(current, **arguments))
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name="resnet20", input_shape=(3, 16, 16), num_classes=10, width=8,
+                                  activation=ActivationSpec(kind="qcfs", levels=4, threshold=1.0))).eval()
+    network = convert(model).cuda()
+    fast = fuse(network)
+    x = torch.randn(4, 3, 16, 16, device="cuda")
+    with torch.no_grad():
+        assert torch.equal(fast(x, time_steps=time_steps), network(x, time_steps=time_steps))

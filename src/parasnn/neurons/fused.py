@@ -43,7 +43,8 @@ from torch import Tensor
 from .if_neuron import IFNeuron
 from .pmsm import PolarityMultiSpikeNeuron
 
-__all__ = ["CPU_SOURCE", "CPU_FLAGS", "BuiltKernels", "cpu_kernels", "fused_if_forward", "fused_polarity_forward",
+__all__ = ["CPU_SOURCE", "CPU_FLAGS", "CUDA_SOURCE", "CUDA_FLAGS", "BuiltKernels", "cpu_kernels", "cuda_kernels",
+           "kernels_for", "fused_if_forward", "fused_polarity_forward",
            "reference_if_forward", "reference_polarity_forward", "FusedIFNeuron", "FusedPolarityNeuron",
            "fused_neuron", "FUSED_TYPES"]
 
@@ -100,6 +101,9 @@ torch::Tensor if_forward(const torch::Tensor& x, const c10::optional<torch::Tens
                          int64_t time_steps, bool overwrite) {
   TORCH_CHECK(x.is_contiguous(), "parasnn fused IF: the current must be contiguous");
   const bool pre = pre_shift.has_value();
+  for (const auto* p : {&shift, &threshold, &scale, pre ? &*pre_shift : &shift})
+    TORCH_CHECK(p->device() == x.device() && p->scalar_type() == x.scalar_type(),
+                "parasnn fused IF: parameters must have the current's device and dtype");
   int64_t channels = std::max({shift.numel(), threshold.numel(), scale.numel(), pre ? pre_shift->numel() : 1});
   const int64_t numel = x.numel();
   TORCH_CHECK(channels == 1 || (x.dim() >= 2 && x.size(1) == channels),
@@ -154,6 +158,9 @@ torch::Tensor polarity_forward(const torch::Tensor& x, const torch::Tensor& thre
                                int64_t lower, int64_t upper, int64_t time_steps, bool overwrite) {
   TORCH_CHECK(x.is_contiguous(), "parasnn fused PMSM: the current must be contiguous");
   TORCH_CHECK(threshold.numel() == 1 && scale.numel() == 1, "parasnn fused PMSM: one threshold per layer");
+  for (const auto* p : {&threshold, &scale})
+    TORCH_CHECK(p->device() == x.device() && p->scalar_type() == x.scalar_type(),
+                "parasnn fused PMSM: parameters must have the current's device and dtype");
   auto out = output_for(x, overwrite);
   const int64_t numel = x.numel();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_polarity", [&] {
@@ -175,6 +182,117 @@ torch::Tensor polarity_forward(const torch::Tensor& x, const torch::Tensor& thre
 CPU_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math")
 
 
+CUDA_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+// Element i belongs to channel (i / inner) % channels; a parameter of one value has stride 0.
+template <typename T, bool PRE>
+__global__ void if_kernel(const T* x, T* out, int64_t numel, int64_t inner, int64_t channels,
+                          const T* __restrict__ pre, int64_t s_pre, const T* __restrict__ shift, int64_t s_shift,
+                          const T* __restrict__ threshold, int64_t s_threshold, const T* __restrict__ scale,
+                          int64_t s_scale, T steps) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)blockDim.x * gridDim.x) {
+    const int64_t c = (i / inner) % channels;
+    // The reference's order; compiled with --fmad=false, so no multiply-add is fused.
+    const T charge = PRE ? (x[i] + pre[c * s_pre]) * steps : x[i] * steps;
+    T count = floor((charge + shift[c * s_shift]) / threshold[c * s_threshold]);
+    count = count < T(0) ? T(0) : count;
+    count = count > steps ? steps : count;
+    out[i] = count * scale[c * s_scale];
+  }
+}
+
+template <typename T>
+__global__ void polarity_kernel(const T* x, T* out, int64_t numel, const T* __restrict__ threshold,
+                                const T* __restrict__ scale, T lower, T upper, T steps) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)blockDim.x * gridDim.x) {
+    T count = floor(x[i] * steps / threshold[0] + T(0.5));
+    count = count < lower ? lower : count;
+    count = count > upper ? upper : count;
+    out[i] = count * scale[0];
+  }
+}
+
+static int blocks_for(int64_t numel) {
+  return (int)std::min<int64_t>((numel + 255) / 256, 65535);
+}
+
+torch::Tensor if_forward_cuda(const torch::Tensor& x, const c10::optional<torch::Tensor>& pre_shift,
+                              const torch::Tensor& shift, const torch::Tensor& threshold, const torch::Tensor& scale,
+                              int64_t time_steps, bool overwrite) {
+  TORCH_CHECK(x.is_cuda() && x.is_contiguous(), "parasnn fused IF: a contiguous CUDA current is needed");
+  const c10::cuda::CUDAGuard guard(x.device());
+  const bool pre = pre_shift.has_value();
+  for (const auto* p : {&shift, &threshold, &scale, pre ? &*pre_shift : &shift})
+    TORCH_CHECK(p->device() == x.device() && p->scalar_type() == x.scalar_type(),
+                "parasnn fused IF: parameters must have the current's device and dtype");
+  const int64_t channels = std::max({shift.numel(), threshold.numel(), scale.numel(), pre ? pre_shift->numel() : 1});
+  TORCH_CHECK(channels == 1 || (x.dim() >= 2 && x.size(1) == channels),
+              "parasnn fused IF: per-channel parameters need C = current.shape[1]");
+  auto out = overwrite ? x : torch::empty_like(x);
+  const int64_t numel = x.numel();
+  if (numel == 0) return out;
+  const int64_t inner = channels > 1 ? numel / (x.size(0) * channels) : numel;
+  auto p_shift = shift.contiguous(), p_threshold = threshold.contiguous(), p_scale = scale.contiguous();
+  auto p_pre = pre ? pre_shift->contiguous() : p_shift;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_if_cuda", [&] {
+    const scalar_t steps = static_cast<scalar_t>(time_steps);
+    auto launch = [&](auto kernel) {
+      kernel<<<blocks_for(numel), 256, 0, stream>>>(
+          x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, inner, channels,
+          p_pre.data_ptr<scalar_t>(), (int64_t)(p_pre.numel() > 1), p_shift.data_ptr<scalar_t>(),
+          (int64_t)(p_shift.numel() > 1), p_threshold.data_ptr<scalar_t>(), (int64_t)(p_threshold.numel() > 1),
+          p_scale.data_ptr<scalar_t>(), (int64_t)(p_scale.numel() > 1), steps);
+    };
+    if (pre) launch(if_kernel<scalar_t, true>);
+    else launch(if_kernel<scalar_t, false>);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+torch::Tensor polarity_forward_cuda(const torch::Tensor& x, const torch::Tensor& threshold,
+                                    const torch::Tensor& scale, int64_t lower, int64_t upper, int64_t time_steps,
+                                    bool overwrite) {
+  TORCH_CHECK(x.is_cuda() && x.is_contiguous(), "parasnn fused PMSM: a contiguous CUDA current is needed");
+  TORCH_CHECK(threshold.numel() == 1 && scale.numel() == 1, "parasnn fused PMSM: one threshold per layer");
+  const c10::cuda::CUDAGuard guard(x.device());
+  for (const auto* p : {&threshold, &scale})
+    TORCH_CHECK(p->device() == x.device() && p->scalar_type() == x.scalar_type(),
+                "parasnn fused PMSM: parameters must have the current's device and dtype");
+  auto out = overwrite ? x : torch::empty_like(x);
+  const int64_t numel = x.numel();
+  if (numel == 0) return out;
+  auto stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_polarity_cuda", [&] {
+    // θ and θ/T stay on the device (no host synchronisation).
+    polarity_kernel<scalar_t><<<blocks_for(numel), 256, 0, stream>>>(
+        x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, threshold.data_ptr<scalar_t>(),
+        scale.data_ptr<scalar_t>(), static_cast<scalar_t>(lower), static_cast<scalar_t>(upper),
+        static_cast<scalar_t>(time_steps));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+"""
+
+CUDA_DECLARATIONS = r"""
+torch::Tensor if_forward_cuda(const torch::Tensor& x, const c10::optional<torch::Tensor>& pre_shift,
+                              const torch::Tensor& shift, const torch::Tensor& threshold, const torch::Tensor& scale,
+                              int64_t time_steps, bool overwrite);
+torch::Tensor polarity_forward_cuda(const torch::Tensor& x, const torch::Tensor& threshold,
+                                    const torch::Tensor& scale, int64_t lower, int64_t upper, int64_t time_steps,
+                                    bool overwrite);
+"""
+
+# --fmad=false: no fused multiply-add (the reference rounds every operation); IEEE division
+# and no fast math are nvcc's defaults.
+CUDA_FLAGS = ("-O3", "--fmad=false")
+
+
 @dataclass(frozen=True)
 class BuiltKernels:
     """The compiled operator module and what loading it cost in this process (seconds:
@@ -184,31 +302,59 @@ class BuiltKernels:
     seconds: float
 
 
+def _build(kind: str, sources: dict, functions: list[str], flags: dict) -> BuiltKernels | None:
+    """``load_inline`` (compiled once per machine, then loaded from PyTorch's cache), or
+    ``None`` with a one-line warning where that fails."""
+    digest = hashlib.sha1(repr((sources, flags)).encode()).hexdigest()[:12]
+    start = time.perf_counter()
+    try:
+        from torch.utils.cpp_extension import load_inline
+        module = load_inline(name=f"parasnn_fused_{kind}_{digest}", functions=functions, **sources, **flags)
+    except Exception as error:  # any failure to build means: run unfused, and say so once
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        warnings.warn(f"parasnn: fused {kind} spiking kernels unavailable, using the unfused reference "
+                      f"({type(error).__name__}: {reason})", RuntimeWarning, stacklevel=3)
+        return None
+    return BuiltKernels(module, time.perf_counter() - start)
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_kernels() -> BuiltKernels | None:
     """Build (or load from the on-disk cache) the fused CPU operators once per process.
 
     Returns ``None``, with a one-line warning, where they cannot be built (no C++ compiler,
     no ninja, a PyTorch without its headers, …): fused neurons then run the reference."""
-    digest = hashlib.sha1((CPU_SOURCE + " ".join(CPU_FLAGS)).encode()).hexdigest()[:12]
-    start = time.perf_counter()
-    try:
-        from torch.utils.cpp_extension import load_inline
-        module = load_inline(name=f"parasnn_fused_{digest}", cpp_sources=CPU_SOURCE,
-                             functions=["if_forward", "polarity_forward"], extra_cflags=list(CPU_FLAGS))
-    except Exception as error:  # any failure to build means: run unfused, and say so once
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        warnings.warn(f"parasnn: fused spiking kernels unavailable, using the unfused reference "
-                      f"({type(error).__name__}: {reason})", RuntimeWarning, stacklevel=2)
-        return None
-    return BuiltKernels(module, time.perf_counter() - start)
+    return _build("cpu", {"cpp_sources": CPU_SOURCE}, ["if_forward", "polarity_forward"],
+                  {"extra_cflags": list(CPU_FLAGS)})
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_kernels() -> BuiltKernels | None:
+    """The fused CUDA operators (nvcc), built on the first CUDA current; ``None`` with a
+    one-line warning where they cannot be built. Not exercised on a GPU by this library's
+    authors yet: ``tests/test_fused.py`` runs its CUDA cases wherever a GPU is present."""
+    return _build("cuda", {"cpp_sources": CUDA_DECLARATIONS, "cuda_sources": CUDA_SOURCE},
+                  ["if_forward_cuda", "polarity_forward_cuda"],
+                  {"extra_cflags": ["-O3"], "extra_cuda_cflags": list(CUDA_FLAGS)})
+
+
+def kernels_for(current: Tensor) -> tuple[Any, Any] | None:
+    """``(if_forward, polarity_forward)`` of the fused operators for ``current``'s device, or
+    None (not CPU/CUDA, or they cannot be built)."""
+    if current.device.type == "cpu":
+        built = cpu_kernels()
+        return None if built is None else (built.module.if_forward, built.module.polarity_forward)
+    if current.device.type == "cuda":
+        built = cuda_kernels()
+        return None if built is None else (built.module.if_forward_cuda, built.module.polarity_forward_cuda)
+    return None
 
 
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 def _kernel_applies(current: Tensor, parameters: tuple[Tensor, ...]) -> bool:
-    return (isinstance(current, Tensor) and current.device.type == "cpu"
+    return (isinstance(current, Tensor) and current.device.type in ("cpu", "cuda")
             and current.dtype in _KERNEL_DTYPES and current.is_contiguous()
             and all(p.dtype == current.dtype and p.device == current.device for p in parameters))
 
@@ -232,11 +378,11 @@ def fused_if_forward(current: Tensor, *, time_steps: int, pre_shift: Tensor | No
     ``overwrite_input``: write the output into ``current`` (its caller knows nothing else
     reads it) instead of a fresh tensor, where the kernel applies."""
     parameters = (shift, threshold, scale) + (() if pre_shift is None else (pre_shift,))
-    kernels = cpu_kernels() if _kernel_applies(current, parameters) else None
+    kernels = kernels_for(current) if _kernel_applies(current, parameters) else None
     if kernels is None:
         return reference_if_forward(current, time_steps=time_steps, pre_shift=pre_shift, shift=shift,
                                     threshold=threshold, scale=scale)
-    return kernels.module.if_forward(current, pre_shift, shift, threshold, scale, time_steps, overwrite_input)
+    return kernels[0](current, pre_shift, shift, threshold, scale, time_steps, overwrite_input)
 
 
 def _overwrite_allowed(neuron: torch.nn.Module) -> bool:
@@ -269,15 +415,14 @@ class FusedIFNeuron(IFNeuron):
         if constants is None:  # a graph is needed (or dtypes differ): the reference path
             return super().forward(current, time_steps=time_steps)
         pre_shift, shift, threshold, scale = constants
-        if current.device.type != "cpu" or current.dtype not in _KERNEL_DTYPES or not current.is_contiguous():
+        if current.dtype not in _KERNEL_DTYPES or not current.is_contiguous():
             kernels = None  # (the constants already have the current's dtype)
         else:
-            kernels = cpu_kernels()
+            kernels = kernels_for(current)
         if kernels is None:
             return reference_if_forward(current, time_steps=time_steps, pre_shift=pre_shift, shift=shift,
                                         threshold=threshold, scale=scale)
-        return kernels.module.if_forward(current, pre_shift, shift, threshold, scale, time_steps,
-                                         _overwrite_allowed(self))
+        return kernels[0](current, pre_shift, shift, threshold, scale, time_steps, _overwrite_allowed(self))
 
 
 # --------------------------------------------------------------------------- PMSM
@@ -300,14 +445,14 @@ def fused_polarity_forward(current: Tensor, *, time_steps: int, threshold: Tenso
     if isinstance(time_steps, bool) or not isinstance(time_steps, int) or time_steps < 1:
         raise ValueError(f"time_steps must be an integer >= 1, got {time_steps!r}")
     needs_graph = torch.is_grad_enabled() and (current.requires_grad or threshold.requires_grad)
-    kernels = None if needs_graph or not _kernel_applies(current, (threshold,)) else cpu_kernels()
+    kernels = None if needs_graph or not _kernel_applies(current, (threshold,)) else kernels_for(current)
     if kernels is None:
         return reference_polarity_forward(current, time_steps=time_steps, threshold=threshold,
                                           negative_levels=negative_levels, positive_levels=positive_levels)
     # θ/T as the reference computes it (a tensor division), so the scale has the same bits.
     scale = threshold / time_steps
-    return kernels.module.polarity_forward(current, threshold, scale, -time_steps * negative_levels,
-                                           time_steps * positive_levels, time_steps, overwrite_input)
+    return kernels[1](current, threshold, scale, -time_steps * negative_levels, time_steps * positive_levels,
+                      time_steps, overwrite_input)
 
 
 class FusedPolarityNeuron(PolarityMultiSpikeNeuron):

@@ -27,7 +27,7 @@ import torch
 from torch import fx, nn
 
 from ..conversion.network import SpikingNetwork
-from ..neurons.fused import FUSED_TYPES, cpu_kernels, fused_neuron
+from ..neurons.fused import FUSED_TYPES, cpu_kernels, cuda_kernels, fused_neuron
 
 __all__ = ["fuse", "fused_layer_count", "FRESH_OUTPUT_MODULES", "input_is_dead"]
 
@@ -84,8 +84,10 @@ def fuse(network: SpikingNetwork) -> SpikingNetwork:
         parent = graph_module.get_submodule(parent_path) if parent_path else graph_module
         setattr(parent, leaf, fast)
         replaced += 1
-    if replaced:
-        cpu_kernels()  # build or load now; warns once (and the neurons run unfused) on failure
+    if replaced:  # build or load now, for the network's device; warns once (and runs unfused) on failure
+        tensors = list(fused.parameters()) + list(fused.buffers())
+        on_cuda = bool(tensors) and tensors[0].device.type == "cuda"
+        cuda_kernels() if on_cuda else cpu_kernels()
     return fused
 
 
