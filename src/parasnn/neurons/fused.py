@@ -184,8 +184,9 @@ CPU_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math")
 
 CUDA_SOURCE = r"""
 #include <torch/extension.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 
 // Element i belongs to channel (i / inner) % channels; a parameter of one value has stride 0.
 template <typename T, bool PRE>
@@ -237,7 +238,7 @@ torch::Tensor if_forward_cuda(const torch::Tensor& x, const c10::optional<torch:
   const int64_t inner = channels > 1 ? numel / (x.size(0) * channels) : numel;
   auto p_shift = shift.contiguous(), p_threshold = threshold.contiguous(), p_scale = scale.contiguous();
   auto p_pre = pre ? pre_shift->contiguous() : p_shift;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_if_cuda", [&] {
     const scalar_t steps = static_cast<scalar_t>(time_steps);
     auto launch = [&](auto kernel) {
@@ -266,7 +267,7 @@ torch::Tensor polarity_forward_cuda(const torch::Tensor& x, const torch::Tensor&
   auto out = overwrite ? x : torch::empty_like(x);
   const int64_t numel = x.numel();
   if (numel == 0) return out;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_polarity_cuda", [&] {
     // θ and θ/T stay on the device (no host synchronisation).
     polarity_kernel<scalar_t><<<blocks_for(numel), 256, 0, stream>>>(
