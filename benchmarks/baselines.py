@@ -9,8 +9,8 @@
       s_t = [ (T/t)·mean_τ(I_τ) + ψ/t ≥ θ ],  t = 1..T     (TxT and bias buffers, shape (T, 1))
 
   output ``s_t·θ``; the logits of the T copies are averaged. Cost and memory grow with T.
-* :func:`spikingjelly_network` — SpikingJelly 0.0.0.0.14's ``ann2snn.Converter`` in
-  multi-step IF mode (the optional ``bench`` extra). See its docstring for what its
+* :func:`spikingjelly_network` — SpikingJelly 2.0.0's ``ann2snn.Converter`` with its
+  ``RateCodingRecipe``, multi-step IF mode (the optional ``bench`` extra). See its docstring for what its
   converter gets wrong on QCFS networks and the configuration used here.
 
 Shapes: inputs ``(B, C, H, W)``; every ``run_*`` returns time-averaged logits ``(B, classes)``.
@@ -18,7 +18,6 @@ Shapes: inputs ``(B, C, H, W)``; every ``run_*`` returns time-averaged logits ``
 from __future__ import annotations
 
 import copy
-import operator
 from typing import Iterable
 
 import torch
@@ -94,25 +93,29 @@ def run_folded(network: nn.Module, x: Tensor, *, time_steps: int) -> Tensor:
 
 # --------------------------------------------------------------------------- SpikingJelly
 
+SPIKINGJELLY_VERSION = "2.0.0"
+
 
 def require_spikingjelly():
-    """Import SpikingJelly lazily; a clear error names the extra that provides it."""
+    """Import SpikingJelly 2.0.0 lazily; a clear error names the extra that provides it."""
+    hint = ("the SpikingJelly baseline needs spikingjelly==2.0.0: install the bench extra, "
+            "pip install -c constraints.txt -e '.[bench]' (or pip install spikingjelly==2.0.0)")
     try:
-        from spikingjelly.activation_based import ann2snn, functional, layer, neuron
+        import spikingjelly
+        from spikingjelly.activation_based import ann2snn, functional, neuron
     except ImportError as error:
-        raise ImportError(
-            "the SpikingJelly baseline needs spikingjelly==0.0.0.0.14: install the bench extra, "
-            "pip install -c constraints.txt -e '.[bench]' (or pip install spikingjelly==0.0.0.0.14)") from error
-    return ann2snn, functional, layer, neuron
-
-
-# Operations SpikingJelly's multi-step graph may apply to (T, B, ...) tensors directly:
-# elementwise ones (residual additions). Anything else must be wrapped per step.
-_ELEMENTWISE = {operator.add, operator.iadd, torch.add}
+        raise ImportError(hint) from error
+    version = getattr(spikingjelly, "__version__", None)
+    if version is None:
+        from importlib.metadata import version as installed_version
+        version = installed_version("spikingjelly")
+    if version != SPIKINGJELLY_VERSION:
+        raise ImportError(f"{hint}; found spikingjelly {version}")
+    return ann2snn, functional, neuron
 
 
 def _relu_order(model: nn.Module) -> list[str]:
-    """Paths of the ReLU modules in graph order — the order SpikingJelly numbers them in."""
+    """Paths of the ReLU modules in graph order — the order SpikingJelly converts them in."""
     graph = fx.symbolic_trace(model).graph
     return [node.target for node in graph.nodes
             if node.op == "call_module" and type(model.get_submodule(node.target)) is nn.ReLU]
@@ -120,32 +123,32 @@ def _relu_order(model: nn.Module) -> list[str]:
 
 def spikingjelly_network(model: nn.Module, calibration: Iterable, *, mode: str = "max",
                          qcfs_thresholds: bool = True, half_threshold_start: bool = True) -> nn.Module:
-    """SpikingJelly's converter applied to ``model``, run in multi-step IF mode.
+    """SpikingJelly 2.0.0's rate-coding converter applied to ``model``, in multi-step IF mode.
 
-    What SpikingJelly 0.0.0.0.14's ``ann2snn.Converter`` does, and why a QCFS network needs
-    the corrections below (found by reading ``ann2snn/converter.py`` and by the accuracy
-    check: the ``sj-*`` rows of ``benchmarks/accuracy_table.py``):
+    SpikingJelly 2.0.0 converts with ``ann2snn.Converter(RateCodingRecipe(dataloader, ...))``
+    (``converter.convert(ann)``). What it does, and why a QCFS network needs the corrections
+    below (read in ``ann2snn/recipes/rate_coding.py``; checked by ``tests/test_bench.py``
+    against parasnn's serial simulation, and by the ``sj-*`` rows of
+    ``benchmarks/accuracy_table.py``):
 
-    1. It only converts modules whose type *is* ``nn.ReLU``: a QCFS network comes back with
-       its QCFS activations untouched — an ANN, no neuron at all. So the QCFS network is
-       handed over as its ReLU twin (same weights, QCFS → ReLU).
-    2. Each ReLU becomes ``VoltageScaler(1/s) → IFNode(v_threshold=1, v_reset=None) →
-       VoltageScaler(s)`` with ``s`` the running (momentum 0.1) mean of per-batch maxima
-       (``mode="max"``) or percentiles of the ReLU output on ``calibration`` — not the
-       QCFS threshold θ the network was trained with. With ``qcfs_thresholds`` the scales
-       are set to θ of the corresponding QCFS layer.
-    3. ``IFNode`` starts from ``v = 0``, not θ/2: every neuron rounds *down* instead of to
-       the nearest level (the classic quantisation error of conversion, Bu et al. 2022);
-       at low T this costs most of the accuracy. With ``half_threshold_start`` the reset
-       value of ``v`` is 0.5 (θ/2 after the 1/θ scaling).
-    4. The converted graph holds plain ``nn.Conv2d`` / ``nn.Flatten`` / pooling modules that
-       take ``(B, ...)``, so the documented multi-step mode cannot run it as returned;
-       here every such module is wrapped in ``layer.SeqToANNContainer`` (time folded into
-       the batch for stateless layers, SpikingJelly's own idiom) and the IF nodes are set to
-       ``step_mode="m"``.
+    1. It only converts modules whose type *is* ``nn.ReLU``: a QCFS network would come back
+       untouched. So the QCFS network is handed over as its ReLU twin (same weights).
+    2. Each ReLU becomes ``VoltageScaler(v_th/s) → neuron → VoltageScaler(s)`` with ``s`` the
+       running (momentum 0.1) mean of per-batch maxima (``mode="max"``) or percentiles of the
+       ReLU output on ``calibration`` — not the QCFS θ the network was trained with. With
+       ``qcfs_thresholds`` both scalers are set from θ of the corresponding QCFS layer.
+    3. Its layer-wise neurons start from ``v = 0``: every neuron rounds *down* instead of to
+       the nearest level (its ``half_threshold`` option exists only for channel-wise
+       thresholds). With ``half_threshold_start`` the neurons (built by the recipe's
+       ``neuron_factory`` hook) start from ``v = v_th/2`` (θ/2 after the scaling).
+    4. New in 2.0.0: the recipe adapts the graph to the multi-step mode itself (stateless
+       layers swapped for their ``layer.*`` multi-step twins), so 0.0.0.0.14's manual
+       ``SeqToANNContainer`` wrapping is gone; the nodes still need ``step_mode="m"``.
 
-    It also folds each conv → BN pair into the conv (its ``fuse_flag`` default), one layer
-    fewer than parasnn's networks, which keep BN as a frozen layer.
+    Backend: ``neuron.IFNode`` in multi-step mode runs SpikingJelly's registered
+    ``if_multi_step`` operator, whose CPU implementation is its PyTorch reference (a loop
+    over T); the Triton/CUDA kernels apply to CUDA tensors only. It also folds each
+    conv → BN pair into the conv (``fuse_flag``), one layer fewer than parasnn's networks.
 
     Args:
         model: a QCFS network (handed to SpikingJelly as its ReLU twin) or a ReLU network
@@ -156,49 +159,40 @@ def spikingjelly_network(model: nn.Module, calibration: Iterable, *, mode: str =
     Returns:
         an ``fx.GraphModule`` in eval mode; run it with :func:`run_spikingjelly`.
     """
-    ann2snn, functional, layer, neuron = require_spikingjelly()
+    ann2snn, functional, neuron = require_spikingjelly()
     has_qcfs = any(isinstance(m, QCFS) for m in model.modules())
     thresholds = quantizer_thresholds(model) if qcfs_thresholds else None
     relu = relu_twin(model) if has_qcfs else copy.deepcopy(model).eval()
     order = _relu_order(relu)
     device = device_of(relu)
-    converter = ann2snn.Converter(dataloader=list(calibration), mode=mode, device=device)
+
+    def make_neuron(scale: float) -> nn.Module:
+        node = neuron.IFNode(v_threshold=1.0, v_reset=None, step_mode="m")
+        if half_threshold_start:
+            node.set_reset_value("v", 0.5)  # v_th/2 (= θ/2 once scaled)
+        return node
+
+    recipe = ann2snn.RateCodingRecipe(dataloader=list(calibration), mode=mode, neuron_factory=make_neuron)
     import contextlib
     import io
     with contextlib.redirect_stderr(io.StringIO()):  # its tqdm progress bar
-        snn = converter(relu)
+        snn = ann2snn.Converter(recipe, device=device).convert(relu)
     snn.eval()
-    for index, path in enumerate(order):
-        scaler_in = snn.get_submodule(f"snn tailor.{index}.0")
-        node = snn.get_submodule(f"snn tailor.{index}.1")
-        scaler_out = snn.get_submodule(f"snn tailor.{index}.2")
-        if thresholds is not None:
+    nodes = [node for node in snn.graph.nodes
+             if node.op == "call_module" and isinstance(snn.get_submodule(node.target), neuron.BaseNode)]
+    if len(nodes) != len(order):
+        raise RuntimeError(f"SpikingJelly converted {len(nodes)} of the {len(order)} ReLUs")
+    if thresholds is not None:
+        for path, node in zip(order, nodes):  # both in graph order
+            scaler_in = snn.get_submodule(node.args[0].target)
+            (user,) = node.users
+            scaler_out = snn.get_submodule(user.target)
             theta = thresholds[path]
             scaler_in.scale = torch.tensor(1.0 / theta, device=device)
             scaler_out.scale = torch.tensor(theta, device=device)
-        if half_threshold_start:
-            node.set_reset_value("v", 0.5)
-    _wrap_stateless(snn, layer, neuron, ann2snn)
     functional.set_step_mode(snn, "m")
     functional.reset_net(snn)
     return snn
-
-
-def _wrap_stateless(snn: fx.GraphModule, layer, neuron, ann2snn) -> None:
-    """Wrap every module that is not a neuron or a voltage scaler in SeqToANNContainer."""
-    scaler = ann2snn.modules.VoltageScaler
-    for node in snn.graph.nodes:
-        if node.op == "call_module":
-            module = snn.get_submodule(node.target)
-            if isinstance(module, (neuron.BaseNode, scaler, layer.SeqToANNContainer)):
-                continue
-            parent_path, _, leaf = node.target.rpartition(".")
-            parent = snn.get_submodule(parent_path) if parent_path else snn
-            setattr(parent, leaf, layer.SeqToANNContainer(module))
-        elif node.op in ("call_function", "call_method") and node.target not in _ELEMENTWISE:
-            raise NotImplementedError(f"SpikingJelly multi-step baseline: operation {node.target} of node "
-                                      f"{node.name} would need a per-step wrapper; use modules")
-    snn.recompile()
 
 
 def run_spikingjelly(network: nn.Module, x: Tensor, *, time_steps: int) -> Tensor:
@@ -206,5 +200,5 @@ def run_spikingjelly(network: nn.Module, x: Tensor, *, time_steps: int) -> Tenso
     and return the logits averaged over the steps."""
     from spikingjelly.activation_based import functional  # imported by spikingjelly_network already
     functional.reset_net(network)
-    sequence = x.unsqueeze(0).repeat(time_steps, *([1] * x.dim()))  # (T, B, ...), SpikingJelly's usage
+    sequence = x.unsqueeze(0).expand(time_steps, *x.shape)  # (T, B, ...), the same input at every step
     return network(sequence).mean(dim=0)

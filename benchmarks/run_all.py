@@ -9,6 +9,10 @@
                                                 per seed, with plots)   (benchmarks/ablation_seeds.py)
     OUT/ablation-relu-dagger/, ...-qcfs-l4-dagger/   parasnn ablate with the † rows (seed 0)
     OUT/pmsm-init/    init-table.md, init-table.json        PMSM initialisations (parasnn pmsm --compare)
+    OUT/calibration-cost.json   parasnn calibrate (all stages) against one training epoch
+                                                            (benchmarks/calibration_cost.py)
+    OUT/stream-memory.md        peak memory of the streamed image folder, 10 000 vs 100 000
+                                images (benchmarks/stream_memory.py)
 
 then the generated part of docs/results.md is rewritten when it has the markers
 (benchmarks/update_readme.py; the README links to it). Missing Fashion-MNIST backbones are trained first
@@ -20,6 +24,8 @@ then the generated part of docs/results.md is rewritten when it has the markers
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import sys
 from pathlib import Path
 
@@ -27,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import ablation_seeds  # noqa: E402
 import accuracy_table  # noqa: E402
+import calibration_cost  # noqa: E402
 import speed  # noqa: E402
 import update_readme  # noqa: E402
 from parasnn.bench.measure import CLOCKS  # noqa: E402
@@ -46,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-speed", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-ablation", action="store_true", help="skip the ablations and the PMSM table")
+    parser.add_argument("--skip-calibration-cost", action="store_true")
+    parser.add_argument("--skip-stream", action="store_true", help="skip the streamed image-folder memory check")
     parser.add_argument("--results", "--readme", dest="results", type=Path, default=Path("docs/results.md"),
                         help="Markdown file whose generated part is rewritten (default docs/results.md)")
     args = parser.parse_args(argv)
@@ -95,6 +104,25 @@ def main(argv: list[str] | None = None) -> int:
                      "--json", str(table.with_suffix(".json")), "--markdown", str(table),
                      *(["--max-batches", "50"] if args.quick else [])])
             includes.append(table)
+    if not args.skip_calibration_cost:
+        trained = accuracy_table.BACKBONES["vgg-small-qcfs-l4"].checkpoint
+        checkpoint = trained if trained.is_file() else Path(__file__).resolve().parents[1] / "src" / "parasnn" / \
+            "assets" / "fashion_mnist_vgg_small_qcfs.pt"
+        cost = ["--checkpoint", str(checkpoint)] + (["--train-limit", "20", "--calibration-size", "1000"]
+                                                    if args.quick else [])
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            calibration_cost.main(cost)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "calibration-cost.json").write_text(buffer.getvalue())
+    if not args.skip_stream:
+        import stream_memory
+        sizes = "1000,10000" if args.quick else "10000,100000"
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer):
+            stream_memory.main(["--sizes", sizes])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "stream-memory.md").write_text(buffer.getvalue())
     # The figures docs/results.md shows: time and memory against T, and what calibration does to
     # the distributions ([STDC] Figures 1 and 4).
     figures = [args.out / "speed-keep-memory" / f"{name}-vs-T.png" for name in ("vgg-small-b1", "vgg16-b128")]

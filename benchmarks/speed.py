@@ -7,15 +7,20 @@ SpikingJelly and FS-PC's time-folded network — same process, same batch, same 
 Models (random weights: Kaiming initialisation, seed 0, BatchNorm in eval at its initial
 statistics; speed does not depend on the weights' values): VGG-16 and ResNet-20 on
 3×32×32 inputs, the small Fashion-MNIST VGG on 1×28×28, all with QCFS activations (L = 4,
-θ = 1). Engines, per model × batch size × T (see :mod:`parasnn.bench.measure` for the method):
+θ = 1); torchvision's ResNet-18 (10 classes, 3×64×64 inputs to keep a 2-core run short)
+with its ReLUs replaced by QCFS (L = 4, θ from one random batch,
+:func:`parasnn.conversion.stages.quantize_relus`) — there ``ann-relu`` is the torchvision
+network itself (in-place ReLUs), the network a user starts from. Engines, per model × batch size × T (see :mod:`parasnn.bench.measure` for the method):
 
 =================  ===========================================================================
 ``ann``            the QCFS ANN (the network's own activations: the same elementwise work)
 ``ann-relu``       the same weights with ReLU (the cheapest activation), reported separately
 ``parallel``       parasnn's parallel SNN, counts only (one pass)
+``parallel-fused``  the same network after :func:`parasnn.simulation.compiled.fuse` (one fused
+                   kernel per neuron layer; bit-equal outputs)
 ``parallel+trains``  the same, with the spike train ``(T, B, ...)`` of every neuron layer built
 ``serial``         parasnn's serial simulation (the fx graph once per step)
-``spikingjelly``   SpikingJelly 0.0.0.0.14's converted network, multi-step IF mode
+``spikingjelly``   SpikingJelly 2.0.0's converted network, multi-step IF mode
 ``folded``         FS-PC's reference style: T copies of the input through parallel neurons
 =================  ===========================================================================
 
@@ -37,21 +42,29 @@ from baselines import folded_network, run_folded, run_spikingjelly, spikingjelly
 
 from parasnn.bench import measure as bench  # noqa: E402
 from parasnn.cli.arguments import device as device_argument  # noqa: E402
-from parasnn.conversion.stages import convert  # noqa: E402
+from parasnn.conversion.stages import convert, quantize_relus  # noqa: E402
+from parasnn.neurons.fused import cpu_kernels  # noqa: E402
+from parasnn.simulation.compiled import fuse  # noqa: E402
 from parasnn.zoo.models import ActivationSpec, ModelSpec, build_model  # noqa: E402
 
-MODELS = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "vgg-small": (1, 28, 28)}
-FOLDED, SPIKINGJELLY = "folded", "spikingjelly"
-RATIOS = bench.PARASNN_RATIOS + (bench.RatioSpec(SPIKINGJELLY, bench.PARALLEL),
+MODELS = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "vgg-small": (1, 28, 28), "resnet18": (3, 64, 64)}
+TORCHVISION = {"resnet18"}
+FOLDED, SPIKINGJELLY, FUSED = "folded", "spikingjelly", "parallel-fused"
+RATIOS = bench.PARASNN_RATIOS + (bench.RatioSpec(FUSED, bench.ANN_RELU), bench.RatioSpec(FUSED, bench.PARALLEL),
+                                 bench.RatioSpec(bench.SERIAL, FUSED),
+                                 bench.RatioSpec(SPIKINGJELLY, bench.PARALLEL),
                                  bench.RatioSpec(FOLDED, bench.PARALLEL),
                                  bench.RatioSpec(SPIKINGJELLY, bench.SERIAL))
 NOTES = (
     "Random weights (Kaiming initialisation, seed 0; BN in eval): speed does not depend on the weights' values. "
     "QCFS activations, L = 4, θ = 1.",
     "`ann` is the QCFS ANN (same elementwise work as the SNN); `ann-relu` the same weights with ReLU.",
-    "`spikingjelly`: SpikingJelly 0.0.0.0.14 ann2snn.Converter on the ReLU twin, scales set to the QCFS θ, "
-    "v₀ = θ/2, stateless layers wrapped in SeqToANNContainer, IF nodes in multi-step mode "
-    "(benchmarks/baselines.py says why each correction is needed). It folds BN into the convolutions.",
+    "`spikingjelly`: SpikingJelly 2.0.0 ann2snn.Converter(RateCodingRecipe) on the ReLU twin, scales set to the "
+    "QCFS θ, v₀ = θ/2 (through its neuron_factory), IF nodes in multi-step mode; on the CPU its if_multi_step "
+    "operator is its PyTorch reference, a loop over T (benchmarks/baselines.py says why each correction is needed). "
+    "It folds BN into the convolutions.",
+    "`parallel-fused`: parasnn.simulation.compiled.fuse(network), one fused C++ kernel per neuron layer "
+    "(bit-equal outputs; docs/speed.md).",
     "`serial` is parasnn.simulation.forms.serial_forward: the fx graph interpreted once per step (it also counts "
     "spikes per layer); `parallel+trains` is parasnn.simulation.forms.spike_trains for every neuron layer.",
     "`folded`: FS-PC's reference style, T copies of the input in the batch through parallel neurons that "
@@ -68,7 +81,7 @@ def _int_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="vgg16,resnet20,vgg-small", help="comma-separated model names")
+    parser.add_argument("--models", default="vgg16,resnet20,vgg-small,resnet18", help="comma-separated model names")
     parser.add_argument("--width", type=int, help="base width of every model (default: each model's own)")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 128], help="default 1,128")
     parser.add_argument("--batch-sizes-for", action="append", default=["vgg-small=1,8,32,128"],
@@ -90,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "cores (use with --threads 1)")
     parser.add_argument("--no-spikingjelly", action="store_true", help="leave the SpikingJelly baseline out")
     parser.add_argument("--no-folded", action="store_true", help="leave the FS-PC folded baseline out")
+    parser.add_argument("--no-fused", action="store_true", help="leave the fused parallel network out")
+    parser.add_argument("--no-serial", action="store_true", help="leave the serial simulation out")
+    parser.add_argument("--no-trains", action="store_true", help="leave parallel+trains out")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc malloc keeps freed memory (no page faults on every pass; see "
                              "parasnn.bench.measure.keep_freed_cpu_memory); default: the allocator as it comes")
@@ -105,19 +121,44 @@ def _share_weights_copy(model: torch.nn.Module) -> torch.nn.Module:
     return copy.deepcopy(model, memo)
 
 
+def torchvision_qcfs(name: str, *, shape: tuple[int, ...], device: torch.device,
+                     seed: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(QCFS network, the torchvision ReLU network it comes from)`` for a torchvision model."""
+    import torchvision
+
+    relu = getattr(torchvision.models, name)(num_classes=10).eval().to(device)
+    calibration = [(torch.randn(8, *shape, generator=torch.Generator().manual_seed(seed + 3)).to(device), None)]
+    return quantize_relus(relu, calibration, levels=4).to(device), relu
+
+
 def model_cases(name: str, *, batch_size: int, time_steps: list[int], width: int | None, device: torch.device,
-                seed: int, spikingjelly: bool, folded: bool) -> tuple[list[bench.Case], dict, list[str]]:
+                seed: int, spikingjelly: bool, folded: bool, fused: bool = True, serial: bool = True,
+                trains: bool = True) -> tuple[list[bench.Case], dict, list[str]]:
     """Every engine of one model × batch size, as :class:`parasnn.bench.measure.Case` objects."""
     shape = MODELS[name]
-    spec = ModelSpec(name=name, input_shape=shape, num_classes=10, width=width,
-                     activation=ActivationSpec(kind="qcfs", levels=4, threshold=1.0))
     torch.manual_seed(seed)
-    model = build_model(spec).eval().to(device)
+    if name in TORCHVISION:
+        model, relu = torchvision_qcfs(name, shape=shape, device=device, seed=seed)
+        resolved_width = None
+    else:
+        spec = ModelSpec(name=name, input_shape=shape, num_classes=10, width=width,
+                         activation=ActivationSpec(kind="qcfs", levels=4, threshold=1.0))
+        model = build_model(spec).eval().to(device)
+        relu = bench.relu_twin(model).to(device)
+        resolved_width = spec.resolved_width
     network = convert(model).to(device)
-    relu = bench.relu_twin(model).to(device)
     inputs = torch.randn(batch_size, *shape, generator=torch.Generator().manual_seed(seed + 1)).to(device)
-    cases = bench.parasnn_cases(ann=model, relu_ann=relu, network=network, inputs=inputs, time_steps=time_steps)
+    cases = bench.parasnn_cases(ann=model, relu_ann=relu, network=network, inputs=inputs, time_steps=time_steps,
+                                serial=serial, trains=trains)
     notes = []
+    if fused:
+        fast = fuse(network)
+        kernels = cpu_kernels()
+        notes.append("fused kernels: " + (f"built or loaded in {kernels.seconds:.1f} s by this process (compiled "
+                                          "once per machine, then loaded from PyTorch's extension cache)"
+                                          if kernels is not None else "unavailable here: parallel-fused ran unfused"))
+        for t in time_steps:
+            cases.append(bench.Case(FUSED, t, lambda t=t: fast(inputs, time_steps=t)))
     if folded:
         for t in time_steps:
             net = _share_weights_copy(folded_network(model, time_steps=t))
@@ -134,7 +175,7 @@ def model_cases(name: str, *, batch_size: int, time_steps: list[int], width: int
             for t in time_steps:
                 cases.append(bench.Case(SPIKINGJELLY, t, lambda t=t: run_spikingjelly(sj, inputs, time_steps=t),
                                         grows_with_time=True))
-    config = {"model": name, "input_shape": list(shape), "batch_size": batch_size, "width": spec.resolved_width,
+    config = {"model": name, "input_shape": list(shape), "batch_size": batch_size, "width": resolved_width,
               "weights": f"random (seed {seed})", "activation": "qcfs L=4 θ=1"}
     return cases, config, notes
 
@@ -156,14 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + shlex.join([f"benchmarks/{Path(__file__).name}", *(sys.argv[1:] if argv is None else argv)])
     # The notes on the baselines only where they were run.
     notes = [n for n in NOTES if not (n.startswith("`spikingjelly`") and args.no_spikingjelly)
-             and not (n.startswith("`folded`") and args.no_folded)]
+             and not (n.startswith("`folded`") and args.no_folded)
+             and not (n.startswith("`parallel-fused`") and args.no_fused)]
     results = []
     for name in models:
         for batch_size in per_model.get(name, args.batch_sizes):
             print(f"{name}, batch {batch_size}, {device}, {args.threads} threads", file=sys.stderr, flush=True)
             cases, config, extra = model_cases(name, batch_size=batch_size, time_steps=args.time_steps,
                                                width=args.width, device=device, seed=args.seed,
-                                               spikingjelly=not args.no_spikingjelly, folded=not args.no_folded)
+                                               spikingjelly=not args.no_spikingjelly, folded=not args.no_folded,
+                                               fused=not args.no_fused, serial=not args.no_serial,
+                                               trains=not args.no_trains)
             notes += [n for n in extra if n not in notes]
             results.append(bench.measure(cases, config=config, device=device, threads=args.threads,
                                          rounds=args.rounds, min_block_seconds=args.min_block_seconds,

@@ -96,8 +96,10 @@ def test_baselines_agree_with_parasnn():
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.script inside SpikingJelly
 def test_spikingjelly_corrected_equals_serial_and_as_shipped_does_not():
-    pytest.importorskip("spikingjelly")
-    pytest.importorskip("requests")  # spikingjelly 0.0.0.0.14's ann2snn imports it without declaring it
+    try:
+        baselines.require_spikingjelly()
+    except ImportError as error:
+        pytest.skip(str(error))
     model, _ = tiny_model()
     network = convert(model)
     x = torch.randn(16, 1, 28, 28)
@@ -122,7 +124,8 @@ def test_speed_benchmark_writes_every_engine_ratio_and_plot(tmp_path):
     report = json.loads((tmp_path / "speed.json").read_text())
     assert report["machine"]["threads"] == 1 and report["command"].startswith("python benchmarks/speed.py")
     assert [r["config"]["batch_size"] for r in report["results"]] == [1, 2]
-    engines = {"ann", "ann-relu", "parallel", "parallel+trains", "serial", "folded"} | ({"spikingjelly"} if has_sj
+    engines = {"ann", "ann-relu", "parallel", "parallel-fused", "parallel+trains", "serial", "folded"} | \
+        ({"spikingjelly"} if has_sj
                                                                                        else set())
     for result in report["results"]:
         measured = {(m["engine"], m["time_steps"]) for m in result["measurements"]}
@@ -130,7 +133,8 @@ def test_speed_benchmark_writes_every_engine_ratio_and_plot(tmp_path):
         assert all(m["peak_bytes"] > 0 and m["seconds"]["median"] > 0 for m in result["measurements"])
         ratios = {r["name"] for r in result["ratios"]}
         expected = {"parallel/ann", "parallel/ann-relu", "serial/parallel", "parallel+trains/parallel",
-                    "folded/parallel"} | ({"spikingjelly/parallel", "spikingjelly/serial"} if has_sj else set())
+                    "folded/parallel", "parallel-fused/ann-relu", "parallel-fused/parallel",
+                    "serial/parallel-fused"} | ({"spikingjelly/parallel", "spikingjelly/serial"} if has_sj else set())
         assert ratios == expected
         assert {g["goal"] for g in result["goals"]} == {"parallel/ann time", "serial/parallel time",
                                                         "parallel/ann memory"}

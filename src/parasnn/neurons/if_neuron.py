@@ -93,8 +93,10 @@ class IFNeuron(SpikingNeuron):
         except KeyError:  # re-registered under another kind: the slow, general lookup
             return tuple(getattr(self, name) for name in self._resizable)
 
-    def _inference_constants(self, current: Tensor, time_steps: int):
-        """``(pre_shift or None, shift, θ − Δb, θ_post/T)`` viewed for ``current``, or ``None``
+    def inference_constants(self, current: Tensor, time_steps: int):
+        """The derived constants of the inference path (cached; shared with the fused kernel of
+        :mod:`parasnn.neurons.fused`):
+        ``(pre_shift or None, shift, θ − Δb, θ_post/T)`` viewed for ``current``, or ``None``
         where the in-place path does not apply (a graph is needed, or dtypes differ and the
         out-of-place type promotion must be kept)."""
         if not isinstance(current, Tensor):  # e.g. a torch.fx proxy
@@ -123,23 +125,23 @@ class IFNeuron(SpikingNeuron):
         return cache.get(tensors, key, compute)
 
     @staticmethod
-    def _count_in_place(current: Tensor, time_steps: int, constants) -> Tensor:
+    def count_in_place(current: Tensor, time_steps: int, constants) -> Tensor:
         """``clip(floor((T·(z + ψ_DA) + ψ)/(θ − Δb)), 0, T)`` in one fresh buffer (no autograd)."""
         pre_shift, shift, threshold, _ = constants
         charge = current * time_steps if pre_shift is None else (current + pre_shift).mul_(time_steps)
         return charge.add_(shift).div_(threshold).floor_().clamp_(0, time_steps)
 
     def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
-        constants = self._inference_constants(current, time_steps)  # checks time_steps when not cached
+        constants = self.inference_constants(current, time_steps)  # checks time_steps when not cached
         if constants is not None:
-            return self._count_in_place(current, time_steps, constants)
+            return self.count_in_place(current, time_steps, constants)
         check_time_steps(time_steps)
         return self._count(current, time_steps)
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
-        constants = self._inference_constants(current, time_steps)  # checks time_steps when not cached
+        constants = self.inference_constants(current, time_steps)  # checks time_steps when not cached
         if constants is not None:  # inference: one buffer, updated in place
-            return self._count_in_place(current, time_steps, constants).mul_(constants[3])
+            return self.count_in_place(current, time_steps, constants).mul_(constants[3])
         check_time_steps(time_steps)
         count = self._count(current, time_steps)
         return level_value(count, amplitude=per_channel(self.amplitude, current), time_steps=time_steps)

@@ -448,9 +448,17 @@ class PolarityMultiSpikeNeuron(SpikingNeuron):
         return parallel_polarity_count(time_steps * current, threshold=self.threshold, time_steps=time_steps,
                                        **self._levels())
 
+    @staticmethod
+    def parallel_output(current: Tensor, *, time_steps: int, threshold: Tensor, negative_levels: int,
+                        positive_levels: int) -> Tensor:
+        """``N·θ/T`` with ``N = clip(floor(T·z/θ + 1/2), −T·L⁻, T·L⁺)``: the parallel forward's
+        maths (the reference of the fused kernel in :mod:`parasnn.neurons.fused`)."""
+        count = parallel_polarity_count(time_steps * current, threshold=threshold, time_steps=time_steps,
+                                        negative_levels=negative_levels, positive_levels=positive_levels)
+        return level_value(count, amplitude=threshold, time_steps=time_steps)
+
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
-        return level_value(self.spike_count(current, time_steps=time_steps), amplitude=self.threshold,
-                           time_steps=time_steps)
+        return self.parallel_output(current, time_steps=time_steps, threshold=self.threshold, **self._levels())
 
     def spike_train(self, current: Tensor, *, time_steps: int) -> Tensor:
         return polarity_spike_train(current, threshold=self.threshold, time_steps=time_steps, **self._levels())
