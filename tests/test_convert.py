@@ -10,7 +10,8 @@ from helpers import LargestTensor
 from parasnn.conversion.stages import BatchNormMode, ConversionConfig, RateMaxPool, convert, quantize_relus
 from parasnn.conversion.graph import ConversionError
 from parasnn.neurons import QCFS
-from parasnn.simulation.forms import parallel_forward, serial_forward, serial_outputs, serial_step, spike_trains
+from parasnn.simulation.forms import (parallel_forward, serial_forward, serial_outputs, serial_step, spike_counts,
+                                     spike_trains)
 
 
 def _randomise_batchnorm(model):
@@ -197,6 +198,12 @@ def test_serial_state_is_explicit():
     assert torch.equal(first, again)  # same state in, same output out: nothing hidden
     _, second = serial_step(network, states, x, time_steps=4)
     assert set(states) == {"1"}
+    # the state is the membrane potential: the second step from it is the IF neuron's
+    # second step, computed here by hand (θ = 1: fire when v + I ≥ 1, spikes of amplitude 1)
+    current = network.graph_module.get_submodule("0")(x)
+    assert torch.equal(second, ((states["1"] + current) >= 1.0).to(current.dtype))
+    # the first step starts from v₀ = θ/2
+    assert torch.equal(first, ((current + 0.5) >= 1.0).to(current.dtype))
 
 
 def test_rate_max_pool_serial_average_equals_parallel():
@@ -228,6 +235,8 @@ def test_spike_trains_are_materialised_on_demand_and_match_counts():
     x = torch.randn(4, 1, 8, 8)
     trains = spike_trains(network, x, time_steps=6, layers=["act2"])
     assert list(trains) == ["act2"] and trains["act2"].shape == (6, 4, 6, 8, 8)
+    # a train is the count laid out in time: summing it over T gives the parallel spike count
+    assert torch.equal(trains["act2"].sum(0), spike_counts(network, x, time_steps=6)["act2"])
     with pytest.raises(KeyError, match="no neuron layer"):
         spike_trains(network, x, time_steps=6, layers=["nope"])
 
