@@ -129,3 +129,24 @@ def test_mobilenet_v2_converts_with_relu6_sites():
     network = convert(model, calibration_data=[x])
     assert len(list(network.neurons())) == 35  # every ReLU6 is a neuron
     assert parallel_forward(network, x, time_steps=8).shape == (2, 1000)
+
+
+def test_a_converted_transformer_saves_and_loads_bit_exactly_in_a_fresh_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    import parasnn
+    torch.manual_seed(0)
+    model = TinyTransformer().eval()
+    network = convert(model, calibration_data=[torch.randn(8, 5, 4)],
+                      config=ConversionConfig(bases=2, function_time_steps=(4,)))
+    x = torch.randn(3, 5, 4)
+    torch.save({"x": x, "expected": parallel_forward(network, x, time_steps=4)}, tmp_path / "io.pt")
+    parasnn.save(network, tmp_path / "snn")
+    check = (f"import torch, parasnn; data = torch.load({str(tmp_path / 'io.pt')!r}); "
+             f"net = parasnn.load({str(tmp_path / 'snn')!r}); "
+             "assert torch.equal(parasnn.parallel_forward(net, data['x'], time_steps=4), data['expected'])")
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -93,7 +93,8 @@ for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspo
              nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Flatten, nn.Unflatten, nn.Identity,
              nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
              nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d,
-             nn.ReLU):
+             nn.ReLU, nn.ReLU6, nn.Embedding, nn.LayerNorm, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish,
+             nn.Softmax):
     register_torch_module(_cls)
 
 
@@ -132,7 +133,43 @@ def _register_parasnn_classes() -> None:
                                build=lambda config, children: RateMaxPool(children["pool"]), children=True))
 
 
+def _register_transformer_classes() -> None:
+    """The layers of converted transformers: fitted functions (one MBE neuron per T), products
+    of two activations, the max of rates inside softmax."""
+    import torch
+
+    from ..conversion.pooling import Amax
+    from ..neurons.function_neuron import FunctionNeuron
+    from ..neurons.mbe import MBENeuron, MBEParameters
+    from ..neurons.product_layer import SpikingProduct
+
+    def mbe_skeleton(config, children):
+        bases, steps = int(config["bases"]), int(config["time_steps"])
+        vector, table = torch.ones(bases), torch.ones(bases, steps)
+        return MBENeuron(MBEParameters(input_scale=vector, input_shift=vector, threshold=table, reset=table,
+                                       intensity=table, weight=vector, output_bias=torch.zeros(())),
+                         function=str(config["function"]))
+
+    register_module(ModuleSpec(name="parasnn.MBENeuron", cls=MBENeuron, build=mbe_skeleton,
+                               config=lambda module: {"bases": module.bases, "time_steps": module.time_steps,
+                                                      "function": module.function}))
+    register_module(ModuleSpec(name="torch.nn.ModuleDict", cls=nn.ModuleDict, config=lambda module: {},
+                               build=lambda config, children: nn.ModuleDict(children), children=True))
+    register_module(ModuleSpec(
+        name="parasnn.FunctionNeuron", cls=FunctionNeuron, children=True,
+        config=lambda module: {"function": module.function.value},
+        build=lambda config, children: FunctionNeuron(config["function"],
+                                                      {int(k): v for k, v in children["neurons"].items()})))
+    register_module(ModuleSpec(name="parasnn.SpikingProduct", cls=SpikingProduct,
+                               config=lambda module: {"kind": module.kind.value},
+                               build=lambda config, children: SpikingProduct(config["kind"])))
+    register_module(ModuleSpec(name="parasnn.Amax", cls=Amax,
+                               config=lambda module: {"dim": module.dim, "keepdim": module.keepdim},
+                               build=lambda config, children: Amax(config["dim"], config["keepdim"])))
+
+
 _register_parasnn_classes()
+_register_transformer_classes()
 
 
 def spec_for(module: nn.Module, *, where: str) -> ModuleSpec:

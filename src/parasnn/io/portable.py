@@ -40,12 +40,18 @@ GRAPH_FILE, WEIGHTS_FILE = "network.json", "weights.safetensors"
 
 def _functions() -> dict[str, object]:
     table = {f"operator.{name}": getattr(operator, name) for name in (
-        "add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "floordiv", "neg", "pos", "getitem")}
+        "add", "iadd", "sub", "isub", "mul", "imul", "truediv", "itruediv", "floordiv", "neg", "pos", "getitem",
+        "pow", "matmul", "invert", "eq", "ne", "lt", "le", "gt", "ge")}
     table["builtins.getattr"] = getattr
     table.update({f"torch.{name}": getattr(torch, name) for name in (
         "add", "sub", "mul", "div", "cat", "concat", "stack", "flatten", "reshape", "transpose", "permute",
         "squeeze", "unsqueeze", "chunk", "split", "mean", "sum", "narrow", "relu", "relu_", "clamp", "zeros_like",
-        "ones_like", "neg")})
+        "ones_like", "neg", "matmul", "bmm", "ones", "zeros", "arange", "tril", "triu", "where", "exp",
+        "sigmoid", "tanh", "softmax", "rsqrt", "reciprocal", "amax", "_assert")})
+    # Operations on analog values (before the first neuron) run unchanged in a converted graph.
+    table.update({f"torch.nn.functional.{name}": getattr(F, name) for name in (
+        "gelu", "silu", "hardswish", "hardsigmoid", "relu6", "softmax", "layer_norm", "normalize", "embedding",
+        "scaled_dot_product_attention")})
     table.update({f"torch.nn.functional.{name}": getattr(F, name) for name in (
         "relu", "relu_", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
         "adaptive_avg_pool3d", "max_pool1d", "max_pool2d", "max_pool3d", "adaptive_max_pool1d",
