@@ -14,15 +14,17 @@ reference functions):
   (``+ψ_DA`` only when the pre-shift is non-zero, as in the reference);
 * PMSM (``docs/maths.md §6``): ``clip(floor(T·z/θ + 1/2), −T·L⁻, T·L⁺) · (θ/T)``.
 
-Backend: a C++ operator built at first use with :func:`torch.utils.cpp_extension.load_inline`
+Backends: a C++ operator built at first use with :func:`torch.utils.cpp_extension.load_inline`
 (``-O3 -march=native``, vectorised; ``-ffp-contract=off`` so that no multiply-add is fused,
-which would change the rounding). The build is cached on disk by PyTorch (the
-``TORCH_EXTENSIONS_DIR``, default ``~/.cache/torch_extensions``), so only the first process
-on a machine pays the compilation (about 1–2 min; later processes load it in about a
-second), and in memory by :func:`cpu_kernels`. Inputs the operator does not cover (not
-on the CPU, not float32/float64, not contiguous, parameters of another dtype) and
-platforms where it cannot be built take the unfused reference path (the latter with a
-one-line warning), so a fused neuron is never wrong, at worst unfused.
+which would change the rounding), and a CUDA one built with nvcc the same way
+(``--fmad=false``; compiled but not yet run on a GPU — its tests run where one is present).
+Builds are cached on disk by PyTorch (the ``TORCH_EXTENSIONS_DIR``, default
+``~/.cache/torch_extensions``), so only the first process on a machine pays the compilation
+(1–5 min; later processes load it in about a second), and in memory by :func:`cpu_kernels`
+and :func:`cuda_kernels`. Inputs the operators do not cover (another device, not
+float32/float64, not contiguous, parameters of another dtype) and platforms where they
+cannot be built take the unfused reference path (the latter with a one-line warning), so a
+fused neuron is never wrong, at worst unfused.
 
 Shapes: ``current`` is ``(B, C, *spatial)`` or ``(B, F)``; each IF parameter is a 0-dim
 tensor or one value per channel (``(C,)`` or its broadcast view ``(C, 1, …, 1)``), of the
