@@ -13,13 +13,13 @@ import numpy as np
 from .info import DataError, DatasetInfo, DatasetName, Splits
 from .transforms import make_splits
 
-__all__ = ["load_image_folder"]
+__all__ = ["load_image_folder", "IMAGE_SUFFIXES", "GRAYSCALE_MODES", "import_pil"]
 
-_IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-_GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
-def _import_pil():
+def import_pil():
     try:
         from PIL import Image
     except ImportError as error:
@@ -48,7 +48,7 @@ def _list_images(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[s
             continue
         files.extend(
             (entry, label) for entry in sorted(class_dir.iterdir())
-            if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in _IMAGE_SUFFIXES
+            if entry.is_file() and not entry.name.startswith(".") and entry.suffix.lower() in IMAGE_SUFFIXES
         )
     return list(classes), files
 
@@ -62,7 +62,7 @@ def load_image_folder(root: Path, *, image_size: int | None) -> Splits:
             f"image folder not found: need {train_dir} and {test_dirs[0]} (or {test_dirs[1]}), each holding one "
             "sub-directory of images per class; pass the directory above them as data_dir (--data-dir)"
         )
-    Image = _import_pil()
+    Image = import_pil()
     classes, train_files = _list_images(train_dir, None)
     if not classes:
         raise DataError(f"{train_dir}: no class sub-directories; expected {train_dir}/<class>/<image>")
@@ -70,7 +70,7 @@ def load_image_folder(root: Path, *, image_size: int | None) -> Splits:
     counts = np.bincount([label for _, label in train_files], minlength=len(classes))
     empty = [classes[label] for label in np.flatnonzero(counts == 0)]
     if empty:
-        raise DataError(f"{train_dir}: no images for classes {empty} (suffixes read: {sorted(_IMAGE_SUFFIXES)})")
+        raise DataError(f"{train_dir}: no images for classes {empty} (suffixes read: {sorted(IMAGE_SUFFIXES)})")
     if not test_files:
         raise DataError(f"{test_dir}: no images; expected {test_dir}/<class>/<image>")
 
@@ -82,7 +82,7 @@ def load_image_folder(root: Path, *, image_size: int | None) -> Splits:
         for path, _ in files:
             try:
                 with Image.open(path) as image:
-                    grayscale = image.mode in _GRAYSCALE_MODES
+                    grayscale = image.mode in GRAYSCALE_MODES
                     if target is None:
                         target, first = image.size, path
                     elif image_size is None and image.size != target:

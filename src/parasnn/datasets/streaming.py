@@ -36,22 +36,13 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from .data import DataError, DatasetInfo, DatasetName, normalize
+from .folder import GRAYSCALE_MODES, IMAGE_SUFFIXES, import_pil
+from .info import DataError, DatasetInfo, DatasetName
+from .transforms import normalize
 
 __all__ = ["IMAGE_SUFFIXES", "GRAYSCALE_MODES", "list_image_files", "ImageFolderStream", "StreamSplits",
            "stream_image_folder", "stream_loader", "channel_statistics"]
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
-GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-
-
-def _import_pil():
-    try:
-        from PIL import Image
-    except ImportError as error:
-        raise DataError("reading an image folder needs Pillow, which is not installed: "
-                        "pip install 'parasnn[vision]'") from error
-    return Image
 
 
 def list_image_files(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -120,7 +111,7 @@ class ImageFolderStream(Dataset):
 
     def raw(self, index: int) -> np.ndarray:
         """Pixels of example ``index`` as ``uint8 (C, H, W)``."""
-        Image = _import_pil()
+        Image = import_pil()
         path = self.path(index)
         try:
             with Image.open(path) as image:
@@ -151,7 +142,7 @@ class StreamSplits:
 def _scan(split_dir: Path, paths: np.ndarray, *, image_size: int | None, first: tuple | None) -> tuple[bool, tuple]:
     """One pass over the headers: are all images grey, and (without ``image_size``) do they
     have one size. ``first`` carries ``(size, path)`` of the first image across splits."""
-    Image = _import_pil()
+    Image = import_pil()
     grayscale = True
     for name in paths:
         path = split_dir / name.decode()
