@@ -17,7 +17,7 @@ from ..datasets.batches import model_inputs
 from ..neurons.base import SpikingNeuron
 from ..neurons.integrate_fire import check_time_steps as neuron_time_steps
 
-__all__ = ["SpikingNetwork", "check_input", "check_time_steps", "expected_inputs", "explain_shape_errors", "device_of", "observe",
+__all__ = ["SpikingNetwork", "check_input", "check_time_steps", "expected_inputs", "explain_shape_errors", "device_of", "forward_hooks", "observe",
            "synchronize", "MAX_TIME_STEPS"]
 
 # Spike counts are float32 tensors, which hold every integer exactly only up to 2^24; a
@@ -35,6 +35,20 @@ def device_of(module: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+@contextlib.contextmanager
+def forward_hooks(hooks: Iterable[tuple[nn.Module, Callable]], *, with_kwargs: bool = False):
+    """Attach forward ``hooks`` ``(module, hook)`` for the ``with`` block, under ``torch.no_grad``;
+    they are removed afterwards, whatever happened. ``with_kwargs``: hooks take
+    ``(module, args, kwargs, output)`` (a neuron's ``time_steps`` is a keyword)."""
+    handles = [module.register_forward_hook(hook, with_kwargs=with_kwargs) for module, hook in hooks]
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def observe(model: nn.Module, batches: Iterable, hooks: Iterable[tuple[nn.Module, Callable]], *,
             description: str | None = None) -> None:
     """Run ``batches`` (tensors or ``(inputs, labels)``) through ``model`` in eval mode without
@@ -42,17 +56,14 @@ def observe(model: nn.Module, batches: Iterable, hooks: Iterable[tuple[nn.Module
     hooks see what they record. Afterwards the hooks are removed and the model's mode restored,
     whatever happened. ``description``: show a progress bar with this label."""
     from ..runtime.progress import progress
-    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     was_training = model.training
     device = device_of(model)
     model.eval()
     try:
-        with torch.no_grad():
+        with forward_hooks(hooks):
             for batch in (progress(batches, description=description) if description else batches):
                 model(*(x.to(device) for x in model_inputs(batch)))
     finally:
-        for handle in handles:
-            handle.remove()
         model.train(was_training)
 
 

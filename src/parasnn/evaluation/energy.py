@@ -26,7 +26,7 @@ import torch.fx as fx
 from torch import Tensor, nn
 
 from ..conversion.rules import OperationCost, has_cost, operation_cost
-from ..conversion.network import SpikingNetwork
+from ..conversion.network import SpikingNetwork, forward_hooks
 from ..neurons.base import SpikingNeuron
 from ..simulation.forms import SimulationResult
 
@@ -112,18 +112,13 @@ def layer_costs(network: SpikingNetwork, *inputs: Tensor, time_steps: int = 1) -
     with one forward pass (costs are registered with the conversion rules,
     :func:`parasnn.conversion.rules.register_cost`)."""
     costs: dict[str, OperationCost] = {}
-    handles = []
     gm = network.graph_module
-    for node in gm.graph.nodes:
-        if node.op == "call_module" and has_cost(gm.get_submodule(node.target)):
-            handles.append(gm.get_submodule(node.target).register_forward_hook(
-                lambda m, args, out, path=node.target: costs.__setitem__(path, operation_cost(m, args, out))))
-    try:
-        with torch.no_grad():
-            network(*inputs, time_steps=time_steps)
-    finally:
-        for handle in handles:
-            handle.remove()
+    layers = [(node.target, gm.get_submodule(node.target)) for node in gm.graph.nodes
+              if node.op == "call_module" and has_cost(gm.get_submodule(node.target))]
+    hooks = [(module, lambda m, args, out, path=path: costs.__setitem__(path, operation_cost(m, args, out)))
+             for path, module in layers]
+    with forward_hooks(hooks):
+        network(*inputs, time_steps=time_steps)
     return costs
 
 

@@ -21,6 +21,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..conversion.network import forward_hooks
 from ..io.files import atomic_path
 
 __all__ = ["collect_outputs", "summarize", "distribution_figure", "resolve_layers", "MAX_PLOTTED_VALUES"]
@@ -71,14 +72,9 @@ def collect_outputs(run: Callable[[Tensor], Tensor], root: nn.Module, layers: Se
             chunks[path].append(output.detach().float().flatten().cpu())
         return hook
 
-    handles = [root.get_submodule(path).register_forward_hook(recorder(path)) for path in layers]
-    try:
-        with torch.no_grad():
-            for x in inputs:
-                run(x)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks([(root.get_submodule(path), recorder(path)) for path in layers]):
+        for x in inputs:
+            run(x)
     values = {}
     for path, parts in chunks.items():
         flat = torch.cat(parts) if parts else torch.zeros(0)

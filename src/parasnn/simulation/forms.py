@@ -18,7 +18,7 @@ import torch
 import torch.fx as fx
 from torch import Tensor
 
-from ..conversion.network import SpikingNetwork, check_input, check_time_steps, explain_shape_errors
+from ..conversion.network import SpikingNetwork, check_input, check_time_steps, explain_shape_errors, forward_hooks
 from ..neurons.base import SerialOp, SpikingNeuron
 
 __all__ = ["parallel_forward", "serial_forward", "parallel_simulation", "serial_simulation", "SimulationResult",
@@ -103,13 +103,8 @@ def parallel_simulation(network: SpikingNetwork, *inputs: Tensor, time_steps: in
             counts[path] = module.spike_count(args[0], time_steps=kwargs["time_steps"]).detach()
         return hook
 
-    handles = [neuron.register_forward_hook(recorder(path), with_kwargs=True) for path, neuron in network.neurons()]
-    try:
-        with torch.no_grad():
-            output = network(*inputs, time_steps=time_steps)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks([(neuron, recorder(path)) for path, neuron in network.neurons()], with_kwargs=True):
+        output = network(*inputs, time_steps=time_steps)
     return SimulationResult(output, counts)
 
 
@@ -154,11 +149,6 @@ def spike_trains(network: SpikingNetwork, *inputs: Tensor, time_steps: int,
             trains[path] = module.spike_train(args[0], time_steps=kwargs["time_steps"]).detach()
         return hook
 
-    handles = [wanted[name].register_forward_hook(recorder(name), with_kwargs=True) for name in names]
-    try:
-        with torch.no_grad():
-            network(*inputs, time_steps=time_steps)
-    finally:
-        for handle in handles:
-            handle.remove()
+    with forward_hooks([(wanted[name], recorder(name)) for name in names], with_kwargs=True):
+        network(*inputs, time_steps=time_steps)
     return trains
