@@ -1,4 +1,6 @@
 """NIR export and import (the Neuromorphic Intermediate Representation, ``pip install nir``).
+One module for the mapping in both directions (the import lives in :mod:`.nir_import`), so
+each layer's encoding is written once; hence a little over 400 lines.
 
 A converted network becomes a ``nir.NIRGraph`` describing its **serial** form: at every step
 the input current enters, each layer runs once, each neuron integrates and fires. What maps
