@@ -279,10 +279,13 @@ def _plot(request: PlotRequest, networks: dict[str, SpikingNetwork], ann_values:
     snn_values = {}
     for name, _ in VARIANTS:
         network = networks[name]
-        label = f"{'†' if da else ''}{name}"
+        key = f"{'†' if da else ''}{name}"
+        # an undone stage is marked in the figure, so a variant equal to the baseline reads as what it is
+        reverted = report.cell(T, name, da=da).reverted
+        label = key + (f" (↺{','.join(reverted)} undone)" if reverted else "")
         snn_values[label] = collect_outputs(lambda x: network(x.to(device), time_steps=T), network.graph_module,
                                             layers, inputs)
-        report.plot_statistics[f"T={T} {label}"] = {
+        report.plot_statistics[f"T={T} {key}"] = {
             layer: {"ann": summarize(ann_values[layer]), "snn": summarize(snn_values[label][layer],
                                                                          reference=ann_values[layer])}
             for layer in layers}
