@@ -3,7 +3,15 @@ Fashion-MNIST test set (100 images per class, the first of each class in test-se
 
     python scripts/make_demo_assets.py runs/fmnist-vgg-small-qcfs-l4/model.pt
 
-The checkpoint must come from `parasnn train` (see README, "The embedded network").
+The checkpoint must come from `parasnn train` (see README, "The embedded network"). The demo
+also ships that network calibrated for T = 1 and T = 2, made afterwards with
+
+    parasnn calibrate src/parasnn/assets/fashion_mnist_vgg_small_qcfs.pt -T 1 --stages da,bn,bias \
+        --training-size 10000 --calibration-size 2000 \
+        --out src/parasnn/assets/fashion_mnist_vgg_small_qcfs_calibrated_t1.pt
+    (and the same with -T 2 … _t2.pt)
+
+Each calibrated checkpoint records that command in its config.
 """
 from __future__ import annotations
 

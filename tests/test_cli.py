@@ -81,3 +81,18 @@ def test_user_errors_are_reported_not_raised(trained, tmp_path, capsys):
 def test_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "parasnn.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "demo" in result.stdout
+
+
+def test_demo_shows_exact_calibrated_serial_and_pascal_rows(tmp_path):
+    """The demo's claims hold on its own numbers: the parallel SNN at T = L and PASCAL's serial
+    SNN score exactly the ANN's accuracy (they reproduce its logits); every row is reported."""
+    report_path = tmp_path / "demo.json"
+    assert main(["demo", "--json", str(report_path)]) == 0
+    rows = json.loads(report_path.read_text())["rows"]
+    by_name = {(row["network"], row["setting"]): row for row in rows}
+    ann = by_name[("ANN", "QCFS, L = 4")]["accuracy"]
+    assert by_name[("SNN parallel", "T = L = 4")]["accuracy"] == ann
+    assert "bit for bit" in by_name[("SNN parallel", "T = L = 4")]["meaning"]
+    assert [row["accuracy"] for row in rows if row["network"] == "PASCAL serial"] == [ann]
+    assert {row["setting"] for row in rows if row["network"] == "SNN calibrated"} == {"T = 1", "T = 2"}
+    assert any(row["network"] == "SNN serial" for row in rows)

@@ -9,8 +9,8 @@
     parasnn demo       the embedded Fashion-MNIST network, no download needed
 
 This module holds the commands that share the data and conversion options (train, convert,
-evaluate, demo) and the error handling of every command, hence its length; the other
-commands live in their own modules (``COMMAND_MODULES``).
+evaluate) and the error handling of every command; the other commands live in their own
+modules (``COMMAND_MODULES``).
 
 Every command that writes a file also writes the resolved configuration next to it
 (``<name>.config.json``). Run ``parasnn <command> --help`` for the options.
@@ -43,7 +43,7 @@ __all__ = ["main", "build_parser", "summary_parser", "COMMAND_MODULES", "COMMAND
 # parser to the ``argparse`` sub-parsers and sets ``handler=`` (a function of the parsed
 # arguments returning an exit status) with ``set_defaults``.
 COMMAND_MODULES: tuple[str, ...] = ("parasnn.cli.calibrate", "parasnn.cli.bench", "parasnn.cli.pmsm",
-                                     "parasnn.cli.export", "parasnn.cli.text")
+                                     "parasnn.cli.export", "parasnn.cli.text", "parasnn.cli.demo")
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "fashion_mnist_vgg_small_qcfs.pt"
@@ -199,19 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_options(evaluate)
     add_model_arguments(evaluate)
 
-    demo = commands.add_parser("demo", help="convert and evaluate the embedded Fashion-MNIST network",
-                               description="Runs the embedded QCFS VGG (trained on Fashion-MNIST by parasnn train) "
-                                           "on the embedded slice of the Fashion-MNIST test set: ANN vs SNN "
-                                           "accuracy at each T, parallel and serial, with timings.")
-    demo.add_argument("--time-steps", "-T", type=time_steps_list, default=[1, 2, 4, 8],
-                      help="T values to run the SNN at")
-    demo.add_argument("--json", type=Path, help="also write the report as JSON")
-    demo.add_argument("--device", type=device, default="auto")
-
     train.set_defaults(handler=_command_train)
     convert.set_defaults(handler=_command_convert)
     evaluate.set_defaults(handler=_command_evaluate)
-    demo.set_defaults(handler=_command_demo)
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_command(commands)
     for command in commands.choices.values():  # `parasnn evaluate ... --debug` works too
@@ -299,11 +289,6 @@ def _command_convert(args) -> int:
     return 0
 
 
-def _print_report(report, *, title: str) -> None:
-    from ..evaluation.accuracy import format_table
-    print(format_table(report, title=title))
-
-
 def _command_evaluate(args) -> int:
     """Under torchrun each process evaluates its shard of the test set; counts are summed and
     rank 0 prints and writes the report."""
@@ -366,38 +351,6 @@ def _evaluate(args) -> int:
                     "device": str(args.device), "processes": distributed.world_size(), **arguments_record(args)}
         write_json(args.json, {"config": resolved, "model": spec.to_dict(), **report.to_dict()})
         write_json(config_path(args.json), resolved)
-    return 0
-
-
-def _command_demo(args) -> int:
-    from ..io.checkpoint import load_ann
-    from ..conversion.stages import convert
-    from ..datasets.data import load_subset, make_loader
-    from ..evaluation.accuracy import Form, evaluate
-    from ..io.files import check_outputs, write_json
-    for path in (DEMO_CHECKPOINT, DEMO_TEST_SLICE):
-        if not path.exists():
-            raise SystemExit(f"parasnn demo: embedded file {path} is missing; reinstall parasnn")
-    check_outputs({"--json": args.json}, inputs={"embedded checkpoint": DEMO_CHECKPOINT,
-                                                 "embedded test slice": DEMO_TEST_SLICE})
-    model, spec, checkpoint = load_ann(DEMO_CHECKPOINT)
-    test, info = load_subset(DEMO_TEST_SLICE)
-    start = time.perf_counter()
-    network = convert(model)
-    conversion_seconds = time.perf_counter() - start
-    batches = list(make_loader(test, batch_size=256, shuffle=False))
-    model, network = model.to(args.device), network.to(args.device)
-    report = evaluate(model, network, batches, time_steps=args.time_steps, forms=(Form.PARALLEL, Form.SERIAL))
-    levels = spec.activation.levels
-    print(f"\nEmbedded {spec.name}, QCFS L={levels}, trained on Fashion-MNIST "
-          f"(test accuracy {100 * checkpoint['metrics'].get('test_accuracy', float('nan')):.2f}% on all 10000 images); "
-          f"conversion took {conversion_seconds:.2f} s.")
-    _print_report(report, title=f"ANN vs SNN on the embedded slice of the Fashion-MNIST test set "
-                                f"({report.samples} images, device {args.device})")
-    print("\nAt T = L the parallel SNN reproduces the QCFS ANN exactly; the serial SNN shows what a step-by-step "
-          "simulation (as on neuromorphic hardware) loses. Times are for the whole slice.")
-    if args.json:
-        write_json(args.json, {"model": spec.to_dict(), **report.to_dict()})
     return 0
 
 
