@@ -96,3 +96,13 @@ def test_demo_shows_exact_calibrated_serial_and_pascal_rows(tmp_path):
     assert [row["accuracy"] for row in rows if row["network"] == "PASCAL serial"] == [ann]
     assert {row["setting"] for row in rows if row["network"] == "SNN calibrated"} == {"T = 1", "T = 2"}
     assert any(row["network"] == "SNN serial" for row in rows)
+
+
+def test_small_data_sets_train_with_the_default_holdout(tmp_path):
+    """digits has 1438 training images: the default holds a tenth apart instead of 5000."""
+    from parasnn.datasets.data import load_dataset
+    out = tmp_path / "run"
+    assert main(["train", "--model", "vgg-small", "--dataset", "digits", "--epochs", "1", "--width", "4",
+                 "--max-batches", "2", "--out", str(out)]) == 0
+    recorded = json.loads((out / "config.json").read_text())
+    assert recorded["train"]["holdout"] == len(load_dataset("digits").train) // 10

@@ -140,8 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay after warm-up)")
     train.add_argument("--weight-decay", type=float, default=5e-4)
     train.add_argument("--no-augment", action="store_true", help="no random shifts / flips")
-    train.add_argument("--holdout", type=int, default=5000,
-                       help="training images kept out of training for validation and calibration (default 5000)")
+    train.add_argument("--holdout", type=int, default=None,
+                       help="training images kept out of training for validation and calibration (default: 5000, "
+                            "or a tenth of a training set smaller than 50000, e.g. digits)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--max-batches", type=positive_int, help="stop each epoch after this many batches (quick runs)")
     train.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory (default runs/train)")
@@ -213,11 +214,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands ---------------------------------------------------------------------------
 
+def default_holdout(dataset: str, *, data_dir: str | None = None) -> int:
+    """5000 held-apart images, or a tenth of a training set smaller than 50000 (digits has
+    1438): small data sets train with the defaults. The number is resolved here so that the
+    run's recorded configuration holds it."""
+    from ..datasets.data import load_dataset
+    size = len(load_dataset(dataset, data_dir=data_dir).train)
+    return 5000 if size >= 50_000 else max(1, size // 10)
+
+
 def _command_train(args) -> int:
     from ..methods.adaptive_levels import PROBE_LEVELS
     from .levels import command_train
     from ..training.train import TrainConfig, train
     auto = args.levels == "auto"
+    if args.holdout is None:
+        args.holdout = default_holdout(args.dataset, data_dir=args.data_dir)
     config = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, activation=args.activation,
                          levels=PROBE_LEVELS if auto else args.levels, threshold=args.threshold, width=args.width,
                          epochs=args.epochs,

@@ -213,6 +213,10 @@ def _train(config: TrainConfig, out_dir: Path, *, device: torch.device, state: d
     splits = load_dataset(config.dataset, data_dir=config.data_dir)
     train_set = splits.train
     validation = None
+    if config.holdout >= len(splits.train):
+        raise ValueError(f"holdout={config.holdout} images cannot be held apart from the {len(splits.train)} training "
+                         f"images of {config.dataset}; pass --holdout N (TrainConfig(holdout=N)) below that, e.g. "
+                         f"{len(splits.train) // 10}")
     if config.holdout:
         train_set, validation = calibration_split(splits.train, size=config.holdout, seed=config.seed)
     spec = config.model_spec(splits.info.input_shape, splits.info.num_classes)
