@@ -69,7 +69,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     relu.add_argument("--percentile", type=float, default=defaults.percentile,
                       help=f"activation percentile recorded as threshold, 100 = max (default {defaults.percentile})")
     relu.add_argument("--levels", type=int, default=defaults.levels,
-                      help=f"L of the QCFS proxy stored in the checkpoint (default {defaults.levels})")
+                      help=f"L, the quantization levels per layer: of the QCFS that replaces each ReLU (default {defaults.levels})")
     da = parser.add_argument_group("stage da (DA-QCFS error calibration, †)")
     da.add_argument("--momentum", type=float, default=defaults.da.momentum,
                     help=f"α of the running error averages (default {defaults.da.momentum})")

@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="qcfs (default), relu, or signed (the full-precision network PMSM quantizes; "
                             "use --threshold 1)")
     train.add_argument("--levels", type=_levels, default=4,
-                       help="QCFS levels L: one integer, one per activation site (4,4,8,...), or auto "
+                       help="L, the quantization levels per layer: of each QCFS activation; one integer, one per site (4,4,8,...), or auto "
                             "(PASCAL's adaptive layerwise activation: probe, choose L per layer, fine-tune)")
     train.add_argument("--threshold", type=float, default=8.0, help="initial QCFS threshold (default 8)")
     train.add_argument("--width", type=positive_int, help="base channel width (default: the architecture's)")
@@ -166,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep BN as frozen layers (bit-exact, default) or fold it into conv/linear")
     convert.add_argument("--percentile", type=float, default=99.9,
                          help="ReLU networks: activation percentile used as threshold (100 = max)")
-    convert.add_argument("--levels", type=positive_int, default=8, help="ReLU networks: L of the QCFS proxy (default 8)")
+    convert.add_argument("--levels", type=positive_int, default=8, help="L, the quantization levels per layer: of the QCFS that replaces each ReLU (default 8)")
     convert.add_argument("--calibration-size", type=positive_int, default=1024,
                          help="ReLU networks: images from the held-apart training slice used to record thresholds")
     _add_data_options(convert)

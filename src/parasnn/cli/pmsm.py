@@ -58,7 +58,7 @@ def add_command(commands) -> None:
     parser.add_argument("--out", type=Path, help="quantized ANN checkpoint to write (required unless --compare)")
     parser.add_argument("--snn", type=Path, help="also convert and write the PMSM spiking network here")
     parser.add_argument("--levels", type=positive_int_list, default=[defaults.levels],
-                        help="L: 2L non-zero levels per layer, split between the polarities "
+                        help="L, the quantization levels per layer: 2L non-zero signed levels, split between the polarities "
                              f"(default {defaults.levels}; a list such as 1,4 with --compare)")
     parser.add_argument("--compare", type=_initialisations, metavar="INITS",
                         help="compare initialisations (e.g. entropy,percentile,range) at every --levels L "
