@@ -16,10 +16,10 @@ from parasnn.conversion.graph import ConversionError
 from parasnn.conversion.methods import Method, neuron_factory
 from parasnn.zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
 from parasnn.neurons import QCFS
-from parasnn.neurons.pmsm import (PolarityMultiSpikeNeuron, PolarityQuantizer, entropy_initialisation,
-                                  level_entropy, level_probabilities, parallel_polarity_count,
-                                  percentile_initialisation, polarity_level, polarity_spike_train, signed_clip,
-                                  simulate_multi_spike)
+from parasnn.neurons.pmsm import (PolarityMultiSpikeNeuron, PolarityQuantizer, parallel_polarity_count,
+                                  polarity_level, polarity_spike_train, signed_clip, simulate_multi_spike)
+from parasnn.neurons.pmsm_initialisation import (entropy_initialisation, level_entropy, level_probabilities,
+                                                 percentile_initialisation)
 from parasnn.methods.pmsm import Initialisation, PMSMConfig, quantize_network, record_preactivations, signed_sites
 from parasnn.simulation.forms import parallel_forward, parallel_simulation, serial_forward, serial_simulation
 

@@ -13,9 +13,9 @@ Stages (maths in :mod:`parasnn.neurons.pmsm`):
    never the test set) through the full-precision network and keep a seeded random sample
    of every signed activation's *input* (its pre-activation, ``(N,)`` per layer).
 2. **initialise** — per layer, the step θ and the level split L⁺/L⁻ from the sample:
-   :func:`~parasnn.neurons.pmsm.entropy_initialisation` (default; the level entropy is
+   :func:`~parasnn.neurons.pmsm_initialisation.entropy_initialisation` (default; the level entropy is
    maximised inside the full-precision range), or for comparison the plain
-   :func:`~parasnn.neurons.pmsm.percentile_initialisation` of the pre-activations, or
+   :func:`~parasnn.neurons.pmsm_initialisation.percentile_initialisation` of the pre-activations, or
    ``range`` (θ = r/L: keep the range the full-precision network learnt). Each activation
    is switched to its quantized form.
 3. **fine-tune** — a short quantization-aware pass over the training split (SGD with
@@ -43,8 +43,9 @@ from ..datasets.data import augment, make_loader
 from ..evaluation.accuracy import ann_accuracy
 from ..conversion.network import observe
 from ..runtime.checks import require_positive_int
-from ..neurons.pmsm import (LevelChoice, PolarityQuantizer, entropy_initialisation, level_entropy,
-                           percentile_initialisation)
+from ..neurons.pmsm import PolarityQuantizer
+from ..neurons.pmsm_initialisation import (LevelChoice, entropy_initialisation, level_entropy,
+                                           percentile_initialisation)
 
 __all__ = ["Initialisation", "PMSMConfig", "LayerReport", "PMSMReport", "signed_sites", "record_preactivations",
            "initialise_quantizers", "fine_tune", "quantize_network", "format_layers", "ComparisonRow",
