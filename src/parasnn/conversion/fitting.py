@@ -65,13 +65,15 @@ def record_site_inputs(gm: fx.GraphModule, sites: list[fx.Node], batches: Iterab
     with torch.no_grad():
         for batch in progress(batches, description="recording function inputs"):
             recorder.run(*(x.to(device) for x in model_inputs(batch)))
-    merged = {}
-    for name, parts in samples.items():
-        values = torch.cat(parts)
-        if values.numel() > SAMPLES_PER_SITE:
-            values = values[torch.randperm(values.numel(), generator=generator)[:SAMPLES_PER_SITE]]
-        merged[name] = values
-    return merged
+    return {name: _at_most(parts, generator) for name, parts in samples.items()}
+
+
+def _at_most(parts: list[Tensor], generator: torch.Generator) -> Tensor:
+    """The values of ``parts`` together, a seeded random ``SAMPLES_PER_SITE`` of them when more."""
+    values = torch.cat(parts)
+    if values.numel() > SAMPLES_PER_SITE:
+        values = values[torch.randperm(values.numel(), generator=generator)[:SAMPLES_PER_SITE]]
+    return values
 
 
 def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config) -> fx.GraphModule:
@@ -94,14 +96,13 @@ def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config) -> 
             layer = copy.deepcopy(layers[key])
         except (TypeError, ValueError) as error:
             raise ConversionError(f"{describe(gm, node)} ({rule.name}): {error}") from error
-        owner = module_path(node)
-        base = f"{owner}.{node.name}" if owner and node.op != "call_module" else (
-            node.target if node.op == "call_module" else node.name)
-        if node.op == "call_module":
-            set_submodule(gm, base, layer)
+        if node.op == "call_module":  # the module keeps its path; the neuron takes its place
+            set_submodule(gm, node.target, layer)
             node.args, node.kwargs = (node.args[0],), {}
-        else:
-            replace_with_module(gm, node, fresh_name(gm, base), layer, (node.args[0],))
+        else:  # a function or method call: a new module named after where it was called
+            owner = module_path(node)
+            name = fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
+            replace_with_module(gm, node, name, layer, (node.args[0],))
     gm.graph.lint()
     gm.recompile()
     return gm
@@ -118,10 +119,5 @@ def _pooled(gm, rules: dict, samples: dict[str, Tensor]) -> dict[str, Tensor]:
         if node.name in samples:
             groups.setdefault(_group(gm, node, rule), []).append(samples[node.name])
     generator = torch.Generator().manual_seed(0)
-    pooled = {}
-    for key, parts in groups.items():
-        values = torch.cat(parts)
-        if values.numel() > SAMPLES_PER_SITE:
-            values = values[torch.randperm(values.numel(), generator=generator)[:SAMPLES_PER_SITE]]
-        pooled[key] = values
+    pooled = {key: _at_most(parts, generator) for key, parts in groups.items()}
     return {node.name: pooled[_group(gm, node, rule)] for node, rule in rules.items() if node.name in samples}

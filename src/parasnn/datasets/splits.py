@@ -147,8 +147,10 @@ def make_loader(
     distributed: bool = False,
     num_replicas: int | None = None,
     rank: int | None = None,
+    workers: int = 0,
 ) -> DataLoader:
-    """A single-process ``DataLoader`` (``num_workers=0``: the data is already in memory).
+    """A ``DataLoader``; ``workers`` decoding processes (default 0: in-memory data needs none;
+    a streamed image folder uses some, :func:`parasnn.datasets.streaming.stream_loader`).
 
     ``shuffle`` orders are seeded by ``seed``, so two loaders made alike yield the same
     batches. With ``distributed=True`` a seeded :class:`DistributedSampler` gives each rank
@@ -160,14 +162,17 @@ def make_loader(
     should not count those twice.
     """
     require_positive_int(batch_size, "batch_size")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
+    options = dict(batch_size=batch_size, drop_last=drop_last, num_workers=workers,
+                   persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
     if not distributed:
         generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-                          generator=generator, num_workers=0)
+        return DataLoader(dataset, shuffle=shuffle, generator=generator, **options)
     if num_replicas is None or rank is None:
         if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
             raise RuntimeError("make_loader(distributed=True) needs an initialised torch.distributed process group "
                                "(or explicit num_replicas and rank)")
     sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                                  drop_last=drop_last)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=0)
+    return DataLoader(dataset, sampler=sampler, **options)

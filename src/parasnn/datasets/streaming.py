@@ -34,10 +34,10 @@ import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
-from torch.utils.data.distributed import DistributedSampler
 
 from .folder import GRAYSCALE_MODES, IMAGE_SUFFIXES, import_pil
 from .info import DataError, DatasetInfo, DatasetName
+from .splits import make_loader
 from .transforms import normalize
 
 __all__ = ["IMAGE_SUFFIXES", "GRAYSCALE_MODES", "list_image_files", "ImageFolderStream", "StreamSplits",
@@ -248,19 +248,5 @@ def stream_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int
                   rank: int | None = None) -> DataLoader:
     """A ``DataLoader`` over a streamed dataset with ``workers`` decoding processes (the
     seeding, shuffling and distributed rules of :func:`parasnn.datasets.data.make_loader`)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-    if workers < 0:
-        raise ValueError(f"workers must be >= 0, got {workers}")
-    options = dict(batch_size=batch_size, drop_last=drop_last, num_workers=workers,
-                   persistent_workers=workers > 0, prefetch_factor=2 if workers > 0 else None)
-    if not distributed:
-        generator = torch.Generator().manual_seed(seed) if shuffle else None
-        return DataLoader(dataset, shuffle=shuffle, generator=generator, **options)
-    if num_replicas is None or rank is None:
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-            raise RuntimeError("stream_loader(distributed=True) needs an initialised torch.distributed process group "
-                               "(or explicit num_replicas and rank)")
-    sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                                 drop_last=drop_last)
-    return DataLoader(dataset, sampler=sampler, **options)
+    return make_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                       distributed=distributed, num_replicas=num_replicas, rank=rank, workers=workers)
