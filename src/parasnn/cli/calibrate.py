@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import config_path, device, positive_int, positive_int_list, time_steps, time_steps_list
+from .arguments import config_path, device, positive_int, time_steps, time_steps_list
 from .external import add_model_arguments, calibrate_external, require_model_or_checkpoint
 from .habits import arguments_record
 

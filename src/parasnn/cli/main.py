@@ -27,7 +27,6 @@ import argparse
 import importlib
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -313,7 +312,6 @@ def _evaluate(args) -> int:
     from ..runtime import distributed
     from ..io.checkpoint import check_fits_data, check_snn_matches_ann, load_ann, load_snn
     from ..datasets.data import make_loader
-    from ..evaluation.accuracy import evaluate
     from ..io.files import check_outputs, write_json
     from ..conversion.methods import default_method, method_spec
     forms = forms_list(args.forms) if isinstance(args.forms, str) else args.forms

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 
-import torch
 import torch.fx as fx
 from torch import nn
 

@@ -18,12 +18,10 @@ Counting rules (decisions, stated so results can be compared):
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import Callable, Iterable
 
-import torch
 import torch.fx as fx
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..conversion.rules import OperationCost, has_cost, operation_cost
 from ..conversion.network import SpikingNetwork, forward_hooks
