@@ -104,7 +104,7 @@ def require_spikingjelly():
         import spikingjelly
         from spikingjelly.activation_based import ann2snn, functional, neuron
     except ImportError as error:
-        raise ImportError(hint) from error
+        raise ImportError(f"{hint} ({error})") from error
     version = getattr(spikingjelly, "__version__", None)
     if version is None:
         from importlib.metadata import version as installed_version
