@@ -3,7 +3,9 @@ neurons, one fit per number of steps T (docs/maths.md §7, docs/mbe.md).
 
 **Parallel form.** The layer receives the time-averaged current ``z`` ``(B, ...)`` and
 returns ``f̂_T(z)``: the MBE neuron fitted for T encodes ``z`` (or its mantissa, for exp,
-reciprocal and rsqrt) in T steps and decodes it — :func:`function_value`.
+reciprocal and rsqrt) in T steps and decodes it — :func:`function_value`, through the fused
+kernel of :mod:`parasnn.neurons.fused_mbe` (bit-equal to the reference
+:func:`~parasnn.neurons.mbe.mbe_forward`).
 
 **Serial form (a decision: docs/decisions.md, "serial form of fitted functions").** An MBE
 neuron encodes a value it knows, but in a network the current arrives step by step. The
@@ -25,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import SpikingNeuron
-from .mbe import MBENeuron, MBEParameters, mbe_forward, mbe_spike_count, mbe_spike_train
+from .fused_mbe import fused_mbe_forward, fused_mbe_spike_count
+from .mbe import MBENeuron, MBEParameters, mbe_spike_train
 from .mbe_functions import ScalarFunction, reduce_input, restore_output
 
 __all__ = ["function_value", "function_spike_count", "FunctionState", "function_initial_state", "function_step",
@@ -35,7 +38,7 @@ __all__ = ["function_value", "function_spike_count", "FunctionState", "function_
 def function_value(x: Tensor, *, function: ScalarFunction, parameters: MBEParameters, time_steps: int) -> Tensor:
     """``f̂(x)``: the MBE neuron's output on ``x`` (or on its mantissa, then recomposed)."""
     neuron_input, exponent = reduce_input(function, x)
-    return restore_output(function, mbe_forward(neuron_input, parameters=parameters, time_steps=time_steps),
+    return restore_output(function, fused_mbe_forward(neuron_input, parameters=parameters, time_steps=time_steps),
                           exponent, x)
 
 
@@ -43,7 +46,7 @@ def function_spike_count(x: Tensor, *, function: ScalarFunction, parameters: MBE
                          time_steps: int) -> Tensor:
     """Spikes of all bases over the T steps of encoding ``x``, shape of ``x``."""
     neuron_input, _ = reduce_input(function, x)
-    return mbe_spike_count(neuron_input, parameters=parameters, time_steps=time_steps)
+    return fused_mbe_spike_count(neuron_input, parameters=parameters, time_steps=time_steps)
 
 
 class FunctionState(NamedTuple):

@@ -46,7 +46,7 @@ from .fused_sources import CPU_FLAGS, CPU_SOURCE, CUDA_DECLARATIONS, CUDA_FLAGS,
 from .if_neuron import IFNeuron
 from .pmsm import PolarityMultiSpikeNeuron
 
-__all__ = ["BuiltKernels", "cpu_kernels", "cuda_kernels",
+__all__ = ["BuiltKernels", "build_kernels", "cpu_kernels", "cuda_kernels",
            "kernels_for", "fused_if_forward", "fused_polarity_forward",
            "reference_if_forward", "reference_polarity_forward", "FusedIFNeuron", "FusedPolarityNeuron",
            "fused_neuron", "FUSED_TYPES"]
@@ -60,7 +60,7 @@ class BuiltKernels:
     seconds: float
 
 
-def _build(kind: str, sources: dict, functions: list[str], flags: dict) -> BuiltKernels | None:
+def build_kernels(kind: str, sources: dict, functions: list[str], flags: dict) -> BuiltKernels | None:
     """``load_inline`` (compiled once per machine, then loaded from PyTorch's cache), or
     ``None`` with a one-line warning where that fails."""
     digest = hashlib.sha1(repr((sources, flags)).encode()).hexdigest()[:12]
@@ -82,7 +82,7 @@ def cpu_kernels() -> BuiltKernels | None:
 
     Returns ``None``, with a one-line warning, where they cannot be built (no C++ compiler,
     no ninja, a PyTorch without its headers, …): fused neurons then run the reference."""
-    return _build("cpu", {"cpp_sources": CPU_SOURCE}, ["if_forward", "polarity_forward"],
+    return build_kernels("cpu", {"cpp_sources": CPU_SOURCE}, ["if_forward", "polarity_forward"],
                   {"extra_cflags": list(CPU_FLAGS)})
 
 
@@ -91,7 +91,7 @@ def cuda_kernels() -> BuiltKernels | None:
     """The fused CUDA operators (nvcc), built on the first CUDA current; ``None`` with a
     one-line warning where they cannot be built. Not exercised on a GPU by this library's
     authors yet: ``tests/test_fused.py`` runs its CUDA cases wherever a GPU is present."""
-    return _build("cuda", {"cpp_sources": CUDA_DECLARATIONS, "cuda_sources": CUDA_SOURCE},
+    return build_kernels("cuda", {"cpp_sources": CUDA_DECLARATIONS, "cuda_sources": CUDA_SOURCE},
                   ["if_forward_cuda", "polarity_forward_cuda"],
                   {"extra_cflags": ["-O3"], "extra_cuda_cflags": list(CUDA_FLAGS)})
 

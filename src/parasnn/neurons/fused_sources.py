@@ -3,7 +3,8 @@ and their compiler flags. Both evaluate the reference's floating-point operation
 reference's order; the flags forbid the contractions (fused multiply-add) and fast-math
 rewrites that would change a single bit."""
 
-__all__ = ["CPU_SOURCE", "CPU_FLAGS", "CUDA_SOURCE", "CUDA_DECLARATIONS", "CUDA_FLAGS"]
+__all__ = ["CPU_SOURCE", "CPU_FLAGS", "CUDA_SOURCE", "CUDA_DECLARATIONS", "CUDA_FLAGS", "MBE_CPU_SOURCE",
+           "MBE_CUDA_SOURCE", "MBE_CUDA_DECLARATIONS"]
 
 CPU_SOURCE = r"""
 #include <torch/extension.h>
@@ -249,3 +250,141 @@ torch::Tensor polarity_forward_cuda(const torch::Tensor& x, const torch::Tensor&
 # --fmad=false: no fused multiply-add (the reference rounds every operation); IEEE division
 # and no fast math are nvcc's defaults.
 CUDA_FLAGS = ("-O3", "--fmad=false")
+
+
+# --------------------------------------------------------------------------- MBE
+# The multi-basis neuron (parasnn.neurons.mbe): per element, N bases of T steps each, all in
+# registers. Elements are processed in blocks of BLOCK so that the innermost loop runs over
+# elements with one (basis, step)'s parameters broadcast: it vectorises, and the input is
+# read once from memory. The reference's order per element: u = x·a_n + b_n; for each step
+# s = (u >= V_n(t)), u = u − s·r_n(t), o = o + s·d_n(t); then acc = o_1·w_1 (+ o_n·w_n in
+# order n = 2..N), f̂ = acc + c. A count mode returns Σ_n Σ_t s instead.
+
+MBE_CPU_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+static constexpr int64_t BLOCK = 256;
+
+template <typename T, bool COUNT>
+static void mbe_block(const T* __restrict x, T* __restrict out, int64_t n, int64_t bases, int64_t steps,
+                      const T* __restrict a, const T* __restrict b, const T* __restrict threshold,
+                      const T* __restrict reset, const T* __restrict intensity, const T* __restrict weight,
+                      const T bias) {
+  T u[BLOCK], o[BLOCK], acc[BLOCK];
+  for (int64_t k = 0; k < bases; ++k) {
+    const T ak = a[k], bk = b[k];
+    for (int64_t i = 0; i < n; ++i) {
+      u[i] = x[i] * ak + bk;
+      o[i] = T(0);
+    }
+    for (int64_t t = 0; t < steps; ++t) {
+      const T v = threshold[k * steps + t], r = reset[k * steps + t], d = COUNT ? T(1) : intensity[k * steps + t];
+      for (int64_t i = 0; i < n; ++i) {
+        const T s = u[i] >= v ? T(1) : T(0);
+        u[i] = u[i] - s * r;
+        o[i] = o[i] + s * d;
+      }
+    }
+    if (COUNT) {  // spike counts are small integers: any order of summation is exact
+      for (int64_t i = 0; i < n; ++i) acc[i] = k == 0 ? o[i] : acc[i] + o[i];
+    } else {
+      const T w = weight[k];
+      for (int64_t i = 0; i < n; ++i) acc[i] = k == 0 ? o[i] * w : acc[i] + o[i] * w;
+    }
+  }
+  for (int64_t i = 0; i < n; ++i) out[i] = COUNT ? acc[i] : acc[i] + bias;
+}
+
+torch::Tensor mbe_forward(const torch::Tensor& x, const torch::Tensor& input_scale, const torch::Tensor& input_shift,
+                          const torch::Tensor& threshold, const torch::Tensor& reset, const torch::Tensor& intensity,
+                          const torch::Tensor& weight, const torch::Tensor& output_bias, bool count) {
+  TORCH_CHECK(x.is_contiguous(), "parasnn fused MBE: the input must be contiguous");
+  for (const auto* p : {&input_scale, &input_shift, &threshold, &reset, &intensity, &weight, &output_bias})
+    TORCH_CHECK(p->device() == x.device() && p->scalar_type() == x.scalar_type() && p->is_contiguous(),
+                "parasnn fused MBE: parameters must be contiguous, with the input's device and dtype");
+  const int64_t bases = threshold.size(0), steps = threshold.size(1), numel = x.numel();
+  auto out = torch::empty_like(x);
+  if (numel == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_mbe", [&] {
+    const scalar_t* in = x.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t *a = input_scale.data_ptr<scalar_t>(), *b = input_shift.data_ptr<scalar_t>();
+    const scalar_t *v = threshold.data_ptr<scalar_t>(), *r = reset.data_ptr<scalar_t>();
+    const scalar_t *d = intensity.data_ptr<scalar_t>(), *w = weight.data_ptr<scalar_t>();
+    const scalar_t c = output_bias.item<scalar_t>();
+    at::parallel_for(0, (numel + BLOCK - 1) / BLOCK, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t blk = begin; blk < end; ++blk) {
+        const int64_t at = blk * BLOCK, n = std::min(BLOCK, numel - at);
+        if (count) mbe_block<scalar_t, true>(in + at, o + at, n, bases, steps, a, b, v, r, d, w, c);
+        else mbe_block<scalar_t, false>(in + at, o + at, n, bases, steps, a, b, v, r, d, w, c);
+      }
+    });
+  });
+  return out;
+}
+"""
+
+MBE_CUDA_SOURCE = r"""
+#include <torch/extension.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+template <typename T, bool COUNT>
+__global__ void mbe_kernel(const T* x, T* out, int64_t numel, int64_t bases, int64_t steps, const T* a,
+                           const T* b, const T* threshold, const T* reset, const T* intensity, const T* weight,
+                           const T* bias) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < numel; i += (int64_t)blockDim.x * gridDim.x) {
+    const T xi = x[i];
+    T acc = T(0);
+    for (int64_t k = 0; k < bases; ++k) {
+      T u = xi * a[k] + b[k], o = T(0);
+      for (int64_t t = 0; t < steps; ++t) {
+        const T s = u >= threshold[k * steps + t] ? T(1) : T(0);
+        u = u - s * reset[k * steps + t];
+        o = o + s * (COUNT ? T(1) : intensity[k * steps + t]);
+      }
+      if (COUNT) acc = k == 0 ? o : acc + o;
+      else acc = k == 0 ? o * weight[k] : acc + o * weight[k];
+    }
+    out[i] = COUNT ? acc : acc + bias[0];
+  }
+}
+
+torch::Tensor mbe_forward_cuda(const torch::Tensor& x, const torch::Tensor& input_scale,
+                               const torch::Tensor& input_shift, const torch::Tensor& threshold,
+                               const torch::Tensor& reset, const torch::Tensor& intensity, const torch::Tensor& weight,
+                               const torch::Tensor& output_bias, bool count) {
+  TORCH_CHECK(x.is_cuda() && x.is_contiguous(), "parasnn fused MBE: a contiguous CUDA input is needed");
+  const c10::cuda::CUDAGuard guard(x.device());
+  for (const auto* p : {&input_scale, &input_shift, &threshold, &reset, &intensity, &weight, &output_bias})
+    TORCH_CHECK(p->device() == x.device() && p->scalar_type() == x.scalar_type() && p->is_contiguous(),
+                "parasnn fused MBE: parameters must be contiguous, with the input's device and dtype");
+  auto out = torch::empty_like(x);
+  const int64_t numel = x.numel();
+  if (numel == 0) return out;
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int blocks = (int)std::min<int64_t>((numel + 255) / 256, 65535);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "parasnn_fused_mbe_cuda", [&] {
+    auto launch = [&](auto kernel) {
+      kernel<<<blocks, 256, 0, stream>>>(
+          x.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), numel, threshold.size(0), threshold.size(1),
+          input_scale.data_ptr<scalar_t>(), input_shift.data_ptr<scalar_t>(), threshold.data_ptr<scalar_t>(),
+          reset.data_ptr<scalar_t>(), intensity.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(),
+          output_bias.data_ptr<scalar_t>());
+    };
+    if (count) launch(mbe_kernel<scalar_t, true>);
+    else launch(mbe_kernel<scalar_t, false>);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+"""
+
+MBE_CUDA_DECLARATIONS = r"""
+torch::Tensor mbe_forward_cuda(const torch::Tensor& x, const torch::Tensor& input_scale,
+                               const torch::Tensor& input_shift, const torch::Tensor& threshold,
+                               const torch::Tensor& reset, const torch::Tensor& intensity, const torch::Tensor& weight,
+                               const torch::Tensor& output_bias, bool count);
+"""

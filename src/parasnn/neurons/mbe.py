@@ -64,7 +64,8 @@ from .integrate_fire import ParameterCache
 from .mbe_functions import ScalarFunction, as_scalar_function, reduce_input, restore_output
 
 __all__ = ["MBEParameters", "MBEState", "MBEStepState", "exponential_decay", "mbe_forward", "mbe_initial_state", "mbe_step",
-           "mbe_readout", "mbe_step_value", "mbe_spike_train", "mbe_spike_count", "MBENeuron"]
+           "mbe_readout", "mbe_step_value", "mbe_spike_train", "mbe_spike_count", "check_time_steps",
+           "MBENeuron"]
 
 
 def check_count(value, name: str) -> int:
@@ -198,9 +199,16 @@ def mbe_step(state: MBEState, *, parameters: MBEParameters, step: int) -> tuple[
 
 
 def mbe_readout(state: MBEState, *, parameters: MBEParameters) -> Tensor:
-    """Neuron output from a state: ``c + Σ_n w_n·o_n``, shape ``S``. After step T this is f̂(x)."""
-    output = state.output
-    return (output * _per_basis(parameters.weight, output)).sum(0) + parameters.output_bias
+    """Neuron output from a state: ``c + Σ_n w_n·o_n``, shape ``S``. After step T this is f̂(x).
+
+    The sum runs in the order n = 1..N, one rounding per term (``o_1·w_1 + o_2·w_2 + …``):
+    an order fixed here, not left to a reduction kernel, so that the fused kernel
+    (:mod:`parasnn.neurons.fused_mbe`) can reproduce it bit for bit."""
+    output, weight = state.output, parameters.weight
+    total = output[0] * weight[0]
+    for index in range(1, output.shape[0]):
+        total = total + output[index] * weight[index]
+    return total + parameters.output_bias
 
 
 def mbe_step_value(spikes: Tensor, *, parameters: MBEParameters, step: int) -> Tensor:
@@ -216,7 +224,7 @@ def mbe_forward(x: Tensor, *, parameters: MBEParameters, time_steps: int) -> Ten
     T elementwise updates of ``(N, *S)`` membranes and outputs; no tensor with a time axis.
     ``time_steps`` must equal the T the parameters were made for (their tables have T columns).
     """
-    _check_time_steps(time_steps, parameters)
+    check_time_steps(time_steps, parameters)
     membrane, output = mbe_initial_state(x, parameters=parameters)
     for index in range(time_steps):
         membrane, output, _ = _update(membrane, output, parameters, index)
@@ -225,7 +233,7 @@ def mbe_forward(x: Tensor, *, parameters: MBEParameters, time_steps: int) -> Ten
 
 def mbe_spike_count(x: Tensor, *, parameters: MBEParameters, time_steps: int) -> Tensor:
     """Spikes per neuron over the window, summed over bases and steps; shape ``S``."""
-    _check_time_steps(time_steps, parameters)
+    check_time_steps(time_steps, parameters)
     membrane, output = mbe_initial_state(x, parameters=parameters)
     count = torch.zeros_like(membrane)
     for index in range(time_steps):
@@ -236,7 +244,7 @@ def mbe_spike_count(x: Tensor, *, parameters: MBEParameters, time_steps: int) ->
 
 def mbe_spike_train(x: Tensor, *, parameters: MBEParameters, time_steps: int) -> Tensor:
     """The spikes of every basis at every step, materialised: ``(T, N, *S)``."""
-    _check_time_steps(time_steps, parameters)
+    check_time_steps(time_steps, parameters)
     membrane, output = mbe_initial_state(x, parameters=parameters)
     trains = []
     for index in range(time_steps):
@@ -245,7 +253,8 @@ def mbe_spike_train(x: Tensor, *, parameters: MBEParameters, time_steps: int) ->
     return torch.stack(trains)
 
 
-def _check_time_steps(time_steps, parameters: MBEParameters) -> int:
+def check_time_steps(time_steps, parameters: MBEParameters) -> int:
+    """``time_steps`` if it is the T ``parameters`` were fitted for, else a one-line ValueError."""
     check_count(time_steps, "time_steps")
     if time_steps != parameters.time_steps:
         raise ValueError(f"MBE neuron was fitted for time_steps={parameters.time_steps}, got time_steps={time_steps}; "
@@ -313,12 +322,14 @@ class MBENeuron(SpikingNeuron):
         return value if exponent is None else restore_output(self.function, value, exponent, current)
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
+        from .fused_mbe import fused_mbe_forward  # (imported here: fused_mbe imports this module)
         neuron_input, exponent = self._reduce(current)
-        value = mbe_forward(neuron_input, parameters=self.parameters_, time_steps=time_steps)
+        value = fused_mbe_forward(neuron_input, parameters=self.parameters_, time_steps=time_steps)
         return self._restore(value, exponent, current)
 
     def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
-        return mbe_spike_count(self._reduce(current)[0], parameters=self.parameters_, time_steps=time_steps)
+        from .fused_mbe import fused_mbe_spike_count
+        return fused_mbe_spike_count(self._reduce(current)[0], parameters=self.parameters_, time_steps=time_steps)
 
     def spike_train(self, current: Tensor, *, time_steps: int) -> Tensor:
         """``(T, N, *S)``: the basis axis follows time (a neuron has N spike outputs)."""
@@ -326,14 +337,14 @@ class MBENeuron(SpikingNeuron):
 
     def initial_state(self, current: Tensor, *, time_steps: int) -> MBEStepState:
         parameters = self.parameters_
-        _check_time_steps(time_steps, parameters)
+        check_time_steps(time_steps, parameters)
         neuron_input, exponent = self._reduce(current)
         return MBEStepState(mbe_initial_state(neuron_input, parameters=parameters), 0, exponent,
                             None if exponent is None else current)
 
     def step(self, state: MBEStepState, current: Tensor, *, time_steps: int) -> tuple[MBEStepState, Tensor]:
         parameters = self.parameters_
-        _check_time_steps(time_steps, parameters)
+        check_time_steps(time_steps, parameters)
         step = state.steps_taken + 1
         inner, spikes = mbe_step(state.neuron, parameters=parameters, step=step)
         value = mbe_step_value(spikes, parameters=parameters, step=step) * time_steps + parameters.output_bias
