@@ -11,6 +11,8 @@
     OUT/pmsm-init/    init-table.md, init-table.json        PMSM initialisations (parasnn pmsm --compare)
     OUT/calibration-cost.json   parasnn calibrate (all stages) against one training epoch
                                                             (benchmarks/calibration_cost.py)
+    OUT/transformer-speed/      speed.md, speed.json: MiniLM and the ViT, parallel / ANN and serial /
+                                parallel (benchmarks/transformer_speed.py)
     OUT/stream-memory.md        peak memory of the streamed image folder, 10 000 vs 100 000
                                 images (benchmarks/stream_memory.py)
 
@@ -54,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-accuracy", action="store_true")
     parser.add_argument("--skip-ablation", action="store_true", help="skip the ablations and the PMSM table")
     parser.add_argument("--skip-calibration-cost", action="store_true")
+    parser.add_argument("--skip-transformers", action="store_true", help="skip MiniLM's and the ViT's speed")
     parser.add_argument("--skip-stream", action="store_true", help="skip the streamed image-folder memory check")
     parser.add_argument("--results", "--readme", dest="results", type=Path, default=Path("docs/results.md"),
                         help="Markdown file whose generated part is rewritten (default docs/results.md)")
@@ -115,6 +118,13 @@ def main(argv: list[str] | None = None) -> int:
             calibration_cost.main(cost)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "calibration-cost.json").write_text(buffer.getvalue())
+    if not args.skip_transformers:
+        import transformer_speed
+        out = args.out / "transformer-speed"
+        vit = Path("runs/fmnist-vit-tiny/model.pt")
+        transformer_speed.main(threads + ["--out", str(out)] + (["--vit-checkpoint", str(vit)] if vit.is_file() else [])
+                               + (["--models", "vit-tiny", "--time-steps", "2,8"] if args.quick else []))
+        includes.append(out / "speed.md")
     if not args.skip_stream:
         import stream_memory
         sizes = "1000,10000" if args.quick else "10000,100000"
