@@ -100,3 +100,22 @@ def test_cuda_kernel_equals_the_reference():
                       mbe_forward(x, parameters=parameters, time_steps=8))
     assert _same_bits(fused_mbe_spike_count(x.cuda(), parameters=on_device, time_steps=8).cpu(),
                       mbe_spike_count(x, parameters=parameters, time_steps=8))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_exp_with_its_split_inside_the_kernel_equals_the_composed_reference(dtype):
+    """Inputs whose exponents E = floor(x·log2 e) cover every value the split can produce
+    (clamped to ±1100: 2^E overflows to inf and underflows to 0 on the way), results in the
+    subnormal range, and ±0, ±inf, NaN."""
+    fit = fit_mbe(ScalarFunction.EXP, bases=4, time_steps=8, cache=False)
+    parameters = fit.parameters.to(dtype)
+    x = torch.cat([torch.linspace(-800, 800, 200_001, dtype=torch.float64),
+                   torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), -103.5, -87.4, 88.7, 89.0])])
+    x = x.to(dtype)
+    neuron_input, exponent = reduce_input(ScalarFunction.EXP, x)
+    reference = restore_output(ScalarFunction.EXP, mbe_forward(neuron_input, parameters=parameters, time_steps=8),
+                               exponent, x)
+    assert _same_bits(function_value(x, function=ScalarFunction.EXP, parameters=parameters, time_steps=8), reference)
+    from parasnn.neurons.function_neuron import function_spike_count
+    assert _same_bits(function_spike_count(x, function=ScalarFunction.EXP, parameters=parameters, time_steps=8),
+                      mbe_spike_count(neuron_input, parameters=parameters, time_steps=8))

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .base import SpikingNeuron
-from .fused_mbe import fused_mbe_forward, fused_mbe_spike_count
+from .fused_mbe import fused_function_spike_count, fused_function_value
 from .mbe import MBENeuron, MBEParameters, mbe_spike_train
-from .mbe_functions import ScalarFunction, reduce_input, restore_output
+from .mbe_functions import ScalarFunction, reduce_input
 
 __all__ = ["function_value", "function_spike_count", "FunctionState", "function_initial_state", "function_step",
            "FunctionNeuron"]
@@ -37,16 +37,13 @@ __all__ = ["function_value", "function_spike_count", "FunctionState", "function_
 
 def function_value(x: Tensor, *, function: ScalarFunction, parameters: MBEParameters, time_steps: int) -> Tensor:
     """``f̂(x)``: the MBE neuron's output on ``x`` (or on its mantissa, then recomposed)."""
-    neuron_input, exponent = reduce_input(function, x)
-    return restore_output(function, fused_mbe_forward(neuron_input, parameters=parameters, time_steps=time_steps),
-                          exponent, x)
+    return fused_function_value(x, function=function, parameters=parameters, time_steps=time_steps)
 
 
 def function_spike_count(x: Tensor, *, function: ScalarFunction, parameters: MBEParameters,
                          time_steps: int) -> Tensor:
     """Spikes of all bases over the T steps of encoding ``x``, shape of ``x``."""
-    neuron_input, _ = reduce_input(function, x)
-    return fused_mbe_spike_count(neuron_input, parameters=parameters, time_steps=time_steps)
+    return fused_function_spike_count(x, function=function, parameters=parameters, time_steps=time_steps)
 
 
 class FunctionState(NamedTuple):

@@ -263,19 +263,39 @@ CUDA_FLAGS = ("-O3", "--fmad=false")
 MBE_CPU_SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <cmath>
+#include <limits>
 
 static constexpr int64_t BLOCK = 256;
 
-template <typename T, bool COUNT>
+// EXP: the neuron sees the mantissa of exp's IEEE-754 split and its output is scaled back,
+// exactly as parasnn.neurons.mbe_functions.reduce_input / restore_output do it in float32:
+// z = x·log2(e), E = floor(z), m = z − E, exp(x) ≈ ldexp(f̂(m), clamp(E, −1100, 1100)), the
+// exponent an int as torch's .to(int32) makes it (a NaN becomes INT_MIN there) and ldexp
+// correctly rounded, as torch.ldexp is.
+template <typename T, bool COUNT, bool EXP>
 static void mbe_block(const T* __restrict x, T* __restrict out, int64_t n, int64_t bases, int64_t steps,
                       const T* __restrict a, const T* __restrict b, const T* __restrict threshold,
                       const T* __restrict reset, const T* __restrict intensity, const T* __restrict weight,
                       const T bias) {
-  T u[BLOCK], o[BLOCK], acc[BLOCK];
+  T u[BLOCK], o[BLOCK], acc[BLOCK], m[BLOCK];
+  int p[BLOCK];
+  const T* input = x;
+  if (EXP) {
+    const T log2e = static_cast<T>(1.4426950408889634);
+    for (int64_t i = 0; i < n; ++i) {
+      const T z = x[i] * log2e;
+      const T e = std::floor(z);
+      m[i] = z - e;
+      const T clamped = e < T(-1100) ? T(-1100) : (e > T(1100) ? T(1100) : e);
+      p[i] = std::isnan(e) ? std::numeric_limits<int>::min() : static_cast<int>(clamped);
+    }
+    input = m;
+  }
   for (int64_t k = 0; k < bases; ++k) {
     const T ak = a[k], bk = b[k];
     for (int64_t i = 0; i < n; ++i) {
-      u[i] = x[i] * ak + bk;
+      u[i] = input[i] * ak + bk;
       o[i] = T(0);
     }
     for (int64_t t = 0; t < steps; ++t) {
@@ -293,16 +313,17 @@ static void mbe_block(const T* __restrict x, T* __restrict out, int64_t n, int64
       for (int64_t i = 0; i < n; ++i) acc[i] = k == 0 ? o[i] * w : acc[i] + o[i] * w;
     }
   }
-  for (int64_t i = 0; i < n; ++i) out[i] = COUNT ? acc[i] : acc[i] + bias;
+  for (int64_t i = 0; i < n; ++i) out[i] = COUNT ? acc[i] : (EXP ? std::ldexp(acc[i] + bias, p[i]) : acc[i] + bias);
 }
 
-torch::Tensor mbe_forward(const torch::Tensor& x, const torch::Tensor& input_scale, const torch::Tensor& input_shift,
-                          const torch::Tensor& threshold, const torch::Tensor& reset, const torch::Tensor& intensity,
-                          const torch::Tensor& weight, const torch::Tensor& output_bias, bool count) {
+static torch::Tensor run_mbe(const torch::Tensor& x, const torch::Tensor& input_scale, const torch::Tensor& input_shift,
+                             const torch::Tensor& threshold, const torch::Tensor& reset, const torch::Tensor& intensity,
+                             const torch::Tensor& weight, const torch::Tensor& output_bias, bool count, bool exp) {
   TORCH_CHECK(x.is_contiguous(), "parasnn fused MBE: the input must be contiguous");
   for (const auto* p : {&input_scale, &input_shift, &threshold, &reset, &intensity, &weight, &output_bias})
     TORCH_CHECK(p->device() == x.device() && p->scalar_type() == x.scalar_type() && p->is_contiguous(),
                 "parasnn fused MBE: parameters must be contiguous, with the input's device and dtype");
+  TORCH_CHECK(!exp || x.scalar_type() == at::kFloat, "parasnn fused MBE: the exp kernel is float32 only");
   const int64_t bases = threshold.size(0), steps = threshold.size(1), numel = x.numel();
   auto out = torch::empty_like(x);
   if (numel == 0) return out;
@@ -316,12 +337,27 @@ torch::Tensor mbe_forward(const torch::Tensor& x, const torch::Tensor& input_sca
     at::parallel_for(0, (numel + BLOCK - 1) / BLOCK, 16, [&](int64_t begin, int64_t end) {
       for (int64_t blk = begin; blk < end; ++blk) {
         const int64_t at = blk * BLOCK, n = std::min(BLOCK, numel - at);
-        if (count) mbe_block<scalar_t, true>(in + at, o + at, n, bases, steps, a, b, v, r, d, w, c);
-        else mbe_block<scalar_t, false>(in + at, o + at, n, bases, steps, a, b, v, r, d, w, c);
+        if (exp && count) mbe_block<scalar_t, true, true>(in + at, o + at, n, bases, steps, a, b, v, r, d, w, c);
+        else if (exp) mbe_block<scalar_t, false, true>(in + at, o + at, n, bases, steps, a, b, v, r, d, w, c);
+        else if (count) mbe_block<scalar_t, true, false>(in + at, o + at, n, bases, steps, a, b, v, r, d, w, c);
+        else mbe_block<scalar_t, false, false>(in + at, o + at, n, bases, steps, a, b, v, r, d, w, c);
       }
     });
   });
   return out;
+}
+
+torch::Tensor mbe_forward(const torch::Tensor& x, const torch::Tensor& input_scale, const torch::Tensor& input_shift,
+                          const torch::Tensor& threshold, const torch::Tensor& reset, const torch::Tensor& intensity,
+                          const torch::Tensor& weight, const torch::Tensor& output_bias, bool count) {
+  return run_mbe(x, input_scale, input_shift, threshold, reset, intensity, weight, output_bias, count, false);
+}
+
+torch::Tensor mbe_exp_forward(const torch::Tensor& x, const torch::Tensor& input_scale,
+                              const torch::Tensor& input_shift, const torch::Tensor& threshold,
+                              const torch::Tensor& reset, const torch::Tensor& intensity, const torch::Tensor& weight,
+                              const torch::Tensor& output_bias, bool count) {
+  return run_mbe(x, input_scale, input_shift, threshold, reset, intensity, weight, output_bias, count, true);
 }
 """
 
