@@ -305,14 +305,14 @@ def count_activation_sites(spec_or_model: ModelSpec | nn.Module) -> int:
     """Number of activation sites.
 
     For a :class:`ModelSpec`, the architecture's count (it does not depend on width or input
-    shape). For a module, the number of distinct ``nn.ReLU`` / :class:`QCFS` modules in it —
+    shape). For a module, the number of distinct ``nn.ReLU`` / ``nn.GELU`` / quantizer modules in it —
     equal to the number of call sites for every model :func:`build_model` makes, because
     those never reuse an activation module.
     """
     if isinstance(spec_or_model, ModelSpec):
         return architecture(spec_or_model.name).activation_sites
     if isinstance(spec_or_model, nn.Module):
-        return sum(isinstance(module, (nn.ReLU, ActivationQuantizer)) for module in spec_or_model.modules())
+        return sum(isinstance(module, (nn.ReLU, nn.GELU, ActivationQuantizer)) for module in spec_or_model.modules())
     raise TypeError(f"count_activation_sites: expected a ModelSpec or nn.Module, "
                     f"got {type(spec_or_model).__name__}")
 
