@@ -92,3 +92,12 @@ def test_wrong_requests_are_one_line_errors(trained, tmp_path, capsys):
     assert main(["evaluate", str(out / "model.pt"), "--snn", str(snn), "-T", "2,8", "--limit", "4"]) == 2
     error = capsys.readouterr().err
     assert "fitted for T in [2], not T = 8" in error and error.count("\n") == 1
+
+
+def test_bench_times_the_gelu_checkpoint(trained, tmp_path):
+    out, _ = trained
+    assert main(["bench", str(out / "model.pt"), "--time-steps", "2", "--batch-sizes", "2", "--rounds", "1",
+                 "--min-block-seconds", "0", "--threads", "1", "--no-plots", "--no-serial", "--no-trains",
+                 "--out", str(tmp_path)]) == 0
+    (result,) = json.loads((tmp_path / "speed.json").read_text())["results"]
+    assert {m["engine"] for m in result["measurements"]} == {"ann", "parallel"}  # no ReLU twin of a GELU network
