@@ -11,11 +11,15 @@ from torch import nn
 
 from parasnn.zoo.models import (DEFAULT_WIDTHS, MODEL_NAMES, ActivationKind, ActivationSpec, ModelSpec,
                             build_model, count_activation_sites)
+from parasnn.zoo.spec import architecture
 from parasnn.neurons import QCFS, ActivationQuantizer
 
 # Written out by hand (not read from the module) so a wrong registry or architecture fails.
 EXPECTED_SITES = {"vgg16": 13 + 2, "vgg-small": 6 + 1, "resnet18": 1 + 8 * 2, "resnet20": 1 + 9 * 2,
-                  "resnet34": 1 + 16 * 2}
+                  "resnet34": 1 + 16 * 2, "vit-tiny": 4}
+# The architectures that take QCFS / ReLU activations (the CNNs); vit-tiny takes GELU only.
+QCFS_NAMES = [name for name in MODEL_NAMES if ActivationKind.QCFS in architecture(name).activations]
+NAME_KINDS = [(name, kind) for name in MODEL_NAMES for kind in architecture(name).activations]
 SHAPES = [(1, 28, 28), (3, 32, 32)]
 SMALL_WIDTH = 4  # keeps every model tiny so the whole file runs in seconds
 
@@ -23,14 +27,15 @@ SMALL_WIDTH = 4  # keeps every model tiny so the whole file runs in seconds
 def small_spec(name: str, *, input_shape=(3, 32, 32), num_classes: int = 7,
                activation: ActivationSpec | None = None) -> ModelSpec:
     return ModelSpec(name=name, input_shape=input_shape, num_classes=num_classes,
-                     activation=activation or ActivationSpec(), width=SMALL_WIDTH)
+                     activation=activation or ActivationSpec(kind=architecture(name).default_activation),
+                     width=SMALL_WIDTH)
 
 
 def activation_calls(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
     """Activation modules in the order the forward pass calls them (one entry per call)."""
     calls: list[nn.Module] = []
     handles = [module.register_forward_hook(lambda module, inputs, output: calls.append(module))
-               for module in model.modules() if isinstance(module, (nn.ReLU, ActivationQuantizer))]
+               for module in model.modules() if isinstance(module, (nn.ReLU, nn.GELU, ActivationQuantizer))]
     try:
         with torch.no_grad():
             model(x)
@@ -69,8 +74,7 @@ def test_activation_site_count(name):
     assert len(activation_calls(model.eval(), torch.randn(1, 3, 32, 32))) == EXPECTED_SITES[name]
 
 
-@pytest.mark.parametrize("kind", list(ActivationKind))
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name, kind", NAME_KINDS)
 def test_no_activation_module_is_called_twice(name, kind):
     model = build_model(small_spec(name, activation=ActivationSpec(kind=kind))).eval()
     calls = activation_calls(model, torch.randn(1, 3, 32, 32))
@@ -79,7 +83,7 @@ def test_no_activation_module_is_called_twice(name, kind):
 
 
 @pytest.mark.parametrize("input_shape", SHAPES)
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", QCFS_NAMES)
 def test_per_site_levels_follow_forward_order(name, input_shape):
     sites = EXPECTED_SITES[name]
     levels = tuple(range(1, sites + 1))  # all distinct, so any permutation is caught
@@ -103,12 +107,13 @@ def test_single_integer_levels_apply_to_every_site():
 @pytest.mark.parametrize("offset", [-1, 1])
 def test_wrong_length_levels_tuple_names_the_site_count(name, offset):
     sites = EXPECTED_SITES[name]
-    spec = small_spec(name, activation=ActivationSpec(levels=(4,) * (sites + offset)))
+    spec = small_spec(name, activation=ActivationSpec(kind=architecture(name).default_activation,
+                                                      levels=(4,) * (sites + offset)))
     with pytest.raises(ValueError, match=rf"\b{sites} activation sites"):
         build_model(spec)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", QCFS_NAMES)
 def test_relu_kind_gives_only_relu(name):
     model = build_model(small_spec(name, activation=ActivationSpec(kind=ActivationKind.RELU)))
     relus = [module for module in model.modules() if isinstance(module, nn.ReLU)]
@@ -133,7 +138,7 @@ def test_activation_spec_make():
         spec.make(2)
 
 
-@pytest.mark.parametrize("bad", [dict(kind="gelu"), dict(levels=0), dict(levels=()), dict(levels=(4, 0)),
+@pytest.mark.parametrize("bad", [dict(kind="swish"), dict(levels=0), dict(levels=()), dict(levels=(4, 0)),
                                  dict(levels=2.5), dict(levels=True), dict(threshold=0.0),
                                  dict(threshold=float("inf"))])
 def test_activation_spec_rejects_bad_values(bad):
@@ -253,7 +258,8 @@ def test_cifar_resnet_layout(name, blocks):
 
 
 def test_default_widths():
-    assert DEFAULT_WIDTHS == {"vgg16": 64, "vgg-small": 32, "resnet18": 64, "resnet20": 16, "resnet34": 64}
+    assert DEFAULT_WIDTHS == {"vgg16": 64, "vgg-small": 32, "resnet18": 64, "resnet20": 16, "resnet34": 64,
+                              "vit-tiny": 64}
 
 
 def test_initialisation():
@@ -269,3 +275,17 @@ def test_initialisation():
 def test_count_activation_sites_rejects_other_types():
     with pytest.raises(TypeError):
         count_activation_sites("resnet20")
+
+
+@pytest.mark.parametrize("kind", [ActivationKind.QCFS, ActivationKind.RELU, ActivationKind.SIGNED])
+def test_vit_tiny_takes_gelu_only_and_says_so(kind):
+    with pytest.raises(ValueError, match="vit-tiny trains with gelu activations only, not " + kind.value):
+        small_spec("vit-tiny", activation=ActivationSpec(kind=kind))
+    gelus = layers_of(build_model(small_spec("vit-tiny")), nn.GELU)
+    assert len(gelus) == EXPECTED_SITES["vit-tiny"] and len({id(module) for module in gelus}) == len(gelus)
+
+
+def test_gelu_spec_round_trip():
+    spec = small_spec("vit-tiny", input_shape=(1, 28, 28))
+    assert spec.activation.kind is ActivationKind.GELU
+    assert ModelSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec

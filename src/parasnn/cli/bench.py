@@ -66,12 +66,14 @@ def add_command(commands) -> None:
 def _network(args, model, spec, checkpoint):
     """The SNN to time and a note on how it was made."""
     from ..io.checkpoint import load_snn
-    from ..conversion.stages import convert
+    from ..conversion.stages import ConversionConfig, convert
     from ..zoo.models import ActivationKind
+    from .main import check_fitted_time_steps, needs_calibration_data
     if args.snn is not None:
         network, _, _ = load_snn(args.snn)
+        check_fitted_time_steps(network, args.time_steps, where=f"--snn {args.snn}")
         return network, f"SNN from {args.snn}"
-    if spec.activation.kind is not ActivationKind.RELU:
+    if not needs_calibration_data(spec):
         from ..conversion.methods import default_method, neuron_factory
         method = default_method(spec.activation.kind)
         return convert(model, neuron=neuron_factory(method)), f"converted now (method {method.value})"
@@ -82,12 +84,15 @@ def _network(args, model, spec, checkpoint):
         splits = checkpoint_dataset(train_config, data_dir=args.data_dir)
         check_fits_data(spec, splits.info, path=args.checkpoint)
         batches = held_apart_batches(splits.train, config=train_config, size=256)
-        note = "ReLU thresholds recorded on 256 images of the held-apart training slice"
+        source = "256 images of the held-apart training slice"
     except DataError as error:
-        # Thresholds change which neurons fire, not how much work a forward pass does.
+        # Thresholds and fits change which neurons fire, not how much work a forward pass does.
         batches = [torch.randn(64, *spec.input_shape, generator=torch.Generator().manual_seed(0))]
-        note = f"ReLU thresholds recorded on random inputs (data unavailable: {str(error).splitlines()[0]})"
-    return convert(model, calibration_data=batches), note
+        source = f"random inputs (data unavailable: {str(error).splitlines()[0]})"
+    if spec.activation.kind is ActivationKind.GELU:  # multi-basis neurons fitted for every T timed
+        config = ConversionConfig(function_time_steps=tuple(args.time_steps))
+        return convert(model, calibration_data=batches, config=config), f"multi-basis neurons fitted on {source}"
+    return convert(model, calibration_data=batches), f"ReLU thresholds recorded on {source}"
 
 
 def _command_bench(args) -> int:
@@ -102,7 +107,9 @@ def _command_bench(args) -> int:
     model, spec, checkpoint = load_ann(args.checkpoint)
     network, how = _network(args, model, spec, checkpoint)
     model, network = model.eval().to(device), network.eval().to(device)
-    relu = bench.relu_twin(model).to(device) if spec.activation.kind is not ActivationKind.RELU else None
+    # The ReLU twin of a quantized ANN; a GELU network has no quantizer to compare with.
+    quantized = spec.activation.kind not in (ActivationKind.RELU, ActivationKind.GELU)
+    relu = bench.relu_twin(model).to(device) if quantized else None
     kept = bench.keep_freed_cpu_memory() if args.keep_freed_memory else False
     results = []
     for batch_size in args.batch_sizes:

@@ -192,6 +192,10 @@ def _load(args):
     from ..io.checkpoint import check_fits_data, load_ann
     from ..runtime.checks import require_positive_int
     model, spec, checkpoint = load_ann(args.checkpoint)
+    if spec.activation.kind.value == "gelu":  # before any data are read
+        raise ValueError(f"{args.checkpoint} is a {spec.name} with GELU activations: it has no ReLU or QCFS sites "
+                         "whose IF neurons [STDC]'s stages calibrate; its GELU, softmax and layer norm convert "
+                         f"training-free: use parasnn evaluate {args.checkpoint} -T 2,4,8,16 (or parasnn convert)")
     train_config = checkpoint.get("config") or {}
     splits = checkpoint_dataset(train_config, data_dir=args.data_dir)
     check_fits_data(spec, splits.info, path=args.checkpoint)

@@ -36,7 +36,7 @@ from .external import add_model_arguments, convert_external, evaluate_external, 
 from .habits import arguments_record, expand_config, show_defaults
 
 __all__ = ["main", "build_parser", "summary_parser", "COMMAND_MODULES", "COMMAND_SUMMARIES", "user_errors",
-           "config_path"]
+           "config_path", "needs_calibration_data", "check_fitted_time_steps"]
 
 # Modules that contribute subcommands: each defines ``add_command(commands)``, which adds its
 # parser to the ``argparse`` sub-parsers and sets ``handler=`` (a function of the parsed
@@ -120,13 +120,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a ReLU or QCFS network",
                                 description="Train an ANN with ReLU or QCFS activations. Seeded and resumable: "
                                             "re-running with the same --out continues from the last epoch.")
-    train.add_argument("--model", choices=MODEL_NAMES, default="vgg-small")
+    train.add_argument("--model", choices=MODEL_NAMES, default="vgg-small",
+                       help="architecture (default vgg-small); vit-tiny is a GELU vision transformer, trained in "
+                            "the README with --optimizer adamw --lr 2e-3 --weight-decay 0.05 --epochs 25")
     train.add_argument("--dataset", default="fashion-mnist",
                        help="fashion-mnist (default), cifar10, cifar100, digits or image-folder")
     train.add_argument("--data-dir", help="dataset directory (default: the dataset's standard location)")
-    train.add_argument("--activation", choices=[kind.value for kind in ActivationKind], default="qcfs",
-                       help="qcfs (default), relu, or signed (the full-precision network PMSM quantizes; "
-                            "use --threshold 1)")
+    train.add_argument("--activation", choices=[kind.value for kind in ActivationKind], default=None,
+                       help="qcfs (default for the CNNs), relu, signed (the full-precision network PMSM quantizes; "
+                            "use --threshold 1), or gelu (vit-tiny's only activation, its default)")
     train.add_argument("--levels", type=_levels, default=4,
                        help="L, the quantization levels per layer: of each QCFS activation; one integer, one per site (4,4,8,...), or auto "
                             "(PASCAL's adaptive layerwise activation: probe, choose L per layer, fine-tune)")
@@ -167,7 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="ReLU networks: activation percentile used as threshold (100 = max)")
     convert.add_argument("--levels", type=positive_int, default=8, help="L, the quantization levels per layer: of the QCFS that replaces each ReLU (default 8)")
     convert.add_argument("--calibration-size", type=positive_int, default=1024,
-                         help="ReLU networks: images from the held-apart training slice used to record thresholds")
+                         help="ReLU and GELU networks: images from the held-apart training slice used to record "
+                              "thresholds and the inputs the multi-basis neurons are fitted on")
+    convert.add_argument("--function-time-steps", type=time_steps_list, default=[2, 4, 8, 16],
+                         help="GELU networks (vit-tiny): the T values the multi-basis neurons of GELU, softmax and "
+                              "layer norm are fitted for; the SNN runs at these T only (default 2,4,8,16)")
+    convert.add_argument("--bases", type=positive_int, default=4,
+                         help="GELU networks: bases N of every multi-basis neuron (default 4)")
     _add_data_options(convert)
     add_model_arguments(convert)
 
@@ -195,7 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
                           help="pascal: accumulate each synapse's input spikes (bit-exact, default) or sum "
                                "per-step currents (floating-point rounding)")
     evaluate.add_argument("--calibration-size", type=positive_int, default=1024,
-                          help="ReLU networks: images used to record thresholds when converting on the fly")
+                          help="ReLU and GELU networks: held-apart training images used to record thresholds and "
+                               "to fit the multi-basis neurons when converting on the fly (fitted for the "
+                               "--time-steps given)")
+    evaluate.add_argument("--bases", type=positive_int, default=4,
+                          help="GELU networks converted on the fly: bases N of every multi-basis neuron (default 4)")
     _add_data_options(evaluate)
     add_model_arguments(evaluate)
 
@@ -226,7 +238,14 @@ def _command_train(args) -> int:
     from ..methods.adaptive_levels import PROBE_LEVELS
     from .levels import command_train
     from ..training.train import TrainConfig, train
+    from ..zoo.spec import architecture
+    entry = architecture(args.model)
+    args.activation = args.activation or entry.default_activation.value
+    entry.check_activation(args.model, args.activation)  # before the data are read
     auto = args.levels == "auto"
+    if auto and args.activation == "gelu":
+        raise ValueError(f"--levels auto chooses QCFS levels; {args.model} has GELU activations (no levels): drop "
+                         "--levels")
     if args.holdout is None:
         args.holdout = default_holdout(args.dataset, data_dir=args.data_dir)
     config = TrainConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, activation=args.activation,
@@ -264,14 +283,24 @@ def _calibration_batches(checkpoint: dict, splits, *, size: int, batch_size: int
     return list(make_loader(first_examples(held_apart, size), batch_size=batch_size, shuffle=False))
 
 
-def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, percentile, levels, calibration_size):
+def needs_calibration_data(spec) -> bool:
+    """Conversion records ReLU thresholds (ReLU networks) or fits multi-basis neurons to the
+    GELU inputs seen (GELU networks, e.g. vit-tiny) on held-apart training images."""
+    from ..zoo.models import ActivationKind
+    return spec.activation.kind in (ActivationKind.RELU, ActivationKind.GELU)
+
+
+def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, percentile, levels, calibration_size,
+                        function_time_steps=(2, 4, 8, 16), bases=4):
     from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert
     from ..conversion.methods import neuron_factory
     from ..zoo.models import ActivationKind
     config = ConversionConfig(levels=levels, threshold=ThresholdStatistic(percentile),
-                              batchnorm=BatchNormMode(batchnorm))
+                              batchnorm=BatchNormMode(batchnorm), bases=bases,
+                              function_time_steps=tuple(dict.fromkeys(function_time_steps)))
     from_relu = spec.activation.kind is ActivationKind.RELU
-    data = _calibration_batches(checkpoint, splits, size=calibration_size) if from_relu else None
+    data = (_calibration_batches(checkpoint, splits, size=calibration_size) if needs_calibration_data(spec)
+            else None)
     return convert(model, calibration_data=data, config=config, neuron=neuron_factory(method)), config, from_relu
 
 
@@ -287,10 +316,11 @@ def _command_convert(args) -> int:
     fingerprint = ann_fingerprint(checkpoint["state_dict"])
     method = args.method or default_method(spec.activation.kind).value
     splits = (_dataset_for(checkpoint, args.data_dir, spec=spec, path=args.checkpoint)
-              if spec.activation.kind.value == "relu" else None)
+              if needs_calibration_data(spec) else None)
     network, config, from_relu = _convert_checkpoint(
         model, spec, checkpoint, splits, method=method, batchnorm=args.batchnorm, percentile=args.percentile,
-        levels=args.levels, calibration_size=args.calibration_size)
+        levels=args.levels, calibration_size=args.calibration_size, function_time_steps=args.function_time_steps,
+        bases=args.bases)
     resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": method,
                 "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size,
                 **arguments_record(args)}
@@ -336,9 +366,11 @@ def _evaluate(args) -> int:
     splits = _dataset_for(checkpoint, args.data_dir, spec=spec, path=args.checkpoint)
     if args.snn is not None:
         check_fits_data(snn_spec, splits.info, path=args.snn)
+        check_fitted_time_steps(network, args.time_steps, where=f"--snn {args.snn}")
     else:
         network, _, _ = _convert_checkpoint(model, spec, checkpoint, splits, method=method, batchnorm="keep",
-                                            percentile=99.9, levels=8, calibration_size=args.calibration_size)
+                                            percentile=99.9, levels=8, calibration_size=args.calibration_size,
+                                            function_time_steps=args.time_steps, bases=args.bases)
     test = splits.test
     if args.limit is not None:  # a seeded random sample across classes: the same images for every run
         from ..datasets.splits import sample_subset
@@ -362,6 +394,18 @@ def _evaluate(args) -> int:
         write_json(args.json, {"config": resolved, "model": spec.to_dict(), **report.to_dict()})
         write_json(config_path(args.json), resolved)
     return 0
+
+
+def check_fitted_time_steps(network, time_steps, *, where: str) -> None:
+    """Refuse, before any work, T values the network's multi-basis neurons were not fitted for."""
+    from ..neurons.function_neuron import FunctionNeuron
+    fitted = next((sorted(int(t) for t in module.neurons) for module in network.modules()
+                   if isinstance(module, FunctionNeuron)), None)
+    missing = [t for t in time_steps if fitted is not None and t not in fitted]
+    if missing:
+        raise ValueError(f"{where} was fitted for T in {fitted}, not T = {','.join(map(str, missing))}; pass "
+                         f"--time-steps {','.join(map(str, fitted))}, or convert again with --function-time-steps "
+                         f"{','.join(map(str, sorted(set(fitted) | set(missing))))}")
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -311,7 +311,8 @@ def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
 
 def convert(model: nn.Module, *, calibration_data: Iterable | None = None,
             config: ConversionConfig = ConversionConfig(), neuron: NeuronFactory = IFNeuron.from_qcfs,
-            leaf_modules: tuple[type, ...] = (), reduce: Callable[[dict], dict] | None = None) -> SpikingNetwork:
+            leaf_modules: tuple[type, ...] = (), reduce: Callable[[dict], dict] | None = None,
+            placeholder_fits: bool = False) -> SpikingNetwork:
     """Convert ``model`` into a spiking network. ``model`` is not modified.
 
     Args:
@@ -325,6 +326,8 @@ def convert(model: nn.Module, *, calibration_data: Iterable | None = None,
         leaf_modules: module classes torch.fx must not trace into.
         reduce: combines threshold statistics across processes (see
             :mod:`parasnn.runtime.distributed`); ``None`` in a single process.
+        placeholder_fits: fitted functions (GELU, exp, …) get neurons with placeholder
+            parameters instead of fits: the structure a saved state dict is loaded into.
 
     Raises:
         ConversionError: listing every operation that cannot be converted, or naming the
@@ -337,7 +340,7 @@ def convert(model: nn.Module, *, calibration_data: Iterable | None = None,
                             leaf_modules=leaf_modules, reduce=reduce)
     else:
         gm = _prepare(model, leaf_modules)
-    gm = fit_sites(gm, calibration_data, config)
+    gm = fit_sites(gm, calibration_data, config, placeholders=placeholder_fits)
     if config.batchnorm is BatchNormMode.FOLD:
         gm = fold_batchnorm(gm)
     gm = _spike(gm, neuron)

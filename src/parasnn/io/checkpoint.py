@@ -251,13 +251,14 @@ def save_snn(path: str | Path, network: SpikingNetwork, spec: ModelSpec, *, meth
 
 def skeleton(spec: ModelSpec, *, method: Method | str, conversion: ConversionConfig, from_relu: bool
              ) -> SpikingNetwork:
-    """The converted network of ``spec`` with placeholder thresholds, ready for a state dict."""
+    """The converted network of ``spec`` with placeholder thresholds and placeholder fitted
+    functions (multi-basis neurons), ready for a state dict."""
     model = build_model(spec).eval()
     if from_relu:
         # Any input of the right shape records *some* threshold; the real ones come from the state dict.
         model = quantize_relus(model, [torch.zeros(1, *spec.input_shape)], levels=conversion.levels,
                                statistic=conversion.threshold)
-    return convert(model, config=conversion, neuron=neuron_factory(method))
+    return convert(model, config=conversion, neuron=neuron_factory(method), placeholder_fits=True)
 
 
 def load_snn(path: str | Path) -> tuple[SpikingNetwork, ModelSpec, dict]:

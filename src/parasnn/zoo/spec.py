@@ -30,7 +30,7 @@ from ..runtime.checks import require_positive_int
 
 __all__ = ["ActivationKind", "ActivationSpec", "ActivationFactory", "ActivationSites", "ModelSpec", "Architecture",
            "register_architecture", "architecture", "model_names", "default_widths", "build_model",
-           "count_activation_sites", "initialise", "check_input_shape"]
+           "count_activation_sites", "initialise", "check_input_shape", "CNN_ACTIVATIONS"]
 
 # A zero-argument callable that returns a fresh activation module on every call.
 ActivationFactory = Callable[[], nn.Module]
@@ -40,13 +40,16 @@ ActivationFactory = Callable[[], nn.Module]
 
 
 class ActivationKind(str, enum.Enum):
-    """Which activation the ANN uses: plain ReLU (converted training-free) or QCFS."""
+    """Which activation the ANN uses: plain ReLU (converted training-free), QCFS, the signed
+    clip of PMSM, or GELU (transformers: converted training-free by fitted multi-basis
+    neurons, docs/maths.md §7; ``levels`` and ``threshold`` do not apply to it)."""
 
     RELU = "relu"
     QCFS = "qcfs"
     # PMSM ([PMSM]): the signed clip clip(x, −r, r) with r = ``threshold`` (learnt), trained
     # in full precision; ``parasnn pmsm`` quantizes it to ``levels`` levels per polarity.
     SIGNED = "signed"
+    GELU = "gelu"
 
 
 def _check_level(value: Any) -> int:
@@ -107,6 +110,8 @@ class ActivationSpec:
         if self.kind is ActivationKind.RELU:
             # Not in place: the converter and the tests hook activation inputs and outputs.
             return nn.ReLU(inplace=False)
+        if self.kind is ActivationKind.GELU:
+            return nn.GELU()
         if self.kind is ActivationKind.SIGNED:
             from ..neurons.pmsm import PolarityQuantizer  # its full-precision form, range [−r, r]
             return PolarityQuantizer(levels=levels, scale=self.threshold, quantized=False)
@@ -177,25 +182,51 @@ def check_input_shape(input_shape: tuple[int, int, int]) -> tuple[int, int, int]
 # --------------------------------------------------------------------------- registry
 
 
+# The activations a CNN of this zoo trains with (every site's module from ActivationSpec.make).
+CNN_ACTIVATIONS = (ActivationKind.QCFS, ActivationKind.RELU, ActivationKind.SIGNED)
+
+
 @dataclass(frozen=True)
 class Architecture:
     """A registered architecture: ``build(*, input_shape, num_classes, width, new_activation)``,
-    its default base width and its number of activation sites (independent of width and input)."""
+    its default base width, its number of activation sites (independent of width and input),
+    the activation kinds it accepts (the first is its default).
+
+    A transformer accepts GELU only: its GELU sites convert through fitted multi-basis neurons,
+    and a QCFS or ReLU transformer is a different network (a decision, docs/decisions.md)."""
 
     build: Callable[..., nn.Module]
     default_width: int
     activation_sites: int
+    activations: tuple[ActivationKind, ...] = CNN_ACTIVATIONS
+
+    @property
+    def default_activation(self) -> ActivationKind:
+        return self.activations[0]
+
+    def check_activation(self, name: str, kind: ActivationKind | str) -> None:
+        """A ValueError naming the architecture, its accepted kinds and the fix, for any other ``kind``."""
+        kind = ActivationKind(kind)
+        if kind not in self.activations:
+            accepted = ", ".join(k.value for k in self.activations)
+            raise ValueError(f"{name} trains with {accepted} activations only, not {kind.value}; drop --activation "
+                             f"(default {self.default_activation.value}) or pass --activation "
+                             f"{self.default_activation.value}")
 
 
 _ARCHITECTURES: dict[str, Architecture] = {}
 
 
 def register_architecture(name: str, build: Callable[..., nn.Module], *, default_width: int,
-                          activation_sites: int) -> None:
-    """Make ``name`` buildable from a :class:`ModelSpec` (called by each architecture module)."""
+                          activation_sites: int, activations: tuple[ActivationKind, ...] = CNN_ACTIVATIONS) -> None:
+    """Make ``name`` buildable from a :class:`ModelSpec` (called by each architecture module);
+    ``activations``: the kinds it accepts, its default first."""
     if name in _ARCHITECTURES and _ARCHITECTURES[name].build is not build:
         raise ValueError(f"model name {name!r} is already registered")
-    _ARCHITECTURES[name] = Architecture(build, default_width, activation_sites)
+    if not activations:
+        raise ValueError(f"register_architecture({name!r}): activations must name at least one ActivationKind")
+    _ARCHITECTURES[name] = Architecture(build, default_width, activation_sites,
+                                        tuple(ActivationKind(kind) for kind in activations))
 
 
 def model_names() -> tuple[str, ...]:
@@ -238,11 +269,12 @@ class ModelSpec:
     width: int | None = None
 
     def __post_init__(self):
-        architecture(self.name)  # fail at the spec, not later at build time
+        entry = architecture(self.name)  # fail at the spec, not later at build time
         object.__setattr__(self, "input_shape", check_input_shape(tuple(self.input_shape)))
         require_positive_int(self.num_classes, "ModelSpec: num_classes")
         if not isinstance(self.activation, ActivationSpec):
             raise TypeError(f"ModelSpec: activation must be an ActivationSpec, got {type(self.activation).__name__}")
+        entry.check_activation(self.name, self.activation.kind)
         if self.width is not None and (isinstance(self.width, bool) or not isinstance(self.width, int)
                                        or self.width < 1):
             raise ValueError(f"ModelSpec: width must be None or an integer >= 1, got {self.width!r}")
@@ -273,14 +305,14 @@ def count_activation_sites(spec_or_model: ModelSpec | nn.Module) -> int:
     """Number of activation sites.
 
     For a :class:`ModelSpec`, the architecture's count (it does not depend on width or input
-    shape). For a module, the number of distinct ``nn.ReLU`` / :class:`QCFS` modules in it —
+    shape). For a module, the number of distinct ``nn.ReLU`` / ``nn.GELU`` / quantizer modules in it —
     equal to the number of call sites for every model :func:`build_model` makes, because
     those never reuse an activation module.
     """
     if isinstance(spec_or_model, ModelSpec):
         return architecture(spec_or_model.name).activation_sites
     if isinstance(spec_or_model, nn.Module):
-        return sum(isinstance(module, (nn.ReLU, ActivationQuantizer)) for module in spec_or_model.modules())
+        return sum(isinstance(module, (nn.ReLU, nn.GELU, ActivationQuantizer)) for module in spec_or_model.modules())
     raise TypeError(f"count_activation_sites: expected a ModelSpec or nn.Module, "
                     f"got {type(spec_or_model).__name__}")
 
