@@ -74,7 +74,7 @@ def markdown(reports: list[dict], *, title: str) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, default=Path("runs/vit"), help="run directory (default runs/vit)")
+    parser.add_argument("--run", type=Path, default=Path("runs/fmnist-vit-tiny"), help="run directory (default runs/fmnist-vit-tiny)")
     parser.add_argument("--time-steps", default="2,4,8,16", help="T values of the parallel form (default 2,4,8,16)")
     parser.add_argument("--limit", type=int, help="test images of the parallel rows (default: all 10 000)")
     parser.add_argument("--serial-limit", type=int, help="also the serial form, on this many test images")
