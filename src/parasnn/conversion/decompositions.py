@@ -16,6 +16,8 @@ ANN-side network is unchanged until the fitted neurons replace ``exp``, ``recipr
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -158,6 +160,35 @@ class DecomposedMultiheadAttention(nn.Module):
 _GUARDS = (torch.fx._symbolic_trace._assert_is_none, torch._assert)
 
 
+class _ConstantList(list):
+    """A constant list argument of an inlined module (see :func:`inline_module`)."""
+
+
+class _ConstantTuple(tuple):
+    """A constant tuple argument of an inlined module (see :func:`inline_module`)."""
+
+
+def _whole(value: object) -> object:
+    # fx stores node arguments as its own immutable list type: test by isinstance
+    if isinstance(value, list):
+        return _ConstantList(value)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):  # a namedtuple keeps its type
+        return _ConstantTuple(value)
+    return value
+
+
+def _guard_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """The guards fx adds for constant arguments (``torch._assert(x == 7)``) and the nodes
+    that only feed them."""
+    guards: set[fx.Node] = set()
+    for inner in reversed(graph.nodes):
+        if inner.op == "call_function" and inner.target in _GUARDS:
+            guards.add(inner)
+        elif inner.op not in ("placeholder", "output") and inner.users and all(u in guards for u in inner.users):
+            guards.add(inner)
+    return guards
+
+
 def inline_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, *, prefix: str) -> None:
     """Replace ``node`` in ``gm`` (in place) by the traced graph of ``module``, whose forward
     takes the node's positional arguments (then its keyword arguments). The module's
@@ -178,17 +209,22 @@ def inline_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, *, prefi
             raise ValueError(f"inline_module: no value for argument {parameter.name!r} of {type(module).__name__}")
     # Constants (None masks, flags) are fixed while tracing, so the decomposition's
     # `if mask is not None` needs no tensor-valued control flow.
-    constants = {name: value for name, value in bound.items() if not isinstance(value, fx.Node)}
-    sub = trace(module, concrete_args=constants)
+    # A constant list or tuple (a window size) is passed as a subclass, which fx keeps whole
+    # (one placeholder, no guard) instead of flattening it into one placeholder per element.
+    constants = {name: _whole(value) for name, value in bound.items() if not isinstance(value, fx.Node)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Was not able to add assertion")
+        sub = trace(module, concrete_args=constants)
     gm.add_submodule(prefix, sub)
     values: dict[fx.Node, object] = {}
     # one placeholder per forward argument, in order (fx renames those it fixed to constants)
     for placeholder, name in zip((n for n in sub.graph.nodes if n.op == "placeholder"), bound):
         values[placeholder] = bound[name]
+    guards = _guard_nodes(sub.graph)
     result = None
     with gm.graph.inserting_before(node):
         for inner in sub.graph.nodes:
-            if inner.op == "placeholder" or (inner.op == "call_function" and inner.target in _GUARDS):
+            if inner.op == "placeholder" or inner in guards:
                 continue  # the guards fx adds for the constants fixed above
             if inner.op == "output":
                 result = fx.map_arg(inner.args[0], lambda n: values[n])

@@ -12,10 +12,12 @@ products of two activations, and decompositions of softmax, layer norm and atten
   :class:`~parasnn.neurons.product_layer.SpikingProduct` layers; a product with a constant
   or with an analog value stays affine (the scaling rule).
 * **expanded** — softmax, ``nn.LayerNorm``, ``nn.MultiheadAttention``,
-  ``F.scaled_dot_product_attention``, ``F.normalize``, hardsigmoid and division by an
-  activation are
-  replaced by their decompositions (:mod:`parasnn.conversion.decompositions`), whose
-  primitives the rules above claim; the max inside softmax is a max of rates.
+  ``F.scaled_dot_product_attention``, ``F.normalize``, hardsigmoid, division by an
+  activation, and torchvision's Swin ``shifted_window_attention`` and
+  ``_patch_merging_pad`` are replaced by their decompositions
+  (:mod:`parasnn.conversion.decompositions`, :mod:`parasnn.conversion.window_attention`),
+  whose primitives the rules above claim; the max inside softmax is a max of rates;
+  ``torch.roll`` (Swin's cyclic shift) is a permutation, so affine.
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ from ..neurons.products import ProductKind
 from .decompositions import (DecomposedAttention, DecomposedLayerNorm, DecomposedMultiheadAttention,
                              DecomposedNormalize, DecomposedSoftmax, Division, HardSigmoidAsReLU6)
 from .pooling import Amax, RateMaxPool
-from .rules import OperationCost, Role, function_rule, method_rule, module_rule, register, register_cost
+from .rules import OperationCost, Role, Rule, function_rule, method_rule, module_rule, register, register_cost
+from .window_attention import DecomposedShiftedWindowAttention, PatchMergingGather
 
 __all__ = ["site_function", "fit_function_site"]
 
@@ -112,6 +115,15 @@ def _normalize(gm, node):
     return DecomposedNormalize(dim=argument(2, "dim", 1), eps=argument(3, "eps", 1e-12))
 
 
+def _torchvision_function(name: str):
+    """Claims calls of torchvision's fx-wrapped function ``name`` that carry activations
+    (matched by name and module, so parasnn does not import torchvision)."""
+    def matches(gm, node, dependent):
+        return node.op == "call_function" and node in dependent and getattr(node.target, "__name__", None) == name \
+            and str(getattr(node.target, "__module__", "")).startswith("torchvision")
+    return matches
+
+
 def _amax(gm, node):
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else ())
     keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
@@ -169,5 +181,11 @@ register(function_rule("L2 normalisation", {F.normalize}, Role.EXPANDED, build=_
 register(module_rule("hardsigmoid", (nn.Hardsigmoid,), Role.EXPANDED, build=lambda gm, node: HardSigmoidAsReLU6()))
 register(function_rule("hardsigmoid function", {F.hardsigmoid}, Role.EXPANDED,
                        build=lambda gm, node: HardSigmoidAsReLU6()))
+register(function_rule("cyclic shift", {torch.roll}, Role.AFFINE))  # a permutation of the activations
+register(method_rule("cyclic shift (method)", {"roll"}, Role.AFFINE))
+register(Rule("shifted-window attention", Role.EXPANDED, _torchvision_function("shifted_window_attention"),
+              build=lambda gm, node: DecomposedShiftedWindowAttention()))
+register(Rule("patch merging", Role.EXPANDED, _torchvision_function("_patch_merging_pad"),
+              build=lambda gm, node: PatchMergingGather()))
 register_cost((SpikingProduct,), _product_cost)
 register_cost((FunctionNeuron,), _function_cost)
