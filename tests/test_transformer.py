@@ -113,7 +113,8 @@ def test_a_tiny_transformer_converts_and_its_output_converges_to_the_ann():
     assert any(float(count.sum()) > 0 for count in result.spike_counts.values())
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16", "swin_t",
+                                  "swin_v2_t"])
 def test_torchvision_networks_have_a_rule_for_every_operation(name):
     models = pytest.importorskip("torchvision.models")
     model = getattr(models, name)().eval()

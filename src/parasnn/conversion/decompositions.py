@@ -28,7 +28,7 @@ from torch import Tensor, nn
 # float32 and float64, as exp(-inf) is, so the ANN's output is unchanged.
 MASKED_SCORE = -1e9
 
-__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedMultiheadAttention", "DecomposedAttention",
+__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedLayerNormFunction", "DecomposedMultiheadAttention", "DecomposedAttention",
            "inline_module"]
 
 
@@ -84,14 +84,27 @@ class DecomposedLayerNorm(nn.Module):
         self.bias = norm.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        centred = x - torch.mean(x, dim=self.axes, keepdim=True)
-        variance = torch.mean(centred * centred, dim=self.axes, keepdim=True)
-        normalised = centred * torch.rsqrt(variance + self.eps)
-        if self.weight is not None:
-            normalised = normalised * self.weight
-        if self.bias is not None:
-            normalised = normalised + self.bias
-        return normalised
+        return _layer_norm(x, self.axes, self.weight, self.bias, self.eps)
+
+
+def _layer_norm(x: Tensor, axes: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    centred = x - torch.mean(x, dim=axes, keepdim=True)
+    variance = torch.mean(centred * centred, dim=axes, keepdim=True)
+    normalised = centred * torch.rsqrt(variance + eps)
+    if weight is not None:
+        normalised = normalised * weight
+    if bias is not None:
+        normalised = normalised + bias
+    return normalised
+
+
+class DecomposedLayerNormFunction(nn.Module):
+    """``F.layer_norm(input, normalized_shape, weight, bias, eps)`` (ConvNeXt's channel
+    LayerNorm calls it) decomposed as :class:`DecomposedLayerNorm`."""
+
+    def forward(self, input: Tensor, normalized_shape: list[int], weight: Tensor | None = None,
+                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+        return _layer_norm(input, tuple(range(-len(normalized_shape), 0)), weight, bias, eps)
 
 
 class DecomposedAttention(nn.Module):

@@ -11,13 +11,14 @@ products of two activations, and decompositions of softmax, layer norm and atten
 * **products** of two activations (``*``, ``@``, ``matmul``, ``bmm``) become
   :class:`~parasnn.neurons.product_layer.SpikingProduct` layers; a product with a constant
   or with an analog value stays affine (the scaling rule).
-* **expanded** — softmax, ``nn.LayerNorm``, ``nn.MultiheadAttention``,
+* **expanded** — softmax, ``nn.LayerNorm`` and ``F.layer_norm``, ``nn.MultiheadAttention``,
   ``F.scaled_dot_product_attention``, ``F.normalize``, hardsigmoid, division by an
   activation, and torchvision's Swin ``shifted_window_attention`` and
   ``_patch_merging_pad`` are replaced by their decompositions
   (:mod:`parasnn.conversion.decompositions`, :mod:`parasnn.conversion.window_attention`),
   whose primitives the rules above claim; the max inside softmax is a max of rates;
-  ``torch.roll`` (Swin's cyclic shift) is a permutation, so affine.
+  ``torch.roll`` (Swin's cyclic shift), ``swapaxes`` and ``movedim`` are permutations, so
+  affine.
 """
 from __future__ import annotations
 
@@ -32,8 +33,9 @@ from ..neurons.mbe import MBENeuron
 from ..neurons.mbe_functions import ScalarFunction, is_decomposed
 from ..neurons.product_layer import SpikingProduct
 from ..neurons.products import ProductKind
-from .decompositions import (DecomposedAttention, DecomposedLayerNorm, DecomposedMultiheadAttention,
-                             DecomposedNormalize, DecomposedSoftmax, Division, HardSigmoidAsReLU6)
+from .decompositions import (DecomposedAttention, DecomposedLayerNorm, DecomposedLayerNormFunction,
+                             DecomposedMultiheadAttention, DecomposedNormalize, DecomposedSoftmax, Division,
+                             HardSigmoidAsReLU6)
 from .pooling import Amax, RateMaxPool
 from .rules import OperationCost, Role, Rule, function_rule, method_rule, module_rule, register, register_cost
 from .window_attention import DecomposedShiftedWindowAttention, PatchMergingGather
@@ -173,6 +175,8 @@ register(method_rule("softmax method", {"softmax"}, Role.EXPANDED, inputs=(0,),
                      build=lambda gm, node: DecomposedSoftmax(_softmax_dim(node))))
 register(module_rule("layer norm", (nn.LayerNorm,), Role.EXPANDED,
                      build=lambda gm, node: DecomposedLayerNorm(gm.get_submodule(node.target))))
+register(function_rule("layer norm function", {F.layer_norm}, Role.EXPANDED,
+                       build=lambda gm, node: DecomposedLayerNormFunction()))
 register(module_rule("multi-head attention", (nn.MultiheadAttention,), Role.EXPANDED, inputs=(0, 1, 2),
                      build=lambda gm, node: DecomposedMultiheadAttention(gm.get_submodule(node.target))))
 register(function_rule("scaled dot-product attention", {F.scaled_dot_product_attention}, Role.EXPANDED,
@@ -181,8 +185,9 @@ register(function_rule("L2 normalisation", {F.normalize}, Role.EXPANDED, build=_
 register(module_rule("hardsigmoid", (nn.Hardsigmoid,), Role.EXPANDED, build=lambda gm, node: HardSigmoidAsReLU6()))
 register(function_rule("hardsigmoid function", {F.hardsigmoid}, Role.EXPANDED,
                        build=lambda gm, node: HardSigmoidAsReLU6()))
-register(function_rule("cyclic shift", {torch.roll}, Role.AFFINE))  # a permutation of the activations
-register(method_rule("cyclic shift (method)", {"roll"}, Role.AFFINE))
+# permutations of the activations: Swin's cyclic shift, MaxViT's axis swaps
+register(function_rule("permutation", {torch.roll, torch.swapaxes, torch.swapdims, torch.movedim}, Role.AFFINE))
+register(method_rule("permutation (method)", {"roll", "swapaxes", "swapdims", "movedim"}, Role.AFFINE))
 register(Rule("shifted-window attention", Role.EXPANDED, _torchvision_function("shifted_window_attention"),
               build=lambda gm, node: DecomposedShiftedWindowAttention()))
 register(Rule("patch merging", Role.EXPANDED, _torchvision_function("_patch_merging_pad"),
