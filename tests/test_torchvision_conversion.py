@@ -101,12 +101,18 @@ def _tiny_vit() -> nn.Module:
                                     num_classes=10)
 
 
-TINY = {  # builder, image size
-    "vit": (_tiny_vit, 32),
-    "swin": (_tiny_swin, 32),
-    "efficientnet": (_tiny_efficientnet, 32),
-    "mobilenet_v2": (lambda: models.mobilenet_v2(width_mult=0.25, num_classes=10), 32),
-    "mobilenet_v3_small": (lambda: models.mobilenet_v3_small(width_mult=0.25, num_classes=10), 32),
+# builder, image size, the two T compared (fitted for both), the bound at the larger T.
+# Fitted functions (GELU, exp, reciprocal, rsqrt, SiLU, sigmoid) are close at T = 8 and the
+# networks made of them follow the ANN within a few per cent. ReLU and ReLU6 sites are IF
+# neurons coded without training: an untrained network's heavy-tailed activations make
+# their error large at small T and it shrinks slowly (mobilenet_v2 has no fitted function,
+# so any T runs); there only the trend is claimed.
+TINY = {
+    "vit": (_tiny_vit, 32, (4, 8), 0.05),
+    "swin": (_tiny_swin, 32, (4, 8), 0.05),
+    "efficientnet": (_tiny_efficientnet, 32, (4, 8), 0.05),
+    "mobilenet_v2": (lambda: models.mobilenet_v2(width_mult=0.25, num_classes=10), 32, (16, 256), None),
+    "mobilenet_v3_small": (lambda: models.mobilenet_v3_small(width_mult=0.25, num_classes=10), 32, (8, 16), None),
 }
 
 
@@ -116,7 +122,7 @@ def _relative_error(snn: torch.Tensor, ann: torch.Tensor) -> float:
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_a_small_torchvision_network_converts_and_follows_the_ann_closer_as_t_grows(name):
-    build, size = TINY[name]
+    build, size, (fewer, more), bound = TINY[name]
     torch.manual_seed(0)
     model = build()
     for layer in model.modules():  # torchvision's ViT starts its classifier at zero: all logits 0
@@ -124,14 +130,19 @@ def test_a_small_torchvision_network_converts_and_follows_the_ann_closer_as_t_gr
             nn.init.normal_(layer.weight, std=0.5)
     model = _set_batchnorm_statistics(model, torch.randn(8, 3, size, size))
     calibration = [torch.randn(4, 3, size, size) for _ in range(2)]
+    # thresholds at the maximum: the IF neurons' remaining error is their coding error alone
     network = convert(model, calibration_data=calibration,
-                      config=ConversionConfig(bases=4, function_time_steps=(8, 16), threshold=ThresholdStatistic(100)))
-    assert any(isinstance(m, FunctionNeuron) for m in network.graph_module.modules()) or name == "mobilenet_v2"
-    if name in ("vit", "swin"):
-        assert sum(isinstance(m, SpikingProduct) for m in network.graph_module.modules()) >= 4
+                      config=ConversionConfig(bases=4, function_time_steps=(fewer, more),
+                                              threshold=ThresholdStatistic(100)))
+    functions = [m for m in network.graph_module.modules() if isinstance(m, FunctionNeuron)]
+    assert functions or name == "mobilenet_v2"
+    if name in ("vit", "swin"):  # q·kᵀ and ·v of every block, the squares of the layer norms
+        assert sum(isinstance(m, SpikingProduct) for m in network.graph_module.modules()) >= 8
     x = torch.randn(4, 3, size, size)
     with torch.no_grad():
         ann = model(x)
-        errors = {steps: _relative_error(parallel_forward(network, x, time_steps=steps), ann) for steps in (8, 16)}
-    assert errors[16] < errors[8], errors
-    assert errors[16] < 0.5, errors
+        errors = {steps: _relative_error(parallel_forward(network, x, time_steps=steps), ann)
+                  for steps in (fewer, more)}
+    assert errors[more] < errors[fewer], errors
+    if bound is not None:
+        assert errors[more] < bound, errors
