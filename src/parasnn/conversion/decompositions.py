@@ -28,7 +28,7 @@ from torch import Tensor, nn
 # float32 and float64, as exp(-inf) is, so the ANN's output is unchanged.
 MASKED_SCORE = -1e9
 
-__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedLayerNormFunction", "DecomposedMultiheadAttention", "DecomposedAttention",
+__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedLayerNormFunction", "DecomposedEinsum", "DecomposedMultiheadAttention", "DecomposedAttention",
            "inline_module"]
 
 
@@ -105,6 +105,53 @@ class DecomposedLayerNormFunction(nn.Module):
     def forward(self, input: Tensor, normalized_shape: list[int], weight: Tensor | None = None,
                 bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
         return _layer_norm(input, tuple(range(-len(normalized_shape), 0)), weight, bias, eps)
+
+
+class DecomposedEinsum(nn.Module):
+    """``torch.einsum(equation, left, right)`` of two operands as one matrix product
+    (MaxViT's ``"BGHID,BGHJD->BGHIJ"``): labels only one operand has and the output lacks
+    are summed first; then each operand is permuted to (shared batch labels, its own output
+    labels, contracted labels), flattened to a batch of matrices, multiplied, and the
+    result reshaped and permuted to the output's order. No ellipsis, no label repeated
+    within one operand (diagonals)."""
+
+    def forward(self, equation: str, left: Tensor, right: Tensor) -> Tensor:
+        if "->" not in equation or "." in equation:
+            raise ValueError(f"einsum {equation!r}: only explicit equations without '...' convert")
+        operands, output = equation.replace(" ", "").split("->")
+        a, b = operands.split(",")
+        if len(set(a)) < len(a) or len(set(b)) < len(b) or len(set(output)) < len(output):
+            raise ValueError(f"einsum {equation!r}: a label repeated within one term (a diagonal) does not convert")
+        left, a = _sum_out(left, a, b + output)
+        right, b = _sum_out(right, b, a + output)
+        batch = [label for label in output if label in a and label in b]
+        rows = [label for label in output if label in a and label not in b]
+        columns = [label for label in output if label in b and label not in a]
+        inner = [label for label in a if label in b and label not in output]
+        size = {**{label: right.shape[i] for i, label in enumerate(b)}, **{label: left.shape[i] for i, label in enumerate(a)}}
+        batch_sizes = [size[label] for label in batch]
+        left = left.permute([a.index(label) for label in batch + rows + inner]).reshape(
+            *batch_sizes, _product(size, rows), _product(size, inner))
+        right = right.permute([b.index(label) for label in batch + inner + columns]).reshape(
+            *batch_sizes, _product(size, inner), _product(size, columns))
+        result = torch.matmul(left, right).reshape(*batch_sizes, *[size[label] for label in rows + columns])
+        order = batch + rows + columns
+        return result.permute([order.index(label) for label in output])
+
+
+def _sum_out(x: Tensor, labels: str, elsewhere: str) -> tuple[Tensor, str]:
+    """``x`` summed over its labels found nowhere else, and its remaining labels."""
+    alone = [index for index, label in enumerate(labels) if label not in elsewhere]
+    if not alone:
+        return x, labels
+    return torch.sum(x, dim=alone), "".join(label for label in labels if label in elsewhere)
+
+
+def _product(size: dict, labels: list[str]):
+    total = 1
+    for label in labels:
+        total = total * size[label]
+    return total
 
 
 class DecomposedAttention(nn.Module):

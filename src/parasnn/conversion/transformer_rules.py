@@ -33,7 +33,7 @@ from ..neurons.mbe import MBENeuron
 from ..neurons.mbe_functions import ScalarFunction, is_decomposed
 from ..neurons.product_layer import SpikingProduct
 from ..neurons.products import ProductKind
-from .decompositions import (DecomposedAttention, DecomposedLayerNorm, DecomposedLayerNormFunction,
+from .decompositions import (DecomposedAttention, DecomposedEinsum, DecomposedLayerNorm, DecomposedLayerNormFunction,
                              DecomposedMultiheadAttention, DecomposedNormalize, DecomposedSoftmax, Division,
                              HardSigmoidAsReLU6)
 from .pooling import Amax, RateMaxPool
@@ -126,6 +126,20 @@ def _torchvision_function(name: str):
     return matches
 
 
+def _einsum_operands(node) -> list:
+    return list(node.args[1]) if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else list(node.args[1:])
+
+
+def _einsum_of_two_activations(node, dependent) -> bool:
+    # the varargs form einsum(equation, a, b), both spike-coded: a product
+    return len(node.args) == 3 and all(arg in dependent for arg in node.args[1:])
+
+
+def _einsum_of_one_activation(node, dependent) -> bool:
+    # linear in its only spike-coded operand
+    return sum(arg in dependent for arg in _einsum_operands(node)) == 1
+
+
 def _amax(gm, node):
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else ())
     keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
@@ -185,6 +199,9 @@ register(function_rule("L2 normalisation", {F.normalize}, Role.EXPANDED, build=_
 register(module_rule("hardsigmoid", (nn.Hardsigmoid,), Role.EXPANDED, build=lambda gm, node: HardSigmoidAsReLU6()))
 register(function_rule("hardsigmoid function", {F.hardsigmoid}, Role.EXPANDED,
                        build=lambda gm, node: HardSigmoidAsReLU6()))
+register(function_rule("einsum of two activations", {torch.einsum}, Role.EXPANDED, when=_einsum_of_two_activations,
+                       build=lambda gm, node: DecomposedEinsum()))
+register(function_rule("einsum with one activation", {torch.einsum}, Role.AFFINE, when=_einsum_of_one_activation))
 # permutations of the activations: Swin's cyclic shift, MaxViT's axis swaps
 register(function_rule("permutation", {torch.roll, torch.swapaxes, torch.swapdims, torch.movedim}, Role.AFFINE))
 register(method_rule("permutation (method)", {"roll", "swapaxes", "swapdims", "movedim"}, Role.AFFINE))
