@@ -28,7 +28,9 @@ from torch import Tensor, nn
 # float32 and float64, as exp(-inf) is, so the ANN's output is unchanged.
 MASKED_SCORE = -1e9
 
-__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedLayerNormFunction", "DecomposedEinsum", "DecomposedMultiheadAttention", "DecomposedAttention",
+__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax",
+           "DecomposedLayerNorm", "DecomposedLayerNormFunction", "DecomposedEinsum", "DecomposedMultiheadAttention",
+           "DecomposedAttention",
            "inline_module"]
 
 
@@ -128,7 +130,8 @@ class DecomposedEinsum(nn.Module):
         rows = [label for label in output if label in a and label not in b]
         columns = [label for label in output if label in b and label not in a]
         inner = [label for label in a if label in b and label not in output]
-        size = {**{label: right.shape[i] for i, label in enumerate(b)}, **{label: left.shape[i] for i, label in enumerate(a)}}
+        size = {label: right.shape[i] for i, label in enumerate(b)}
+        size.update({label: left.shape[i] for i, label in enumerate(a)})
         batch_sizes = [size[label] for label in batch]
         left = left.permute([a.index(label) for label in batch + rows + inner]).reshape(
             *batch_sizes, _product(size, rows), _product(size, inner))

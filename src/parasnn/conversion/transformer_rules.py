@@ -127,7 +127,9 @@ def _torchvision_function(name: str):
 
 
 def _einsum_operands(node) -> list:
-    return list(node.args[1]) if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else list(node.args[1:])
+    if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):  # einsum(equation, [a, b])
+        return list(node.args[1])
+    return list(node.args[1:])
 
 
 def _einsum_of_two_activations(node, dependent) -> bool:

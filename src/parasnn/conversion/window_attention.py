@@ -73,7 +73,8 @@ class DecomposedShiftedWindowAttention(nn.Module):
             raise ValueError("shifted_window_attention with dropout in training mode: convert the model in eval mode")
         window_h, window_w = window_size
         batch, height, width, channels = input.shape
-        x = F.pad(input, (0, 0, 0, (window_w - width % window_w) % window_w, 0, (window_h - height % window_h) % window_h))
+        pad_right, pad_bottom = (window_w - width % window_w) % window_w, (window_h - height % window_h) % window_h
+        x = F.pad(input, (0, 0, 0, pad_right, 0, pad_bottom))
         padded_h, padded_w = x.shape[1], x.shape[2]
         shifted = sum(shift_size) > 0  # a constant of the model; the sizes below are symbolic
         if shifted:
@@ -104,7 +105,7 @@ class DecomposedShiftedWindowAttention(nn.Module):
             region = region.permute(0, 2, 1, 3).reshape(windows, window_h * window_w)  # (nW, N)
             different = (region.unsqueeze(1) - region.unsqueeze(2)) != 0  # (nW, N, N)
             mask = torch.zeros(different.shape, dtype=x.dtype, device=x.device).masked_fill(different, SHIFT_MASK_SCORE)
-            scores = scores.view(x.size(0) // windows, windows, num_heads, tokens, tokens) + mask.unsqueeze(1).unsqueeze(0)
+            scores = scores.view(x.size(0) // windows, windows, num_heads, tokens, tokens) + mask[None, :, None]
             scores = scores.view(-1, num_heads, tokens, tokens)
         x = F.softmax(scores, dim=-1).matmul(v).transpose(1, 2).reshape(x.size(0), tokens, channels)
         x = F.linear(x, proj_weight, proj_bias)
