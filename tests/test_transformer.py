@@ -6,7 +6,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from parasnn import convert, parallel_forward, serial_forward
-from parasnn.conversion.decompositions import (DecomposedAttention, DecomposedLayerNorm, DecomposedMultiheadAttention,
+from parasnn.conversion.decompositions import (DecomposedAttention, DecomposedEinsum, DecomposedLayerNorm,
+                                               DecomposedLayerNormFunction, DecomposedMultiheadAttention,
                                                DecomposedSoftmax)
 from parasnn.conversion.expand import expand_operations
 from parasnn.conversion.graph import check_convertible, trace
@@ -42,6 +43,28 @@ def test_decompositions_compute_what_the_operations_compute():
     torch.testing.assert_close(DecomposedAttention()(q, k, v), F.scaled_dot_product_attention(q, k, v))
     torch.testing.assert_close(DecomposedAttention(is_causal=True)(q, k, v),
                                F.scaled_dot_product_attention(q, k, v, is_causal=True))
+
+
+@pytest.mark.parametrize("equation,left,right", [
+    ("B G H I D, B G H J D -> B G H I J", (2, 3, 2, 5, 4), (2, 3, 2, 6, 4)),  # MaxViT's q·kᵀ
+    ("BGHIJ,BGHJD->BGHID", (2, 3, 2, 5, 6), (2, 3, 2, 6, 4)),  # and ·v
+    ("ij,jk->ik", (3, 4), (4, 5)), ("bij,bkj->bki", (2, 3, 4), (2, 5, 4)),
+    ("ijx,jk->ki", (3, 4, 2), (4, 5)),  # x summed out first
+    ("i,j->ij", (3,), (4,)), ("ij,ij->i", (3, 4), (3, 4))])
+def test_einsum_of_two_operands_decomposes_into_one_matrix_product(equation, left, right):
+    torch.manual_seed(0)
+    a, b = torch.randn(left), torch.randn(right)
+    torch.testing.assert_close(DecomposedEinsum()(equation, a, b), torch.einsum(equation, a, b))
+    with pytest.raises(ValueError, match="diagonal"):
+        DecomposedEinsum()("ii,ij->j", torch.randn(3, 3), torch.randn(3, 4))
+
+
+def test_layer_norm_function_decomposes():
+    torch.manual_seed(0)
+    x, weight, bias = torch.randn(2, 5, 6, 7), torch.randn(6, 7), torch.randn(6, 7)
+    torch.testing.assert_close(DecomposedLayerNormFunction()(x, [6, 7], weight, bias, 1e-6),
+                               F.layer_norm(x, [6, 7], weight, bias, 1e-6))
+    torch.testing.assert_close(DecomposedLayerNormFunction()(x, [7]), F.layer_norm(x, [7]))
 
 
 class TwoSpikingOperands(nn.Module):
@@ -113,7 +136,8 @@ def test_a_tiny_transformer_converts_and_its_output_converges_to_the_ann():
     assert any(float(count.sum()) > 0 for count in result.spike_counts.values())
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16"])
+@pytest.mark.parametrize("name", ["mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "vit_b_16", "swin_t",
+                                  "convnext_tiny", "maxvit_t"])
 def test_torchvision_networks_have_a_rule_for_every_operation(name):
     models = pytest.importorskip("torchvision.models")
     model = getattr(models, name)().eval()

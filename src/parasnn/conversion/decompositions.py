@@ -16,6 +16,8 @@ ANN-side network is unchanged until the fitted neurons replace ``exp``, ``recipr
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
@@ -26,7 +28,9 @@ from torch import Tensor, nn
 # float32 and float64, as exp(-inf) is, so the ANN's output is unchanged.
 MASKED_SCORE = -1e9
 
-__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax", "DecomposedLayerNorm", "DecomposedMultiheadAttention", "DecomposedAttention",
+__all__ = ["MASKED_SCORE", "HardSigmoidAsReLU6", "Division", "DecomposedNormalize", "DecomposedSoftmax",
+           "DecomposedLayerNorm", "DecomposedLayerNormFunction", "DecomposedEinsum", "DecomposedMultiheadAttention",
+           "DecomposedAttention",
            "inline_module"]
 
 
@@ -82,14 +86,75 @@ class DecomposedLayerNorm(nn.Module):
         self.bias = norm.bias
 
     def forward(self, x: Tensor) -> Tensor:
-        centred = x - torch.mean(x, dim=self.axes, keepdim=True)
-        variance = torch.mean(centred * centred, dim=self.axes, keepdim=True)
-        normalised = centred * torch.rsqrt(variance + self.eps)
-        if self.weight is not None:
-            normalised = normalised * self.weight
-        if self.bias is not None:
-            normalised = normalised + self.bias
-        return normalised
+        return _layer_norm(x, self.axes, self.weight, self.bias, self.eps)
+
+
+def _layer_norm(x: Tensor, axes: tuple[int, ...], weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    centred = x - torch.mean(x, dim=axes, keepdim=True)
+    variance = torch.mean(centred * centred, dim=axes, keepdim=True)
+    normalised = centred * torch.rsqrt(variance + eps)
+    if weight is not None:
+        normalised = normalised * weight
+    if bias is not None:
+        normalised = normalised + bias
+    return normalised
+
+
+class DecomposedLayerNormFunction(nn.Module):
+    """``F.layer_norm(input, normalized_shape, weight, bias, eps)`` (ConvNeXt's channel
+    LayerNorm calls it) decomposed as :class:`DecomposedLayerNorm`."""
+
+    def forward(self, input: Tensor, normalized_shape: list[int], weight: Tensor | None = None,
+                bias: Tensor | None = None, eps: float = 1e-5) -> Tensor:
+        return _layer_norm(input, tuple(range(-len(normalized_shape), 0)), weight, bias, eps)
+
+
+class DecomposedEinsum(nn.Module):
+    """``torch.einsum(equation, left, right)`` of two operands as one matrix product
+    (MaxViT's ``"BGHID,BGHJD->BGHIJ"``): labels only one operand has and the output lacks
+    are summed first; then each operand is permuted to (shared batch labels, its own output
+    labels, contracted labels), flattened to a batch of matrices, multiplied, and the
+    result reshaped and permuted to the output's order. No ellipsis, no label repeated
+    within one operand (diagonals)."""
+
+    def forward(self, equation: str, left: Tensor, right: Tensor) -> Tensor:
+        if "->" not in equation or "." in equation:
+            raise ValueError(f"einsum {equation!r}: only explicit equations without '...' convert")
+        operands, output = equation.replace(" ", "").split("->")
+        a, b = operands.split(",")
+        if len(set(a)) < len(a) or len(set(b)) < len(b) or len(set(output)) < len(output):
+            raise ValueError(f"einsum {equation!r}: a label repeated within one term (a diagonal) does not convert")
+        left, a = _sum_out(left, a, b + output)
+        right, b = _sum_out(right, b, a + output)
+        batch = [label for label in output if label in a and label in b]
+        rows = [label for label in output if label in a and label not in b]
+        columns = [label for label in output if label in b and label not in a]
+        inner = [label for label in a if label in b and label not in output]
+        size = {label: right.shape[i] for i, label in enumerate(b)}
+        size.update({label: left.shape[i] for i, label in enumerate(a)})
+        batch_sizes = [size[label] for label in batch]
+        left = left.permute([a.index(label) for label in batch + rows + inner]).reshape(
+            *batch_sizes, _product(size, rows), _product(size, inner))
+        right = right.permute([b.index(label) for label in batch + inner + columns]).reshape(
+            *batch_sizes, _product(size, inner), _product(size, columns))
+        result = torch.matmul(left, right).reshape(*batch_sizes, *[size[label] for label in rows + columns])
+        order = batch + rows + columns
+        return result.permute([order.index(label) for label in output])
+
+
+def _sum_out(x: Tensor, labels: str, elsewhere: str) -> tuple[Tensor, str]:
+    """``x`` summed over its labels found nowhere else, and its remaining labels."""
+    alone = [index for index, label in enumerate(labels) if label not in elsewhere]
+    if not alone:
+        return x, labels
+    return torch.sum(x, dim=alone), "".join(label for label in labels if label in elsewhere)
+
+
+def _product(size: dict, labels: list[str]):
+    total = 1
+    for label in labels:
+        total = total * size[label]
+    return total
 
 
 class DecomposedAttention(nn.Module):
@@ -158,6 +223,35 @@ class DecomposedMultiheadAttention(nn.Module):
 _GUARDS = (torch.fx._symbolic_trace._assert_is_none, torch._assert)
 
 
+class _ConstantList(list):
+    """A constant list argument of an inlined module (see :func:`inline_module`)."""
+
+
+class _ConstantTuple(tuple):
+    """A constant tuple argument of an inlined module (see :func:`inline_module`)."""
+
+
+def _whole(value: object) -> object:
+    # fx stores node arguments as its own immutable list type: test by isinstance
+    if isinstance(value, list):
+        return _ConstantList(value)
+    if isinstance(value, tuple) and not hasattr(value, "_fields"):  # a namedtuple keeps its type
+        return _ConstantTuple(value)
+    return value
+
+
+def _guard_nodes(graph: fx.Graph) -> set[fx.Node]:
+    """The guards fx adds for constant arguments (``torch._assert(x == 7)``) and the nodes
+    that only feed them."""
+    guards: set[fx.Node] = set()
+    for inner in reversed(graph.nodes):
+        if inner.op == "call_function" and inner.target in _GUARDS:
+            guards.add(inner)
+        elif inner.op not in ("placeholder", "output") and inner.users and all(u in guards for u in inner.users):
+            guards.add(inner)
+    return guards
+
+
 def inline_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, *, prefix: str) -> None:
     """Replace ``node`` in ``gm`` (in place) by the traced graph of ``module``, whose forward
     takes the node's positional arguments (then its keyword arguments). The module's
@@ -178,17 +272,22 @@ def inline_module(gm: fx.GraphModule, node: fx.Node, module: nn.Module, *, prefi
             raise ValueError(f"inline_module: no value for argument {parameter.name!r} of {type(module).__name__}")
     # Constants (None masks, flags) are fixed while tracing, so the decomposition's
     # `if mask is not None` needs no tensor-valued control flow.
-    constants = {name: value for name, value in bound.items() if not isinstance(value, fx.Node)}
-    sub = trace(module, concrete_args=constants)
+    # A constant list or tuple (a window size) is passed as a subclass, which fx keeps whole
+    # (one placeholder, no guard) instead of flattening it into one placeholder per element.
+    constants = {name: _whole(value) for name, value in bound.items() if not isinstance(value, fx.Node)}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Was not able to add assertion")
+        sub = trace(module, concrete_args=constants)
     gm.add_submodule(prefix, sub)
     values: dict[fx.Node, object] = {}
     # one placeholder per forward argument, in order (fx renames those it fixed to constants)
     for placeholder, name in zip((n for n in sub.graph.nodes if n.op == "placeholder"), bound):
         values[placeholder] = bound[name]
+    guards = _guard_nodes(sub.graph)
     result = None
     with gm.graph.inserting_before(node):
         for inner in sub.graph.nodes:
-            if inner.op == "placeholder" or (inner.op == "call_function" and inner.target in _GUARDS):
+            if inner.op == "placeholder" or inner in guards:
                 continue  # the guards fx adds for the constants fixed above
             if inner.op == "output":
                 result = fx.map_arg(inner.args[0], lambda n: values[n])

@@ -11,11 +11,14 @@ products of two activations, and decompositions of softmax, layer norm and atten
 * **products** of two activations (``*``, ``@``, ``matmul``, ``bmm``) become
   :class:`~parasnn.neurons.product_layer.SpikingProduct` layers; a product with a constant
   or with an analog value stays affine (the scaling rule).
-* **expanded** — softmax, ``nn.LayerNorm``, ``nn.MultiheadAttention``,
-  ``F.scaled_dot_product_attention``, ``F.normalize``, hardsigmoid and division by an
-  activation are
-  replaced by their decompositions (:mod:`parasnn.conversion.decompositions`), whose
-  primitives the rules above claim; the max inside softmax is a max of rates.
+* **expanded** — softmax, ``nn.LayerNorm`` and ``F.layer_norm``, ``nn.MultiheadAttention``,
+  ``F.scaled_dot_product_attention``, ``F.normalize``, hardsigmoid, division by an
+  activation, and torchvision's Swin ``shifted_window_attention`` and
+  ``_patch_merging_pad`` are replaced by their decompositions
+  (:mod:`parasnn.conversion.decompositions`, :mod:`parasnn.conversion.window_attention`),
+  whose primitives the rules above claim; the max inside softmax is a max of rates;
+  ``torch.roll`` (Swin's cyclic shift), ``swapaxes`` and ``movedim`` are permutations, so
+  affine.
 """
 from __future__ import annotations
 
@@ -30,10 +33,12 @@ from ..neurons.mbe import MBENeuron
 from ..neurons.mbe_functions import ScalarFunction, is_decomposed
 from ..neurons.product_layer import SpikingProduct
 from ..neurons.products import ProductKind
-from .decompositions import (DecomposedAttention, DecomposedLayerNorm, DecomposedMultiheadAttention,
-                             DecomposedNormalize, DecomposedSoftmax, Division, HardSigmoidAsReLU6)
+from .decompositions import (DecomposedAttention, DecomposedEinsum, DecomposedLayerNorm, DecomposedLayerNormFunction,
+                             DecomposedMultiheadAttention, DecomposedNormalize, DecomposedSoftmax, Division,
+                             HardSigmoidAsReLU6)
 from .pooling import Amax, RateMaxPool
-from .rules import OperationCost, Role, function_rule, method_rule, module_rule, register, register_cost
+from .rules import OperationCost, Role, Rule, function_rule, method_rule, module_rule, register, register_cost
+from .window_attention import DecomposedShiftedWindowAttention, PatchMergingGather
 
 __all__ = ["site_function", "fit_function_site"]
 
@@ -112,6 +117,31 @@ def _normalize(gm, node):
     return DecomposedNormalize(dim=argument(2, "dim", 1), eps=argument(3, "eps", 1e-12))
 
 
+def _torchvision_function(name: str):
+    """Claims calls of torchvision's fx-wrapped function ``name`` that carry activations
+    (matched by name and module, so parasnn does not import torchvision)."""
+    def matches(gm, node, dependent):
+        return node.op == "call_function" and node in dependent and getattr(node.target, "__name__", None) == name \
+            and str(getattr(node.target, "__module__", "")).startswith("torchvision")
+    return matches
+
+
+def _einsum_operands(node) -> list:
+    if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):  # einsum(equation, [a, b])
+        return list(node.args[1])
+    return list(node.args[1:])
+
+
+def _einsum_of_two_activations(node, dependent) -> bool:
+    # the varargs form einsum(equation, a, b), both spike-coded: a product
+    return len(node.args) == 3 and all(arg in dependent for arg in node.args[1:])
+
+
+def _einsum_of_one_activation(node, dependent) -> bool:
+    # linear in its only spike-coded operand
+    return sum(arg in dependent for arg in _einsum_operands(node)) == 1
+
+
 def _amax(gm, node):
     dim = node.kwargs.get("dim", node.args[1] if len(node.args) > 1 else ())
     keepdim = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 else False)
@@ -161,6 +191,8 @@ register(method_rule("softmax method", {"softmax"}, Role.EXPANDED, inputs=(0,),
                      build=lambda gm, node: DecomposedSoftmax(_softmax_dim(node))))
 register(module_rule("layer norm", (nn.LayerNorm,), Role.EXPANDED,
                      build=lambda gm, node: DecomposedLayerNorm(gm.get_submodule(node.target))))
+register(function_rule("layer norm function", {F.layer_norm}, Role.EXPANDED,
+                       build=lambda gm, node: DecomposedLayerNormFunction()))
 register(module_rule("multi-head attention", (nn.MultiheadAttention,), Role.EXPANDED, inputs=(0, 1, 2),
                      build=lambda gm, node: DecomposedMultiheadAttention(gm.get_submodule(node.target))))
 register(function_rule("scaled dot-product attention", {F.scaled_dot_product_attention}, Role.EXPANDED,
@@ -169,5 +201,15 @@ register(function_rule("L2 normalisation", {F.normalize}, Role.EXPANDED, build=_
 register(module_rule("hardsigmoid", (nn.Hardsigmoid,), Role.EXPANDED, build=lambda gm, node: HardSigmoidAsReLU6()))
 register(function_rule("hardsigmoid function", {F.hardsigmoid}, Role.EXPANDED,
                        build=lambda gm, node: HardSigmoidAsReLU6()))
+register(function_rule("einsum of two activations", {torch.einsum}, Role.EXPANDED, when=_einsum_of_two_activations,
+                       build=lambda gm, node: DecomposedEinsum()))
+register(function_rule("einsum with one activation", {torch.einsum}, Role.AFFINE, when=_einsum_of_one_activation))
+# permutations of the activations: Swin's cyclic shift, MaxViT's axis swaps
+register(function_rule("permutation", {torch.roll, torch.swapaxes, torch.swapdims, torch.movedim}, Role.AFFINE))
+register(method_rule("permutation (method)", {"roll", "swapaxes", "swapdims", "movedim"}, Role.AFFINE))
+register(Rule("shifted-window attention", Role.EXPANDED, _torchvision_function("shifted_window_attention"),
+              build=lambda gm, node: DecomposedShiftedWindowAttention()))
+register(Rule("patch merging", Role.EXPANDED, _torchvision_function("_patch_merging_pad"),
+              build=lambda gm, node: PatchMergingGather()))
 register_cost((SpikingProduct,), _product_cost)
 register_cost((FunctionNeuron,), _function_cost)
