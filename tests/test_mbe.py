@@ -232,3 +232,14 @@ def test_neuron_follows_dtype_and_state_dict(gelu_fit):
     x = torch.linspace(-6, 6, 101)
     assert torch.equal(copy(x, time_steps=4), neuron(x, time_steps=4))
     assert torch.equal(neuron.spike_count(x, time_steps=4), neuron.spike_train(x, time_steps=4).sum((0, 1)))
+
+
+@pytest.mark.parametrize("time_steps", [32])
+def test_a_fit_with_more_digits_than_samples_holds_between_the_samples(time_steps):
+    """At T = 32 the finest binary digits split [0, 1) more finely than the 4096 fitting
+    samples do; the fit must still hold on a grid it never saw (it failed with MSE 5.5)."""
+    fit = fit_mbe("exp", bases=4, time_steps=time_steps, cache=False)
+    grid = torch.rand(20_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    error = mbe_forward(grid, parameters=fit.parameters, time_steps=time_steps) - torch.exp2(grid)
+    assert float((error * error).mean()) < 1e-5
+    assert float((error * error).mean()) < 10 * fit.mse + 1e-9
