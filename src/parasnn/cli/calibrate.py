@@ -204,6 +204,12 @@ def _load(args):
     held = held_apart_sample(splits.train, config=train_config, size=args.calibration_size, seed=args.seed)
     _check_finite_data(held, where=f"calibration data of {splits.info.name} ({splits.info.source})")
     training = None
+    from ..datasets.splits import is_streamed
+    if args.learn_on == "training" and args.training_size is None and is_streamed(splits.train):
+        # The stages hold the batches they learn on in memory (calibration/batches.materialise).
+        print(f"note: {splits.info.source} streams from disk, but calibration holds the images it learns on in "
+              f"memory: all {len(splits.train)} training images here; --training-size N bounds them",
+              file=sys.stderr)
     if args.learn_on == "training":
         training = _shard_loader(training_sample(splits.train, config=train_config, size=args.training_size,
                                                  seed=args.seed), batch_size=args.batch_size)
