@@ -111,3 +111,20 @@ def test_copies_and_saves_drop_plans(kernels):
         assert isinstance(loaded, FusedNetwork) and not loaded._plans
         assert torch.equal(loaded(x, time_steps=2), expected)
         assert torch.equal(copy.deepcopy(fast)(x, time_steps=2), expected)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2"])  # densenet121 checked by hand: ~20 s here
+def test_plan_on_torchvision_networks(kernels, name):
+    """Depthwise convolutions, ReLU6 turned QCFS, inverted residuals."""
+    torchvision = pytest.importorskip("torchvision")
+    from parasnn.conversion.stages import quantize_relus
+    torch.manual_seed(0)
+    relu = getattr(torchvision.models, name)(num_classes=10).eval()
+    network = convert(quantize_relus(relu, [(torch.randn(4, 3, 32, 32), None)], levels=4))
+    fast = fuse(network)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        expected = network(x, time_steps=8)
+        assert torch.equal(fast(x, time_steps=8), expected)
+        assert len(fast._plans) == 1
+        assert torch.equal(fast(x, time_steps=8), expected)
