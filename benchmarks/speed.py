@@ -66,7 +66,8 @@ NOTES = (
     "QCFS θ, v₀ = θ/2 (through its neuron_factory), IF nodes in multi-step mode; on the CPU its if_multi_step "
     "operator is its PyTorch reference, a loop over T (benchmarks/baselines.py says why each correction is needed). "
     "It folds BN into the convolutions.",
-    "`parallel-fused`: parasnn.simulation.compiled.fuse(network), one fused C++ kernel per neuron layer "
+    "`parallel-fused`: parasnn.simulation.compiled.fuse(network), one fused C++ kernel per neuron layer, called "
+    "from a compiled plan of the graph "
     "(bit-equal outputs; docs/speed.md).",
     "`serial` is parasnn.simulation.forms.serial_forward: the fx graph interpreted once per step (it also counts "
     "spikes per layer); `parallel+trains` is parasnn.simulation.forms.spike_trains for every neuron layer.",

@@ -128,3 +128,22 @@ def test_plan_on_torchvision_networks(kernels, name):
         assert torch.equal(fast(x, time_steps=8), expected)
         assert len(fast._plans) == 1
         assert torch.equal(fast(x, time_steps=8), expected)
+
+
+def test_no_plan_is_remembered_and_hooks_make_none(kernels, monkeypatch):
+    from parasnn.simulation import compiled
+    fast = fuse(_network())
+    x = torch.randn(1, 3, 12, 12)
+    built = []
+    original = compiled.build_plan
+    monkeypatch.setattr(compiled, "build_plan", lambda *a: built.append(1) or (original(*a)[0], None))
+    with torch.no_grad():
+        expected = _network()(x, time_steps=2)
+        for _ in range(3):  # one attempt, then the modules without trying again
+            assert torch.equal(fast(x, time_steps=2), expected)
+        assert len(built) == 1
+        _, neuron = next(iter(fast.neurons()))
+        handle = neuron.register_forward_pre_hook(lambda module, args: None)
+        assert torch.equal(fast(x, time_steps=3), _network()(x, time_steps=3))
+        handle.remove()
+        assert len(built) == 1  # hooked: no plan was attempted

@@ -294,20 +294,31 @@ class FusedNetwork(SpikingNetwork):
                 (tuple(x.shape), x.stride(), x.dtype, x.device) for x in inputs)
         except (AttributeError, TypeError):  # not tensors: the ordinary forward explains
             return super().forward(*inputs, time_steps=time_steps)
-        plan = plans.get(key)
-        if plan is not None and plan.valid():
+        plan = plans.get(key, _MISSING)
+        if plan is None:  # this signature has no plan (module docstring): the modules
+            return super().forward(*inputs, time_steps=time_steps)
+        if plan is not _MISSING and plan.valid():
             # The signature was checked when the plan was made; the values were not.
             for x in inputs:
                 if x.is_floating_point() and not torch.compiler.is_compiling() and not all_finite(x):
                     check_input(inputs, where=f"SpikingNetwork({self.source})", network=self)  # raises
             plans.move_to_end(key)
             return plan(time_steps, *inputs)
+        if self._hooked():  # a plan would be invalid at once: no point in making one
+            return super().forward(*inputs, time_steps=time_steps)
         check_time_steps(time_steps, where=f"SpikingNetwork({self.source})")
         output, plan = build_plan(self, inputs, time_steps)
-        if plan is None:
-            plans.pop(key, None)
-        else:
-            plans[key] = plan
-            while len(plans) > MAX_PLANS:
-                plans.popitem(last=False)
+        plans[key] = plan  # None too: the reasons (no kernels, the graph, the currents) do not pass
+        plans.move_to_end(key)
+        while len(plans) > MAX_PLANS:
+            plans.popitem(last=False)
         return output
+
+    def _hooked(self) -> bool:
+        graph_module = self.graph_module
+        if graph_module._forward_hooks or graph_module._forward_pre_hooks or _global_hooks():
+            return True
+        return any(neuron._forward_hooks or neuron._forward_pre_hooks for _, neuron in self.neurons())
+
+
+_MISSING = object()
