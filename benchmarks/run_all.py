@@ -15,6 +15,8 @@
                                 parallel (benchmarks/transformer_speed.py)
     OUT/stream-memory.md        peak memory of the streamed image folder, 10 000 vs 100 000
                                 images (benchmarks/stream_memory.py)
+    OUT/distributed/  distributed.md, distributed.json      parasnn evaluate / calibrate under
+                                torchrun, 1 against 2 processes (benchmarks/distributed_speed.py)
 
 then the generated part of docs/results.md is rewritten when it has the markers
 (benchmarks/update_readme.py; the README links to it). Missing Fashion-MNIST backbones are trained first
@@ -58,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-calibration-cost", action="store_true")
     parser.add_argument("--skip-transformers", action="store_true", help="skip MiniLM's and the ViT's speed")
     parser.add_argument("--skip-stream", action="store_true", help="skip the streamed image-folder memory check")
+    parser.add_argument("--skip-distributed", action="store_true",
+                        help="skip parasnn evaluate / calibrate under torchrun with 1 and 2 processes")
     parser.add_argument("--results", "--readme", dest="results", type=Path, default=Path("docs/results.md"),
                         help="Markdown file whose generated part is rewritten (default docs/results.md)")
     args = parser.parse_args(argv)
@@ -133,6 +137,12 @@ def main(argv: list[str] | None = None) -> int:
             stream_memory.main(["--sizes", sizes])
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "stream-memory.md").write_text(buffer.getvalue())
+    if not args.skip_distributed:
+        import distributed_speed
+        sizes = ["--limit", "1000", "--training-size", "1000", "--calibration-size", "500"] if args.quick else \
+            ["--limit", "10000", "--training-size", "5000", "--calibration-size", "2000", "--repeats", "2"]
+        distributed_speed.main(sizes + ["--out", str(args.out / "distributed")])
+        includes.append(args.out / "distributed" / "distributed.md")
     # The figures docs/results.md shows: time and memory against T, and what calibration does to
     # the distributions ([STDC] Figures 1 and 4).
     figures = [args.out / "speed-keep-memory" / f"{name}-vs-T.png" for name in ("vgg-small-b1", "vgg16-b128")]

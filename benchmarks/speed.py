@@ -7,10 +7,10 @@ SpikingJelly and FS-PC's time-folded network — same process, same batch, same 
 Models (random weights: Kaiming initialisation, seed 0, BatchNorm in eval at its initial
 statistics; speed does not depend on the weights' values): VGG-16 and ResNet-20 on
 3×32×32 inputs, the small Fashion-MNIST VGG on 1×28×28, all with QCFS activations (L = 4,
-θ = 1); torchvision's ResNet-18 (10 classes, 3×64×64 inputs to keep a 2-core run short)
-with its ReLUs replaced by QCFS (L = 4, θ from one random batch,
-:func:`parasnn.conversion.stages.quantize_relus`) — there ``ann-relu`` is the torchvision
-network itself (in-place ReLUs), the network a user starts from. Engines, per model × batch size × T (see :mod:`parasnn.bench.measure` for the method):
+θ = 1); torchvision's ResNet-18, VGG-11-BN, DenseNet-121 and MobileNetV2 (10 classes, 3×64×64
+inputs to keep a 2-core run short) with their ReLUs (MobileNetV2: ReLU6) replaced by QCFS
+(L = 4, θ from one random batch, :func:`parasnn.conversion.stages.quantize_relus`) — there
+``ann-relu`` is the torchvision network itself (in-place ReLUs), the network a user starts from. Engines, per model × batch size × T (see :mod:`parasnn.bench.measure` for the method):
 
 =================  ===========================================================================
 ``ann``            the QCFS ANN (the network's own activations: the same elementwise work)
@@ -47,8 +47,11 @@ from parasnn.neurons.fused import cpu_kernels  # noqa: E402
 from parasnn.simulation.compiled import fuse  # noqa: E402
 from parasnn.zoo.models import ActivationSpec, ModelSpec, build_model  # noqa: E402
 
-MODELS = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "vgg-small": (1, 28, 28), "resnet18": (3, 64, 64)}
-TORCHVISION = {"resnet18"}
+MODELS = {"vgg16": (3, 32, 32), "resnet20": (3, 32, 32), "vgg-small": (1, 28, 28), "resnet18": (3, 64, 64),
+          "vgg11_bn": (3, 64, 64), "densenet121": (3, 64, 64), "mobilenet_v2": (3, 64, 64)}
+# torchvision's networks (random weights, 10 classes) as a user converts them: ReLUs (ReLU6 in
+# MobileNetV2) replaced by QCFS with quantize_relus, then convert.
+TORCHVISION = {"resnet18", "vgg11_bn", "densenet121", "mobilenet_v2"}
 FOLDED, SPIKINGJELLY, FUSED = "folded", "spikingjelly", "parallel-fused"
 RATIOS = bench.PARASNN_RATIOS + (bench.RatioSpec(FUSED, bench.ANN_RELU), bench.RatioSpec(FUSED, bench.PARALLEL),
                                  bench.RatioSpec(bench.SERIAL, FUSED),
@@ -63,7 +66,8 @@ NOTES = (
     "QCFS θ, v₀ = θ/2 (through its neuron_factory), IF nodes in multi-step mode; on the CPU its if_multi_step "
     "operator is its PyTorch reference, a loop over T (benchmarks/baselines.py says why each correction is needed). "
     "It folds BN into the convolutions.",
-    "`parallel-fused`: parasnn.simulation.compiled.fuse(network), one fused C++ kernel per neuron layer "
+    "`parallel-fused`: parasnn.simulation.compiled.fuse(network), one fused C++ kernel per neuron layer, called "
+    "from a compiled plan of the graph "
     "(bit-equal outputs; docs/speed.md).",
     "`serial` is parasnn.simulation.forms.serial_forward: the fx graph interpreted once per step (it also counts "
     "spikes per layer); `parallel+trains` is parasnn.simulation.forms.spike_trains for every neuron layer.",
@@ -81,7 +85,7 @@ def _int_list(text: str) -> list[int]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", default="vgg16,resnet20,vgg-small,resnet18", help="comma-separated model names")
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated model names (default: all)")
     parser.add_argument("--width", type=int, help="base width of every model (default: each model's own)")
     parser.add_argument("--batch-sizes", type=_int_list, default=[1, 128], help="default 1,128")
     parser.add_argument("--batch-sizes-for", action="append", default=["vgg-small=1,8,32,128"],
@@ -171,6 +175,9 @@ def model_cases(name: str, *, batch_size: int, time_steps: list[int], width: int
             sj = spikingjelly_network(model, calibration)
         except ImportError as error:
             notes.append(f"SpikingJelly left out: {error}")
+        except (ValueError, RuntimeError, TypeError, NotImplementedError) as error:  # its converter refuses the graph
+            notes.append(f"SpikingJelly left out for {name}: its converter fails ({type(error).__name__}: "
+                         f"{' '.join(str(error).split())[:160]})")
         else:
             for t in time_steps:
                 cases.append(bench.Case(SPIKINGJELLY, t, lambda t=t: run_spikingjelly(sj, inputs, time_steps=t),

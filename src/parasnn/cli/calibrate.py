@@ -157,21 +157,24 @@ def _config(args, *, stages, time_steps: int):
 
 def _shard_loader(dataset, *, batch_size: int):
     """Batches of ``dataset`` in order; under torchrun this process's shard, so that batch i
-    of all processes together is batch i of one process with the global ``batch_size``."""
+    of all processes together is batch i of one process with the global ``batch_size``.
+    A streamed image folder's batches are decoded when used (memory independent of its size)."""
     from ..runtime import distributed
-    from ..datasets.data import make_loader
+    from ..datasets.splits import batch_sequence
     size = distributed.world_size()
     if size == 1:
-        return list(make_loader(dataset, batch_size=batch_size, shuffle=False))
+        return batch_sequence(dataset, batch_size=batch_size)
     if batch_size % size:
         raise ValueError(f"--batch-size {batch_size} must be divisible by the {size} processes")
-    return list(make_loader(dataset, batch_size=batch_size // size, shuffle=False, distributed=True,
-                            num_replicas=size, rank=distributed.rank()))
+    return batch_sequence(dataset, batch_size=batch_size // size, num_replicas=size, rank=distributed.rank())
 
 
 def _check_finite_data(dataset, *, where: str) -> None:
     """NaN or infinite calibration images would give NaN thresholds, terms and biases; name
-    the first bad image instead (calibration/pipeline checks layer by layer later)."""
+    the first bad image instead (calibration/pipeline checks layer by layer later). A
+    streamed image folder is finite by construction (8-bit pixels, std > 0): not read here."""
+    if not hasattr(dataset, "tensors"):
+        return
     images = dataset.tensors[0]
     finite = torch.isfinite(images.reshape(len(images), -1)).all(dim=1)
     if not bool(finite.all()):
@@ -205,6 +208,12 @@ def _load(args):
     held = held_apart_sample(splits.train, config=train_config, size=args.calibration_size, seed=args.seed)
     _check_finite_data(held, where=f"calibration data of {splits.info.name} ({splits.info.source})")
     training = None
+    from ..datasets.splits import is_streamed
+    if args.learn_on == "training" and args.training_size is None and is_streamed(splits.train):
+        # The stages hold the batches they learn on in memory (calibration/batches.materialise).
+        print(f"note: {splits.info.source} streams from disk, but calibration holds the images it learns on in "
+              f"memory: all {len(splits.train)} training images here; --training-size N bounds them",
+              file=sys.stderr)
     if args.learn_on == "training":
         training = _shard_loader(training_sample(splits.train, config=train_config, size=args.training_size,
                                                  seed=args.seed), batch_size=args.batch_size)
@@ -293,14 +302,15 @@ def _ablate(args) -> int:
     check_outputs({f"--out's {name}": args.out / name for name in ("ablation.md", "ablation.json",
                                                                     "ablation.config.json")},
                   inputs={"checkpoint": args.checkpoint})
-    from ..datasets.splits import sample_subset
+    from ..datasets.splits import is_streamed, sample_subset
     model, spec, checkpoint, splits, batches, training = _load(args)
     model = model.to(args.device)
     test = splits.test
     if args.limit is not None:
         test = sample_subset(test, args.limit, seed=0)  # across classes; the same images for every run
     # Shards without the sampler's padding, so that every test image counts once.
-    test_batches = list(make_loader(distributed.shard(test), batch_size=256, shuffle=False))
+    test_loader = make_loader(distributed.shard(test), batch_size=256, shuffle=False)
+    test_batches = test_loader if is_streamed(test) else list(test_loader)  # streamed: decoded per pass
     plots = None
     if args.plots:
         layers = tuple(p.strip() for p in args.layers.split(",") if p.strip()) if args.layers else None

@@ -55,9 +55,19 @@ def _model_and_data(args, *, need_data: bool):
     return model, shape or tuple(splits.info.input_shape), splits
 
 
-def _calibration_batches(splits, size: int | None, batch_size: int):
-    from ..datasets.data import first_examples, make_loader
-    return list(make_loader(first_examples(splits.train, size), batch_size=batch_size, shuffle=False))
+def _calibration_batches(splits, size: int | None, batch_size: int, *, shard: bool = False):
+    """The first ``size`` training images in batches (a streamed folder's decoded when used);
+    with ``shard``, under torchrun this process's share, ``batch_size`` being the global batch."""
+    from ..datasets.data import first_examples
+    from ..datasets.splits import batch_sequence
+    from ..runtime import distributed
+    data = first_examples(splits.train, size)
+    processes = distributed.world_size() if shard else 1
+    if processes == 1:
+        return batch_sequence(data, batch_size=batch_size)
+    if batch_size % processes:
+        raise ValueError(f"--batch-size {batch_size} must be divisible by the {processes} processes")
+    return batch_sequence(data, batch_size=batch_size // processes, num_replicas=processes, rank=distributed.rank())
 
 
 def _write(network, args, resolved: dict, shape) -> None:
@@ -93,11 +103,15 @@ def convert_external(args) -> int:
 
 def calibrate_external(args, config) -> int:
     from ..calibration.pipeline import calibrate_with_report
+    from ..runtime import distributed
     model, shape, splits = _model_and_data(args, need_data=True)
-    batches = _calibration_batches(splits, args.calibration_size, batch_size=args.batch_size)
+    # Under torchrun each process calibrates on its shard; statistics and gradients are reduced.
+    batches = _calibration_batches(splits, args.calibration_size, batch_size=args.batch_size, shard=True)
     start = time.perf_counter()
     network, report = calibrate_with_report(model.to(args.device), batches, config=config)
     seconds = time.perf_counter() - start
+    if not distributed.is_main_process():  # written once
+        return 0
     _write(network, args, {**_resolved(args, "calibrate"), "calibration": config.to_dict(),
                            "calibration_size": args.calibration_size, "seconds": seconds,
                            "report": report.to_dict()}, shape)
@@ -110,7 +124,9 @@ def evaluate_external(args, forms) -> int:
 
     from ..conversion.stages import convert
     from ..datasets.data import first_examples, make_loader
+    from ..datasets.splits import is_streamed
     from ..evaluation.accuracy import evaluate, format_table
+    from ..runtime import distributed
     from ..io.files import write_json
     from ..io.portable import load
     model, shape, splits = _model_and_data(args, need_data=True)
@@ -120,11 +136,15 @@ def evaluate_external(args, forms) -> int:
         calibration = [x for x, _ in _calibration_batches(splits, args.calibration_size, batch_size=256)]
         network = convert(model, calibration_data=calibration)
     test = first_examples(splits.test, args.limit)
-    batches = list(make_loader(test, batch_size=args.batch_size, shuffle=False))
+    # Under torchrun each process evaluates its shard (no padding: counts summed are exact).
+    loader = make_loader(distributed.shard(test), batch_size=args.batch_size, shuffle=False)
+    batches = loader if is_streamed(test) else list(loader)
     model, network = model.to(args.device), network.to(args.device)
     with torch.no_grad():
         report = evaluate(model, network, batches, time_steps=args.time_steps, forms=forms,
                           activity=not args.no_activity)
+    if not distributed.is_main_process():
+        return 0
     print(format_table(report, title=f"{args.model} on {splits.info.name} ({report.samples} test images)"))
     if args.json:
         write_json(args.json, {"config": {**_resolved(args, "evaluate"), "time_steps": args.time_steps},

@@ -378,7 +378,9 @@ def _evaluate(args) -> int:
     evaluation = method_spec(method)
     if evaluation.single_process and distributed.world_size() > 1:
         raise ValueError(f"parasnn evaluate --method {method} runs in one process; start it without torchrun")
-    batches = list(make_loader(distributed.shard(test), batch_size=args.batch_size, shuffle=False))
+    from ..datasets.splits import is_streamed
+    loader = make_loader(distributed.shard(test), batch_size=args.batch_size, shuffle=False)
+    batches = loader if is_streamed(test) else list(loader)  # a streamed folder is decoded per pass, never held
     model, network = model.to(args.device), network.to(args.device)
     report = evaluation.evaluate(model, network, batches, time_steps=args.time_steps, forms=forms,
                                  activity=not args.no_activity, options={"accumulation": args.pascal_accumulation})

@@ -2,9 +2,22 @@
 ``val/`` instead of ``test/``), read with Pillow (``pip install 'parasnn[vision]'``). Classes are
 the sub-directory names of ``train/``, sorted; mean and std come from the training split. Files
 are read class by class, so the splits are stored class by class: draw samples with
-:func:`parasnn.datasets.splits.sample_subset`, never the first rows."""
+:func:`parasnn.datasets.splits.sample_subset`, never the first rows.
+
+Two readers, the same tensors (``tests/test_streaming.py``): **streamed**
+(:mod:`parasnn.datasets.streaming`: an image is decoded when it is used, memory independent of
+the folder's size) and **in memory** (every image decoded once, up front). The rule
+(:class:`ImageStorage` ``AUTO``, the default): in memory when the decoded float32 images of
+both splits would take at most :func:`in_memory_limit` bytes — 1 GiB, or a quarter of the
+memory available now if that is less; ``$PARASNN_IN_MEMORY_LIMIT`` (bytes) overrides — and
+streamed otherwise. A small folder is cheaper in memory (decoded once, no worker processes, no
+decoding on every pass: calibration reads its data 7 times); an ImageNet-size one does not fit
+there at all (its 50 000 validation images alone are 30 GB as float32 at 224×224). The estimate
+counts 3 channels and the first image's size (or ``image_size``) and reads no pixel."""
 from __future__ import annotations
 
+import enum
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,7 +26,51 @@ import numpy as np
 from .info import DataError, DatasetInfo, DatasetName, Splits
 from .transforms import make_splits
 
-__all__ = ["load_image_folder", "IMAGE_SUFFIXES", "GRAYSCALE_MODES", "import_pil"]
+__all__ = ["load_image_folder", "IMAGE_SUFFIXES", "GRAYSCALE_MODES", "import_pil", "ImageStorage",
+           "in_memory_limit", "IN_MEMORY_LIMIT_VARIABLE", "DEFAULT_IN_MEMORY_LIMIT", "choose_storage"]
+
+
+class ImageStorage(str, enum.Enum):
+    """Where an image folder's decoded images live: chosen by size (``auto``), all in memory,
+    or streamed from disk."""
+
+    AUTO = "auto"
+    MEMORY = "memory"
+    STREAM = "stream"
+
+
+IN_MEMORY_LIMIT_VARIABLE = "PARASNN_IN_MEMORY_LIMIT"
+DEFAULT_IN_MEMORY_LIMIT = 2 ** 30
+
+
+def in_memory_limit() -> int:
+    """The most bytes of decoded images :class:`ImageStorage` ``AUTO`` keeps in memory:
+    ``$PARASNN_IN_MEMORY_LIMIT`` when set, else the smaller of 1 GiB and a quarter of the
+    memory available now."""
+    text = os.environ.get(IN_MEMORY_LIMIT_VARIABLE)
+    if text is not None:
+        try:
+            value = int(text)
+        except ValueError:
+            value = -1
+        if value < 0:
+            raise ValueError(f"{IN_MEMORY_LIMIT_VARIABLE}={text!r}: expected a number of bytes >= 0")
+        return value
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not on this platform: the fixed limit alone
+        return DEFAULT_IN_MEMORY_LIMIT
+    return min(DEFAULT_IN_MEMORY_LIMIT, available // 4)
+
+
+def choose_storage(storage: ImageStorage | str, *, images: int, height: int, width: int) -> ImageStorage:
+    """``MEMORY`` or ``STREAM`` for a folder of ``images`` images of ``height × width``
+    (the module docstring's rule when ``storage`` is ``AUTO``)."""
+    storage = ImageStorage(storage)
+    if storage is not ImageStorage.AUTO:
+        return storage
+    decoded = images * 3 * height * width * 4  # float32, at most 3 channels
+    return ImageStorage.MEMORY if decoded <= in_memory_limit() else ImageStorage.STREAM
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 GRAYSCALE_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
@@ -53,7 +110,46 @@ def _list_images(split_dir: Path, classes: Sequence[str] | None) -> tuple[list[s
     return list(classes), files
 
 
-def load_image_folder(root: Path, *, image_size: int | None) -> Splits:
+def load_image_folder(root: Path, *, image_size: int | None, storage: ImageStorage | str = ImageStorage.AUTO
+                      ) -> Splits:
+    """The folder at ``root`` as :class:`Splits`: ``TensorDataset`` s in memory, or
+    :class:`~parasnn.datasets.streaming.ImageFolderStream` s (``storage``, module docstring)."""
+    from .streaming import list_image_files, stream_image_folder
+    storage = ImageStorage(storage)
+    if storage is ImageStorage.AUTO:
+        storage = _auto_storage(root, image_size=image_size, listed=list_image_files)
+    if storage is ImageStorage.STREAM:
+        streamed = stream_image_folder(root, image_size=image_size)
+        return Splits(train=streamed.train, test=streamed.test, info=streamed.info)
+    return _load_in_memory(root, image_size=image_size)
+
+
+def _auto_storage(root: Path, *, image_size: int | None, listed) -> ImageStorage:
+    """The storage the size rule picks; the in-memory reader where the folder cannot be
+    sized (it then reports what is wrong with it)."""
+    train_dir = root / "train"
+    test_dir = next((d for d in (root / "test", root / "val") if d.is_dir()), None)
+    if not train_dir.is_dir() or test_dir is None:
+        return ImageStorage.MEMORY
+    classes, train_paths, _ = listed(train_dir, None)
+    try:
+        _, test_paths, _ = listed(test_dir, classes)
+    except DataError:
+        return ImageStorage.MEMORY
+    if not len(train_paths):
+        return ImageStorage.MEMORY
+    if image_size is not None:
+        height = width = image_size
+    else:
+        try:
+            with import_pil().open(train_dir / train_paths[0].decode()) as image:
+                width, height = image.size
+        except (OSError, ValueError, SyntaxError):
+            return ImageStorage.MEMORY
+    return choose_storage(ImageStorage.AUTO, images=len(train_paths) + len(test_paths), height=height, width=width)
+
+
+def _load_in_memory(root: Path, *, image_size: int | None) -> Splits:
     train_dir = root / "train"
     test_dirs = [root / "test", root / "val"]
     test_dir = next((candidate for candidate in test_dirs if candidate.is_dir()), None)
@@ -110,11 +206,16 @@ def load_image_folder(root: Path, *, image_size: int | None) -> Splits:
                          for pixels in images]).transpose(0, 3, 1, 2)
 
     train_raw, test_raw = stack(loaded["train"]), stack(loaded["test"])
-    # Population statistics of the training split, in float64 so large folders do not lose digits.
-    scaled_mean = train_raw.mean(axis=(0, 2, 3), dtype=np.float64) / 255.0
-    scaled_std = train_raw.std(axis=(0, 2, 3), dtype=np.float64) / 255.0
-    # A constant channel has std 0; dividing by 1 instead keeps the images finite.
-    scaled_std = np.where(scaled_std > 1e-8, scaled_std, 1.0)
+    # Population statistics of the training split from exact integer sums: the numbers the
+    # streamed reader computes, so both give the same tensors.
+    from .streaming import exact_statistics
+    total = squares = 0
+    for start in range(0, len(train_raw), 1024):  # int64 copies of 1024 images at a time
+        wide = train_raw[start:start + 1024].astype(np.int64)
+        total = total + wide.sum(axis=(0, 2, 3))
+        squares = squares + (wide * wide).sum(axis=(0, 2, 3))
+    scaled_mean, scaled_std = exact_statistics(total.tolist(), squares.tolist(),
+                                               train_raw.shape[0] * train_raw.shape[2] * train_raw.shape[3])
     info = DatasetInfo(
         name=DatasetName.IMAGE_FOLDER.value, input_shape=tuple(int(size) for size in train_raw.shape[1:]),
         num_classes=len(classes), mean=tuple(float(value) for value in scaled_mean),

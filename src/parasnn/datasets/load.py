@@ -3,7 +3,7 @@
 Every loader returns :class:`Splits` — a training and a test :class:`~torch.utils.data.TensorDataset`
 of ``(images, labels)`` plus a :class:`DatasetInfo`. Images are ``float32`` of shape
 ``(N, C, H, W)``, normalised per channel as ``(raw / pixel_max - mean) / std``; labels are
-``int64`` of shape ``(N,)``. All of a data set is held in memory (the supported sets are small).
+``int64`` of shape ``(N,)``. All of a data set is held in memory, except a large image folder (streamed).
 
 Supported data sets (:class:`DatasetName`) and the layouts read from disk — no torchvision:
 
@@ -34,6 +34,9 @@ Supported data sets (:class:`DatasetName`) and the layouts read from disk — no
     ``data_dir/train/<class>/<image>`` and ``data_dir/test/<class>/<image>`` (or ``val/``
     instead of ``test/``), read with Pillow (``pip install 'parasnn[vision]'``). Classes are
     the sub-directory names of ``train/``, sorted; mean and std come from the training split.
+    Streamed from disk when large (:mod:`parasnn.datasets.folder` states the rule): its splits
+    are then :class:`~parasnn.datasets.streaming.ImageFolderStream` s, which decode an image
+    when it is used and give the same tensors.
 
 Failures to find, read or validate data raise :class:`DataError`, whose message names the
 file or directory involved and says how to get or repair the data.
@@ -45,7 +48,7 @@ from pathlib import Path
 
 from .cifar import load_cifar
 from .digits import load_digits
-from .folder import load_image_folder
+from .folder import ImageStorage, load_image_folder
 from .idx import load_fashion_mnist
 from .info import DEFAULT_DIRS, DataError, DatasetName, Splits, parse_name
 
@@ -57,6 +60,7 @@ def load_dataset(
     *,
     data_dir: str | Path | None = None,
     image_size: int | None = None,
+    storage: ImageStorage | str = ImageStorage.AUTO,
 ) -> Splits:
     """Read a data set from disk and return its normalised training and test splits.
 
@@ -70,6 +74,8 @@ def load_dataset(
             resized image by image with Pillow (bilinear); the other sets are resized as
             tensors (bilinear, antialiased). ``None`` keeps the native size. The
             normalisation statistics are not recomputed after resizing.
+        storage: image folders only: ``"auto"`` (default: streamed when large, see
+            :mod:`parasnn.datasets.folder`), ``"memory"`` or ``"stream"``.
 
     Returns:
         :class:`Splits` with images ``float32 (N, C, H, W)`` and labels ``int64 (N,)``.
@@ -90,7 +96,7 @@ def load_dataset(
                 "image-folder needs data_dir (--data-dir): a directory holding train/<class>/<image> "
                 "and test/<class>/<image> (or val/<class>/<image>)."
             )
-        return load_image_folder(Path(data_dir).expanduser(), image_size=image_size)
+        return load_image_folder(Path(data_dir).expanduser(), image_size=image_size, storage=storage)
     directory = Path(data_dir).expanduser() if data_dir is not None else DEFAULT_DIRS[dataset]
     if dataset is DatasetName.FASHION_MNIST:
         return load_fashion_mnist(directory, image_size=image_size)

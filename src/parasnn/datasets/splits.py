@@ -6,13 +6,50 @@ would be a few classes only (issue 14)."""
 from __future__ import annotations
 
 import torch
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 from ..runtime.checks import require_positive_int
 
 __all__ = ["calibration_split", "recorded_split", "first_examples", "sample_subset", "held_apart_sample",
-           "held_apart_batches", "training_sample", "make_loader"]
+           "held_apart_batches", "training_sample", "make_loader", "take", "labels_of", "is_streamed",
+           "loader_workers", "batch_sequence"]
+
+
+def is_streamed(dataset: Dataset) -> bool:
+    """Whether ``dataset`` decodes its examples when they are read (a streamed image folder,
+    :class:`parasnn.datasets.streaming.ImageFolderStream`, possibly inside a ``Subset``)
+    rather than holding them as tensors."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return hasattr(dataset, "take") and not hasattr(dataset, "tensors")
+
+
+def loader_workers(dataset: Dataset) -> int:
+    """The decoding processes a loader over ``dataset`` uses unless told: none for tensors
+    in memory, the stream's own number (default 2) for a streamed folder."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return int(getattr(dataset, "loader_workers", 0)) if is_streamed(dataset) else 0
+
+
+def take(dataset: Dataset, rows: torch.Tensor) -> Dataset:
+    """The examples of ``dataset`` at ``rows`` (a 1-D integer tensor), in that order: a
+    ``TensorDataset`` of indexed tensors, or a streamed dataset's own ``take`` (nothing decoded)."""
+    if hasattr(dataset, "tensors"):
+        return TensorDataset(*(tensor[rows] for tensor in dataset.tensors))
+    if hasattr(dataset, "take"):
+        return dataset.take(rows)
+    return Subset(dataset, rows.tolist())
+
+
+def labels_of(dataset: Dataset) -> torch.Tensor | None:
+    """The labels of ``dataset`` as a tensor without reading its images: a ``TensorDataset``'s
+    second tensor, a streamed dataset's ``labels``; None where there are none."""
+    if hasattr(dataset, "tensors"):
+        return dataset.tensors[1] if len(dataset.tensors) > 1 else None
+    labels = getattr(dataset, "labels", None)
+    return None if labels is None else torch.as_tensor(labels)
 
 
 def calibration_split(train: TensorDataset, *, size: int, seed: int = 0) -> tuple[TensorDataset, TensorDataset]:
@@ -34,8 +71,7 @@ def calibration_split(train: TensorDataset, *, size: int, seed: int = 0) -> tupl
     order = torch.randperm(total, generator=torch.Generator().manual_seed(seed))
     calibration_rows = order[:size].sort().values
     rest_rows = order[size:].sort().values
-    return (TensorDataset(*(tensor[rest_rows] for tensor in train.tensors)),
-            TensorDataset(*(tensor[calibration_rows] for tensor in train.tensors)))
+    return take(train, rest_rows), take(train, calibration_rows)
 
 
 def recorded_split(train: TensorDataset, *, config: dict, fallback_size: int = 5000
@@ -59,7 +95,7 @@ def first_examples(dataset: TensorDataset, count: int | None) -> TensorDataset:
         return dataset
     if count < 1:
         raise ValueError(f"need at least one example, got a count of {count}")
-    return TensorDataset(*(tensor[:count] for tensor in dataset.tensors))
+    return take(dataset, torch.arange(count))
 
 
 def _stratified_quotas(counts: torch.Tensor, count: int) -> torch.Tensor:
@@ -98,7 +134,7 @@ def sample_subset(dataset: TensorDataset, count: int | None, *, seed: int = 0) -
     if count is None or count >= total:
         rows = torch.randperm(total, generator=generator)
     else:
-        labels = dataset.tensors[1] if len(dataset.tensors) > 1 else None
+        labels = labels_of(dataset)
         if labels is not None and labels.dim() == 1 and not labels.is_floating_point() and labels.numel() and \
                 int(labels.min()) >= 0:
             labels = labels.cpu()
@@ -110,7 +146,7 @@ def sample_subset(dataset: TensorDataset, count: int | None, *, seed: int = 0) -
             rows = rows[torch.randperm(len(rows), generator=generator)]
         else:
             rows = torch.randperm(total, generator=generator)[:count]
-    return TensorDataset(*(tensor[rows] for tensor in dataset.tensors))
+    return take(dataset, rows)
 
 
 def held_apart_sample(train: TensorDataset, *, config: dict, size: int | None, seed: int = 0,
@@ -147,10 +183,10 @@ def make_loader(
     distributed: bool = False,
     num_replicas: int | None = None,
     rank: int | None = None,
-    workers: int = 0,
+    workers: int | None = None,
 ) -> DataLoader:
-    """A ``DataLoader``; ``workers`` decoding processes (default 0: in-memory data needs none;
-    a streamed image folder uses some, :func:`parasnn.datasets.streaming.stream_loader`).
+    """A ``DataLoader``; ``workers`` decoding processes (default :func:`loader_workers`: none
+    for in-memory data, the stream's own number for a streamed image folder).
 
     ``shuffle`` orders are seeded by ``seed``, so two loaders made alike yield the same
     batches. With ``distributed=True`` a seeded :class:`DistributedSampler` gives each rank
@@ -162,6 +198,8 @@ def make_loader(
     should not count those twice.
     """
     require_positive_int(batch_size, "batch_size")
+    if workers is None:
+        workers = loader_workers(dataset)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise ValueError(f"workers must be an integer >= 0, got {workers!r}")
     options = dict(batch_size=batch_size, drop_last=drop_last, num_workers=workers,
@@ -176,3 +214,19 @@ def make_loader(
     sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                                  drop_last=drop_last)
     return DataLoader(dataset, sampler=sampler, **options)
+
+
+def batch_sequence(dataset: Dataset, *, batch_size: int, num_replicas: int = 1, rank: int = 0):
+    """Batches of ``dataset`` in order that can be indexed and counted (what calibration
+    needs): for in-memory data a list of the loader's batches; for a streamed folder a
+    :class:`parasnn.datasets.streaming.LazyBatches` that decodes a batch when it is indexed,
+    so memory does not grow with the data. With ``num_replicas > 1``, this ``rank``'s share
+    as a ``DistributedSampler`` without shuffling gives it (``batch_size`` per process)."""
+    if num_replicas > 1:
+        rows = torch.tensor(list(DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)),
+                            dtype=torch.int64)
+        dataset = take(dataset, rows)
+    if is_streamed(dataset):
+        from .streaming import LazyBatches
+        return LazyBatches(dataset, batch_size)
+    return list(make_loader(dataset, batch_size=batch_size, shuffle=False))

@@ -28,7 +28,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,11 @@ from .splits import make_loader
 from .transforms import normalize
 
 __all__ = ["IMAGE_SUFFIXES", "GRAYSCALE_MODES", "list_image_files", "ImageFolderStream", "StreamSplits",
-           "stream_image_folder", "stream_loader", "channel_statistics"]
+           "stream_image_folder", "stream_loader", "channel_statistics", "exact_statistics", "LazyBatches",
+           "DEFAULT_WORKERS"]
+
+DEFAULT_WORKERS = 2
+"""Decoding processes of a loader over a streamed folder when the caller names none."""
 
 
 
@@ -87,10 +91,14 @@ class ImageFolderStream(Dataset):
         size: ``(width, height)`` every image is resized to, or None to keep them as they are.
         info: normalisation; None yields raw pixels (what :func:`channel_statistics` reads).
         root: the directory ``paths`` are relative to (None: they are complete).
+        workers: decoding processes a loader uses by default (:func:`parasnn.datasets.splits.make_loader`).
+        channels: repeat a grey image's one (normalised) channel this many times, e.g. for an
+            RGB model (None: as decoded).
     """
 
     def __init__(self, paths: Sequence[Path | str] | np.ndarray, labels: Sequence[int], *, grayscale: bool,
-                 size: tuple[int, int] | None, info: DatasetInfo | None, root: str | Path | None = None):
+                 size: tuple[int, int] | None, info: DatasetInfo | None, root: str | Path | None = None,
+                 workers: int = DEFAULT_WORKERS, channels: int | None = None):
         if len(paths) != len(labels):
             raise ValueError(f"ImageFolderStream: {len(paths)} paths but {len(labels)} labels")
         self.paths = paths if isinstance(paths, np.ndarray) and paths.dtype.kind == "S" else \
@@ -100,6 +108,15 @@ class ImageFolderStream(Dataset):
         self.grayscale = grayscale
         self.size = size
         self.info = info
+        self.loader_workers = workers
+        self.channels = channels
+
+    def take(self, rows) -> "ImageFolderStream":
+        """The examples at ``rows`` (indices, any integer sequence or tensor), in that order: a
+        new stream over the same files, nothing decoded."""
+        rows = np.asarray(rows.cpu() if isinstance(rows, Tensor) else rows, dtype=np.int64).reshape(-1)
+        return ImageFolderStream(self.paths[rows], self.labels[rows], grayscale=self.grayscale, size=self.size,
+                                 info=self.info, root=self.root, workers=self.loader_workers, channels=self.channels)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -127,7 +144,10 @@ class ImageFolderStream(Dataset):
         pixels = self.raw(index)
         if self.info is None:
             return torch.from_numpy(np.array(pixels)), int(self.labels[index])  # a writable copy
-        return normalize(pixels[None], self.info)[0], int(self.labels[index])
+        image = normalize(pixels[None], self.info)[0]
+        if self.channels is not None and image.shape[0] != self.channels:
+            image = image.expand(self.channels, -1, -1).contiguous()
+        return image, int(self.labels[index])
 
 
 @dataclass
@@ -184,11 +204,21 @@ def channel_statistics(dataset: ImageFolderStream, *, workers: int = 2,
         count += n
     if total is None:
         raise DataError("channel_statistics: the split is empty")
-    mean = tuple(float(s) / count / 255.0 for s in total)
+    return exact_statistics(total, squares, count)
+
+
+def exact_statistics(total: Sequence[int], squares: Sequence[int], count: int, *, pixel_max: int = 255
+                     ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and population std on the ``[0, 1]`` scale from exact integer sums
+    of the pixels (``total``) and of their squares (``squares``) over ``count`` pixels per
+    channel: the same numbers however the sums were cut (in memory or streamed, in any
+    batches). A constant channel gets std 1 (dividing by it keeps the images finite)."""
+    mean = tuple(float(int(s)) / count / pixel_max for s in total)
     std = []
     for s, q in zip(total, squares):
+        s, q = int(s), int(q)
         variance = (count * q - s * s) / (count * count)  # exact numerator, one rounding
-        value = math.sqrt(variance) / 255.0
+        value = math.sqrt(variance) / pixel_max
         std.append(value if value > 1e-8 else 1.0)
     return mean, tuple(std)
 
@@ -229,7 +259,7 @@ def stream_image_folder(root: str | Path, *, image_size: int | None = None, work
 
     def split(directory, paths, labels, info):
         return ImageFolderStream(paths, labels, grayscale=grayscale, size=size if image_size is not None else None,
-                                 info=info, root=directory)
+                                 info=info, root=directory, workers=workers)
 
     train = split(train_dir, train_paths, train_labels, None)
     mean, std = channel_statistics(train, workers=workers) if statistics is None else statistics
@@ -250,3 +280,31 @@ def stream_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int
     seeding, shuffling and distributed rules of :func:`parasnn.datasets.data.make_loader`)."""
     return make_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                        distributed=distributed, num_replicas=num_replicas, rank=rank, workers=workers)
+
+
+class LazyBatches(Sequence):
+    """Batches ``(images, labels)`` of a dataset, decoded when indexed: ``batches[i]`` is
+    examples ``i·batch_size …`` in order, ``len(batches)`` their number. For the code that
+    indexes its batches (calibration shuffles batch indices) without holding every decoded
+    image of a streamed folder in memory."""
+
+    def __init__(self, dataset: Dataset, batch_size: int):
+        if batch_size < 1:
+            raise ValueError(f"LazyBatches: batch_size must be >= 1, got {batch_size}")
+        self.dataset = dataset
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return -(-len(self.dataset) // self.batch_size)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"batch {index} of {len(self)}")
+        start = index * self.batch_size
+        items = [self.dataset[i] for i in range(start, min(start + self.batch_size, len(self.dataset)))]
+        return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items],
+                                                                       dtype=torch.int64)

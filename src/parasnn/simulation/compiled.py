@@ -14,22 +14,35 @@ that current, as an in-place ReLU does; no other tensor is ever written. A forwa
 that *keeps* such a layer's output for later (rather than reading it in the hook) must be
 registered on the unfused network: the fused one may have overwritten it by then.
 
+The fused network also skips most of the Python work per layer (the neuron module's call,
+its constants lookup, the kernel dispatch): for each input signature (``time_steps``, the
+inputs' shapes, strides, dtypes and device) it generates, once, a graph that calls the
+kernels directly with the neurons' constants precomputed (:class:`CompiledPlan`) — same
+kernels, same arguments, so the same bits. A plan is used only where it is valid: no
+autograd (``torch.no_grad`` / ``torch.inference_mode``), no hook on a neuron, on the graph or
+registered globally, and none of the neurons' parameters, buffers or levels changed since
+it was made (checked on every call: identity and version counter of every tensor);
+otherwise the network runs its modules as before.
+
 The fused operators are built once per machine (first use: about 1–2 min of C++
 compilation, then loaded from PyTorch's on-disk extension cache in about a second); where
 they cannot be built, :func:`fuse` warns once and the network runs unfused.
 """
 from __future__ import annotations
 
+import collections
 import copy
 import operator
 
 import torch
-from torch import fx, nn
+from torch import Tensor, fx, nn
 
-from ..conversion.network import SpikingNetwork
-from ..neurons.fused import FUSED_TYPES, cpu_kernels, cuda_kernels, fused_neuron
+from ..conversion.network import SpikingNetwork, all_finite, check_input, check_time_steps
+from ..neurons.fused import FUSED_TYPES, FusedIFNeuron, FusedPolarityNeuron, cpu_kernels, cuda_kernels, fused_neuron, \
+    kernels_for
 
-__all__ = ["fuse", "fused_layer_count", "FRESH_OUTPUT_MODULES", "input_is_dead"]
+__all__ = ["fuse", "fused_layer_count", "FRESH_OUTPUT_MODULES", "input_is_dead", "FusedNetwork", "CompiledPlan",
+           "build_plan", "MAX_PLANS"]
 
 # Layers whose output is a new tensor (never a view of, or the same object as, their input
 # or a parameter): a neuron that is the only reader of such an output may overwrite it.
@@ -69,6 +82,8 @@ def fuse(network: SpikingNetwork) -> SpikingNetwork:
         raise TypeError(f"fuse: expected a SpikingNetwork from parasnn.conversion.convert, "
                         f"got {type(network).__name__}")
     fused = _shared_copy(network)
+    fused.__class__ = FusedNetwork  # the same state; a forward that uses compiled plans
+    fused.__dict__["_plans"] = collections.OrderedDict()
     graph_module = fused.graph_module
     replaced = 0
     nodes = {node.target: node for node in graph_module.graph.nodes if node.op == "call_module"}
@@ -94,3 +109,216 @@ def fuse(network: SpikingNetwork) -> SpikingNetwork:
 def fused_layer_count(network: SpikingNetwork) -> int:
     """How many neuron layers of ``network`` have a fused forward."""
     return sum(1 for _, neuron in network.neurons() if type(neuron) in FUSED_TYPES.values())
+
+
+# --------------------------------------------------------------------------- compiled plans
+
+MAX_PLANS = 8
+"""Input signatures whose plan a :class:`FusedNetwork` keeps (least recently used dropped):
+an evaluation has a full and a last, smaller batch per T."""
+
+
+def _global_hooks() -> bool:
+    module = torch.nn.modules.module
+    return any(getattr(module, name, None) for name in ("_global_forward_hooks", "_global_forward_pre_hooks"))
+
+
+class CompiledPlan:
+    """A fused network's graph specialised to one input signature: each fused neuron's call
+    replaced by a direct call of its kernel with the neuron's constants for that ``time_steps``
+    (the arguments its own forward would pass). ``plan(time_steps, *inputs)`` runs it;
+    :meth:`valid` says whether it still describes the network."""
+
+    def __init__(self, graph_module: fx.GraphModule, *, neurons: list[tuple[nn.Module, str, nn.Module]],
+                 guards: list[tuple[dict, str, Tensor, int]], levels: list[tuple[nn.Module, int, int]],
+                 root: fx.GraphModule, reference: Tensor | None):
+        self.graph_module = graph_module
+        self.neurons = neurons  # (parent, leaf name, neuron)
+        self.guards = guards  # (registry, name, tensor, version) of every tensor a constant came from
+        self.levels = levels  # (PMSM neuron, negative, positive levels)
+        self.root = root
+        self.reference = reference
+        self.reference_signature = None if reference is None else (reference.dtype, reference.device)
+
+    def valid(self) -> bool:
+        """True while the network is as it was: no hooks anywhere a plan would skip them,
+        the same neuron objects, their tensors unchanged (identity and version)."""
+        root = self.root
+        if root._forward_hooks or root._forward_pre_hooks or _global_hooks():
+            return False
+        for parent, leaf, neuron in self.neurons:
+            if parent._modules.get(leaf) is not neuron or neuron._forward_hooks or neuron._forward_pre_hooks:
+                return False
+        for registry, name, tensor, version in self.guards:
+            if registry.get(name) is not tensor or tensor._version != version:
+                return False
+        for neuron, negative, positive in self.levels:
+            if neuron.negative_levels != negative or neuron.positive_levels != positive:
+                return False
+        reference = self.reference
+        return reference is None or (reference.dtype, reference.device) == self.reference_signature
+
+    def __call__(self, time_steps: int, *inputs: Tensor) -> Tensor:
+        return self.graph_module(time_steps, *inputs)
+
+
+def _probe_currents(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: int):
+    """The network's output and, per neuron node, the current it received (shape, dtype,
+    device, contiguity) — one ordinary forward with pre-hooks that only look."""
+    seen: dict[str, tuple] = {}
+    handles = []
+    for path, neuron in network.neurons():
+        def look(module, args, kwargs, path=path):
+            current = args[0] if args else None
+            if isinstance(current, Tensor):
+                seen.setdefault(path, []).append((tuple(current.shape), current.dtype, current.device,
+                                                  current.is_contiguous()))
+        handles.append(neuron.register_forward_pre_hook(look, with_kwargs=True))
+    try:
+        output = SpikingNetwork.forward(network, *inputs, time_steps=time_steps)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return output, seen
+
+
+def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: int):
+    """``(output, plan or None)``: runs ``network`` once on ``inputs`` (the ordinary forward,
+    whose output is returned) and specialises its graph to this signature. No plan where
+    it would not be exact or not apply: no kernels here, a current the kernels do not take
+    (dtype, device, non-contiguous), a neuron called at several places, or tensors without
+    version counters (inference tensors)."""
+    output, seen = _probe_currents(network, inputs, time_steps)
+    graph_module = network.graph_module
+    old = graph_module.graph
+    graph = fx.Graph()
+    values: dict = {}
+    result = graph.graph_copy(old, values)
+    graph.output(result)
+    attributes: dict = {}
+    neurons, guards, levels = [], [], []
+    for node in list(graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = graph_module.get_submodule(node.target)
+        if type(module) not in (FusedIFNeuron, FusedPolarityNeuron):
+            continue
+        calls = seen.get(node.target, [])
+        if len(calls) != 1 or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+            return output, None
+        shape, dtype, device, contiguous = calls[0]
+        current = torch.empty(shape, dtype=dtype, device=device)
+        kernels = kernels_for(current) if contiguous and dtype in (torch.float32, torch.float64) else None
+        if kernels is None:
+            return output, None
+        try:
+            for registry in (module._parameters, module._buffers):
+                guards.extend((registry, name, tensor, tensor._version) for name, tensor in registry.items()
+                              if tensor is not None)
+        except RuntimeError:  # inference tensors have no version counter
+            return output, None
+        with torch.no_grad():
+            if isinstance(module, FusedIFNeuron):
+                constants = module.inference_constants(current, time_steps)
+                if constants is None:
+                    return output, None
+                kernel, arguments = kernels[0], list(constants)
+            else:
+                threshold = module.threshold
+                if threshold.dtype != dtype or threshold.device != device:
+                    return output, None
+                # θ/T as the module computes it (a tensor division): the same bits.
+                kernel, arguments = kernels[1], [threshold, threshold / time_steps,
+                                                 -time_steps * module.negative_levels,
+                                                 time_steps * module.positive_levels]
+                levels.append((module, module.negative_levels, module.positive_levels))
+        index = len(neurons)
+        parent_path, _, leaf = node.target.rpartition(".")
+        neurons.append((graph_module.get_submodule(parent_path) if parent_path else graph_module, leaf, module))
+        with graph.inserting_before(node):
+            args = [node.args[0]]
+            for position, value in enumerate(arguments):
+                if isinstance(value, Tensor):
+                    name = f"_plan_constant_{index}_{position}"
+                    attributes[name] = value
+                    value = graph.get_attr(name)
+                args.append(value)
+            args += [time_steps, bool(module.overwrite_input)]
+            call = graph.call_function(kernel, tuple(args))
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+    # The plan's module: the graph's layers (the same objects: hooks on them still run) and
+    # the constants.
+    for node in graph.nodes:
+        if node.op == "call_module":
+            attributes[node.target] = graph_module.get_submodule(node.target)
+        elif node.op == "get_attr" and node.target not in attributes:
+            attributes[node.target] = _attribute(graph_module, node.target)
+    graph.lint()
+    specialised = fx.GraphModule(attributes, graph)
+    reference = next((t for t in network.parameters() if t.is_floating_point()), None)
+    return output, CompiledPlan(specialised, neurons=neurons, guards=guards, levels=levels, root=graph_module,
+                                reference=reference)
+
+
+def _attribute(module: nn.Module, target: str):
+    for part in target.split("."):
+        module = getattr(module, part)
+    return module
+
+
+class FusedNetwork(SpikingNetwork):
+    """What :func:`fuse` returns: a :class:`SpikingNetwork` whose forward, without autograd,
+    runs a :class:`CompiledPlan` for the input signature (made on the first call with that
+    signature, by an ordinary forward) while the plan is valid, and the modules otherwise.
+    The same outputs bit for bit either way."""
+
+    def __getstate__(self):
+        # Plans hold compiled operators (not picklable) and are cheap to rebuild: copies and
+        # saved networks start without them.
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_plans", None)
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self.__dict__["_plans"] = collections.OrderedDict()
+
+    def forward(self, *inputs: Tensor, time_steps: int) -> Tensor:
+        if torch.is_grad_enabled():
+            return super().forward(*inputs, time_steps=time_steps)
+        plans = self.__dict__.setdefault("_plans", collections.OrderedDict())
+        try:
+            key = (time_steps, type(time_steps)) + tuple(
+                (tuple(x.shape), x.stride(), x.dtype, x.device) for x in inputs)
+        except (AttributeError, TypeError):  # not tensors: the ordinary forward explains
+            return super().forward(*inputs, time_steps=time_steps)
+        plan = plans.get(key, _MISSING)
+        if plan is None:  # this signature has no plan (module docstring): the modules
+            return super().forward(*inputs, time_steps=time_steps)
+        if plan is not _MISSING and plan.valid():
+            # The signature was checked when the plan was made; the values were not.
+            for x in inputs:
+                if x.is_floating_point() and not torch.compiler.is_compiling() and not all_finite(x):
+                    check_input(inputs, where=f"SpikingNetwork({self.source})", network=self)  # raises
+            plans.move_to_end(key)
+            return plan(time_steps, *inputs)
+        if self._hooked():  # a plan would be invalid at once: no point in making one
+            return super().forward(*inputs, time_steps=time_steps)
+        check_time_steps(time_steps, where=f"SpikingNetwork({self.source})")
+        output, plan = build_plan(self, inputs, time_steps)
+        plans[key] = plan  # None too: the reasons (no kernels, the graph, the currents) do not pass
+        plans.move_to_end(key)
+        while len(plans) > MAX_PLANS:
+            plans.popitem(last=False)
+        return output
+
+    def _hooked(self) -> bool:
+        graph_module = self.graph_module
+        if graph_module._forward_hooks or graph_module._forward_pre_hooks or _global_hooks():
+            return True
+        return any(neuron._forward_hooks or neuron._forward_pre_hooks for _, neuron in self.neurons())
+
+
+_MISSING = object()

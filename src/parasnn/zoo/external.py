@@ -150,6 +150,10 @@ def dataset_for(name: str, input_shape: tuple[int, ...] | None, *, data_dir: str
     if have != 1:
         raise ModelError(f"--dataset {name} has {have} channels; the model takes {channels}")
     for split in ("train", "test"):
-        images, labels = getattr(splits, split).tensors
+        dataset = getattr(splits, split)
+        if not hasattr(dataset, "tensors"):  # streamed: repeated as each image is decoded
+            dataset.channels = channels
+            continue
+        images, labels = dataset.tensors
         setattr(splits, split, TensorDataset(images.expand(-1, channels, -1, -1).contiguous(), labels))
     return splits
