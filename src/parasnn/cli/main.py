@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="L, the quantization levels per layer: of each QCFS activation; one integer, one per site (4,4,8,...), or auto "
                             "(PASCAL's adaptive layerwise activation: probe, choose L per layer, fine-tune)")
     train.add_argument("--threshold", type=float, default=8.0, help="initial QCFS threshold (default 8)")
+    train.add_argument("--threshold-percentile", type=float,
+                       help="QCFS: set every initial threshold to this percentile of the site's ReLU outputs on "
+                            "training images instead of --threshold (default: 99.9 with --init-from, else off)")
+    train.add_argument("--init-from", type=Path,
+                       help="QCFS: start from the weights of this ANN checkpoint (model.pt of a ReLU run of the same "
+                            "--model and --width on the same data), thresholds from its activation ranges")
     train.add_argument("--width", type=positive_int, help="base channel width (default: the architecture's)")
     train.add_argument("--epochs", type=positive_int, default=30,
                        help="epochs (default 30); part of the run's configuration: an existing run is not extended")
@@ -234,7 +240,9 @@ def _command_train(args) -> int:
                          epochs=args.epochs,
                          batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.lr,
                          weight_decay=args.weight_decay, augment=not args.no_augment, holdout=args.holdout,
-                         seed=args.seed, max_batches=args.max_batches)
+                         seed=args.seed, max_batches=args.max_batches,
+                         init_from=None if args.init_from is None else str(args.init_from),
+                         threshold_percentile=args.threshold_percentile)
     from ..io.files import check_output_directory
     check_output_directory(args.out, what="--out")
     if auto:
