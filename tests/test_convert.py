@@ -290,3 +290,14 @@ def test_relu_stand_ins_get_t_levels_and_keep_levels_is_recorded():
     assert ConversionConfig.from_dict(ConversionConfig().to_dict()).keep_levels is True
     old = {k: v for k, v in ConversionConfig().to_dict().items() if k != "keep_levels"}
     assert ConversionConfig.from_dict(old).keep_levels is False  # checkpoints converted before the option
+
+
+def test_serial_network_keeping_levels_at_t_equal_k_l_is_the_serial_network_at_t_equal_l():
+    # docs/maths.md §3a: at T = k·L a neuron fires only every k-th step, fed the sum of k steps.
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(QCFSNet(levels=4)).eval()
+    network = convert(model)
+    x = torch.randn(16, 1, 8, 8)
+    at_l = serial_forward(network, x, time_steps=4)
+    for steps in (8, 12):
+        assert torch.allclose(serial_forward(network, x, time_steps=steps), at_l, atol=1e-5)

@@ -24,7 +24,7 @@ calibration); ``levels=None`` (a ReLU network's stand-in quantizers) gives T lev
 
 Serial form: soft-reset IF with input ``I_t + ψ_DA``, initial potential ψ, threshold and
 reset ``θ − Δb``, spikes of size ``θ_post``. At ``T > L`` the input is scaled by ``L/T``,
-a spike is worth ``θ_post·T/L`` and the neuron stops after L spikes. For a constant input current it emits
+the neuron may fire only at L of the T steps, and a spike is worth ``θ_post·T/L``. For a constant input current it emits
 exactly the parallel count (the temporal bias is a uniform lowering of the firing ladder,
 so its serial counterpart is the lowered threshold); for currents that vary in time the
 two differ — that is the serial conversion error this library reports.
@@ -187,11 +187,11 @@ class IFNeuron(SpikingNeuron):
         return effective_threshold(per_channel(self.threshold, like), per_channel(self.temporal_bias, like))
 
     def initial_state(self, current: Tensor, *, time_steps: int):
-        """The membrane potential ``v_0 = ψ``; a neuron that keeps L < T levels also carries
-        the number of spikes emitted so far: ``(potential, emitted)``."""
+        """The membrane potential ``v_0 = ψ``; a neuron that keeps L < T levels also counts the
+        steps taken: ``(potential, steps)``."""
         potential = torch.zeros_like(current) + per_channel(self.shift, current)
         if self.levels_at(time_steps) < time_steps:
-            return potential, torch.zeros_like(current)
+            return potential, 0
         return potential
 
     def step(self, state, current: Tensor, *, time_steps: int) -> tuple[object, Tensor]:
@@ -201,13 +201,18 @@ class IFNeuron(SpikingNeuron):
         if levels == time_steps:
             potential, spikes = if_step(state, current, threshold=self._firing_threshold(current))
             return potential, spikes * amplitude
-        # Keeping L < T levels: the input scaled by L/T (the charge after T steps of a constant
-        # current is ψ + L·(z + ψ_DA), as at T = L), at most L spikes, each worth θ_post·T/L.
-        potential, emitted = state
-        potential, spikes = if_step(potential, current * (levels / time_steps),
+        # Keeping L < T levels (docs/maths.md §3a): the neuron integrates the input scaled by L/T
+        # every step but may fire only at the L steps t_j = ⌈j·T/L⌉, one spike worth θ_post·T/L
+        # each. For T = k·L it is the T = L neuron fed the sum of each k steps' input, so its
+        # serial network is the T = L serial network, its spikes k steps apart.
+        potential, taken = state
+        step = taken + 1
+        potential = potential + current * (levels / time_steps)
+        if (step * levels) // time_steps == (taken * levels) // time_steps:  # not a firing step
+            return (potential, step), torch.zeros_like(potential)
+        potential, spikes = if_step(potential, torch.zeros((), dtype=potential.dtype, device=potential.device),
                                     threshold=self._firing_threshold(current))
-        spikes = spikes * (emitted < levels).to(spikes.dtype)
-        return (potential, emitted + spikes), spikes * (amplitude * (time_steps / levels))
+        return (potential, step), spikes * (amplitude * (time_steps / levels))
 
     # -- checkpoints ------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
