@@ -96,6 +96,7 @@ def test_demo_shows_exact_calibrated_serial_and_pascal_rows(tmp_path):
     assert [row["accuracy"] for row in rows if row["network"] == "PASCAL serial"] == [ann]
     assert {row["setting"] for row in rows if row["network"] == "SNN calibrated"} == {"T = 1", "T = 2"}
     assert any(row["network"] == "SNN serial" for row in rows)
+    assert by_name[("SNN parallel", "T = 8")]["accuracy"] == ann  # L levels kept at T = 2L (maths §3a)
 
 
 def test_small_data_sets_train_with_the_default_holdout(tmp_path):
