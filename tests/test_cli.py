@@ -107,3 +107,19 @@ def test_small_data_sets_train_with_the_default_holdout(tmp_path):
                  "--max-batches", "2", "--out", str(out)]) == 0
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["train"]["holdout"] == len(load_dataset("digits").train) // 10
+
+
+def test_evaluate_keeps_the_anns_levels_beyond_t_equal_l_unless_asked_for_t_levels(tmp_path):
+    """docs/maths.md §3a: by default the SNN of a QCFS network at T = 2L is the ANN; --t-levels
+    gives every neuron T levels (recorded in the report's arguments)."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "vgg-small", "--dataset", "digits", "--epochs", "1", "--width", "4",
+                 "--threshold-percentile", "99", "--max-batches", "4", "--out", str(run)]) == 0
+    reports = {}
+    for name, extra in (("keep", []), ("finer", ["--t-levels"])):
+        path = tmp_path / f"{name}.json"
+        assert main(["evaluate", str(run / "model.pt"), "-T", "8", "--forms", "parallel", "--no-activity",
+                     "--json", str(path), *extra]) == 0
+        reports[name] = json.loads(path.read_text())
+    assert reports["keep"]["snn"][0]["accuracy"] == reports["keep"]["ann"]["accuracy"]
+    assert reports["finer"]["config"]["arguments"]["t_levels"] is True

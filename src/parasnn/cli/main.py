@@ -172,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--percentile", type=float, default=99.9,
                          help="ReLU networks: activation percentile used as threshold (100 = max)")
     convert.add_argument("--levels", type=positive_int, default=8, help="L, the quantization levels per layer: of the QCFS that replaces each ReLU (default 8)")
+    convert.add_argument("--t-levels", action="store_true",
+                         help="QCFS networks at T > L: give every neuron T levels (a finer grid than the ANN's; "
+                              "often better for --forms serial) instead of keeping the ANN's L levels (default: keep "
+                              "them, so the parallel SNN is the ANN at every T >= L)")
     convert.add_argument("--calibration-size", type=positive_int, default=1024,
                          help="ReLU networks: images from the held-apart training slice used to record thresholds")
     _add_data_options(convert)
@@ -190,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=positive_int, help="evaluate on the first N test images only (N >= 1)")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--no-activity", action="store_true", help="skip firing rates and energy")
+    evaluate.add_argument("--t-levels", action="store_true",
+                         help="QCFS networks at T > L: give every neuron T levels (a finer grid than the ANN's; "
+                              "often better for --forms serial) instead of keeping the ANN's L levels (default: keep "
+                              "them, so the parallel SNN is the ANN at every T >= L)")
     evaluate.add_argument("--json", type=Path, help="also write the full report as JSON")
     evaluate.add_argument("--method", choices=[m.value for m in Method],
                           help="conversion method when converting now (default: pmsm for signed networks, fs-pc "
@@ -272,12 +280,13 @@ def _calibration_batches(checkpoint: dict, splits, *, size: int, batch_size: int
     return list(make_loader(first_examples(held_apart, size), batch_size=batch_size, shuffle=False))
 
 
-def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, percentile, levels, calibration_size):
+def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, percentile, levels, calibration_size,
+                        keep_levels=True):
     from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert
     from ..conversion.methods import neuron_factory
     from ..zoo.models import ActivationKind
     config = ConversionConfig(levels=levels, threshold=ThresholdStatistic(percentile),
-                              batchnorm=BatchNormMode(batchnorm))
+                              batchnorm=BatchNormMode(batchnorm), keep_levels=keep_levels)
     from_relu = spec.activation.kind is ActivationKind.RELU
     data = _calibration_batches(checkpoint, splits, size=calibration_size) if from_relu else None
     return convert(model, calibration_data=data, config=config, neuron=neuron_factory(method)), config, from_relu
@@ -298,7 +307,7 @@ def _command_convert(args) -> int:
               if spec.activation.kind.value == "relu" else None)
     network, config, from_relu = _convert_checkpoint(
         model, spec, checkpoint, splits, method=method, batchnorm=args.batchnorm, percentile=args.percentile,
-        levels=args.levels, calibration_size=args.calibration_size)
+        levels=args.levels, calibration_size=args.calibration_size, keep_levels=not args.t_levels)
     resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": method,
                 "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size,
                 **arguments_record(args)}
@@ -346,7 +355,8 @@ def _evaluate(args) -> int:
         check_fits_data(snn_spec, splits.info, path=args.snn)
     else:
         network, _, _ = _convert_checkpoint(model, spec, checkpoint, splits, method=method, batchnorm="keep",
-                                            percentile=99.9, levels=8, calibration_size=args.calibration_size)
+                                            percentile=99.9, levels=8, calibration_size=args.calibration_size,
+                                            keep_levels=not args.t_levels)
     test = splits.test
     if args.limit is not None:  # a seeded random sample across classes: the same images for every run
         from ..datasets.splits import sample_subset
