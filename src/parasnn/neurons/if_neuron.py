@@ -24,8 +24,8 @@ calibration); ``levels=None`` (a ReLU network's stand-in quantizers) gives T lev
 
 Serial form: soft-reset IF with input ``I_t + ψ_DA``, initial potential ψ, threshold and
 reset ``θ − Δb``, spikes of size ``θ_post``. At ``T > L`` the input is scaled by ``L/T``,
-the neuron may fire only at L of the T steps, and a spike is worth ``θ_post·T/L``. For a constant input current it emits
-exactly the parallel count (the temporal bias is a uniform lowering of the firing ladder,
+the neuron may fire only at L of the T steps, and a spike is worth ``θ_post·T/L``. For a
+constant input current it emits exactly the parallel count (the temporal bias is a uniform lowering of the firing ladder,
 so its serial counterpart is the lowered threshold); for currents that vary in time the
 two differ — that is the serial conversion error this library reports.
 
@@ -171,7 +171,8 @@ class IFNeuron(SpikingNeuron):
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
         # At T > L the count and the output are those at L steps (docs/maths.md §3a): the same
         # spikes, each worth θ_post·T/L, spread over T steps, have the same time average.
-        steps = self.levels_at(time_steps) if self.levels is not None else time_steps
+        levels = self.levels  # (inline min(T, L): this runs once per layer per pass)
+        steps = time_steps if levels is None or not isinstance(time_steps, int) or time_steps <= levels else levels
         constants = self._constants_at(current, steps)  # checks time_steps when not cached
         if constants is not None:  # inference: one buffer, updated in place
             return self.count_in_place(current, steps, constants).mul_(constants[3])
