@@ -96,6 +96,7 @@ def test_demo_shows_exact_calibrated_serial_and_pascal_rows(tmp_path):
     assert [row["accuracy"] for row in rows if row["network"] == "PASCAL serial"] == [ann]
     assert {row["setting"] for row in rows if row["network"] == "SNN calibrated"} == {"T = 1", "T = 2"}
     assert any(row["network"] == "SNN serial" for row in rows)
+    assert by_name[("SNN parallel", "T = 8")]["accuracy"] == ann  # L levels kept at T = 2L (maths §3a)
 
 
 def test_small_data_sets_train_with_the_default_holdout(tmp_path):
@@ -106,3 +107,19 @@ def test_small_data_sets_train_with_the_default_holdout(tmp_path):
                  "--max-batches", "2", "--out", str(out)]) == 0
     recorded = json.loads((out / "config.json").read_text())
     assert recorded["train"]["holdout"] == len(load_dataset("digits").train) // 10
+
+
+def test_evaluate_keeps_the_anns_levels_beyond_t_equal_l_unless_asked_for_t_levels(tmp_path):
+    """docs/maths.md §3a: by default the SNN of a QCFS network at T = 2L is the ANN; --t-levels
+    gives every neuron T levels (recorded in the report's arguments)."""
+    run = tmp_path / "run"
+    assert main(["train", "--model", "vgg-small", "--dataset", "digits", "--epochs", "1", "--width", "4",
+                 "--threshold-percentile", "99", "--max-batches", "4", "--out", str(run)]) == 0
+    reports = {}
+    for name, extra in (("keep", []), ("finer", ["--t-levels"])):
+        path = tmp_path / f"{name}.json"
+        assert main(["evaluate", str(run / "model.pt"), "-T", "8", "--forms", "parallel", "--no-activity",
+                     "--json", str(path), *extra]) == 0
+        reports[name] = json.loads(path.read_text())
+    assert reports["keep"]["snn"][0]["accuracy"] == reports["keep"]["ann"]["accuracy"]
+    assert reports["finer"]["config"]["arguments"]["t_levels"] is True

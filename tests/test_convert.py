@@ -250,3 +250,54 @@ def test_bad_inputs_are_rejected_clearly():
             network(torch.zeros(1, 3), time_steps=bad)
     with pytest.raises(ConversionError, match="calibration data is empty"):
         convert(nn.Sequential(nn.Linear(3, 3), nn.ReLU()), calibration_data=[])
+
+
+def test_qcfs_network_beyond_t_equal_l_keeps_its_levels_bit_equal_fused_too():
+    # docs/maths.md §3a: every neuron keeps L levels at T > L, so the SNN is the ANN at every T ≥ L.
+    from parasnn.simulation.compiled import fuse
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(QCFSNet(levels=4)).eval()
+    network = convert(model)
+    fused = fuse(network)
+    x = torch.randn(32, 1, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+        for steps in (5, 8, 12, 64):
+            assert torch.equal(parallel_forward(network, x, time_steps=steps), expected)
+            assert torch.equal(fused(x, time_steps=steps), expected)
+    # keep_levels=False: T levels, the finer grid the network was not trained on.
+    finer = convert(model, config=ConversionConfig(keep_levels=False))
+    assert all(n.levels is None for _, n in finer.neurons())
+    with torch.no_grad():
+        assert not torch.equal(parallel_forward(finer, x, time_steps=8), expected)
+        assert torch.equal(parallel_forward(finer, x, time_steps=4), expected)
+
+
+def test_serial_network_keeping_levels_agrees_with_parallel_for_constant_input():
+    model = nn.Sequential(nn.Linear(6, 6), QCFS(levels=4, threshold=1.0), nn.Linear(6, 3))
+    network = convert(model)
+    x = torch.randn(50, 6)
+    for steps in (8, 12, 16):
+        assert torch.allclose(serial_forward(network, x, time_steps=steps),
+                              parallel_forward(network, x, time_steps=steps), atol=1e-5)
+
+
+def test_relu_stand_ins_get_t_levels_and_keep_levels_is_recorded():
+    torch.manual_seed(0)
+    data = [torch.randn(16, 1, 8, 8) for _ in range(2)]
+    network = convert(FunctionalNet().eval(), calibration_data=data)
+    assert all(n.levels is None for _, n in network.neurons())
+    assert ConversionConfig.from_dict(ConversionConfig().to_dict()).keep_levels is True
+    old = {k: v for k, v in ConversionConfig().to_dict().items() if k != "keep_levels"}
+    assert ConversionConfig.from_dict(old).keep_levels is False  # checkpoints converted before the option
+
+
+def test_serial_network_keeping_levels_at_t_equal_k_l_is_the_serial_network_at_t_equal_l():
+    # docs/maths.md §3a: at T = k·L a neuron fires only every k-th step, fed the sum of k steps.
+    torch.manual_seed(0)
+    model = _randomise_batchnorm(QCFSNet(levels=4)).eval()
+    network = convert(model)
+    x = torch.randn(16, 1, 8, 8)
+    at_l = serial_forward(network, x, time_steps=4)
+    for steps in (8, 12):
+        assert torch.allclose(serial_forward(network, x, time_steps=steps), at_l, atol=1e-5)

@@ -159,3 +159,59 @@ def test_training_through_parallel_neuron_saves_no_time_axis():
         return total
 
     assert saved_bytes(1) == saved_bytes(64)
+
+
+# -- levels beyond L (docs/maths.md §3a) ---------------------------------------------------
+
+@given(st.integers(min_value=1, max_value=8), st.integers(min_value=0, max_value=40), st.floats(min_value=0.05, max_value=20),
+       st.lists(st.floats(min_value=-50, max_value=50, width=32), min_size=1, max_size=64))
+def test_if_neuron_keeps_qcfs_levels_and_is_bit_equal_at_every_t_from_l(levels, extra, threshold, values):
+    activation = QCFS(levels=levels, threshold=threshold)
+    neuron = IFNeuron.from_qcfs(activation)
+    steps = levels + extra
+    x = torch.tensor(values, dtype=torch.float32).view(1, -1)
+    with torch.no_grad():
+        expected = activation(x)
+        assert torch.equal(neuron(x, time_steps=steps), expected)
+        count = neuron.spike_count(x, time_steps=steps)
+        train = neuron.spike_train(x, time_steps=steps)
+    assert neuron.levels_at(steps) == levels and int(count.max()) <= levels
+    assert torch.equal(count, torch.round(expected / (activation.effective_threshold() / levels)))
+    assert train.shape == (steps, *x.shape) and torch.equal(train.sum(0), count)
+    # The differentiable path (as calibration uses it) counts at L steps too: same values.
+    x.requires_grad_(True)
+    assert torch.equal(neuron(x, time_steps=steps).detach(), expected)
+
+
+def test_a_stand_in_for_a_relu_has_t_levels_at_every_t():
+    stand_in = QCFS(levels=4, threshold=1.0)
+    stand_in.stand_in = True
+    neuron = IFNeuron.from_qcfs(stand_in)
+    x = torch.linspace(-0.5, 1.5, 101).view(1, -1)
+    assert neuron.levels is None and neuron.levels_at(16) == 16
+    with torch.no_grad():
+        expected = spike_count(16 * x, threshold=1.0, shift=0.5, time_steps=16) * (1.0 / 16)
+        assert torch.equal(neuron(x, time_steps=16), expected)
+        assert int(neuron.spike_count(x, time_steps=16).max()) == 16
+
+
+@given(st.integers(min_value=1, max_value=8), st.integers(min_value=0, max_value=3), positive_grid,
+       st.lists(grid, min_size=1, max_size=32))
+def test_serial_neuron_keeping_levels_emits_the_parallel_count_for_constant_input(levels, power, threshold, values):
+    # T = L·2^j: the input scale L/T is a power of two, so the serial sums stay exact.
+    steps = levels * 2 ** power
+    neuron = IFNeuron(threshold=torch.tensor(threshold, dtype=torch.float64), levels=levels).double()
+    current = torch.tensor(values, dtype=torch.float64).view(1, -1)
+    state, outputs = neuron.initial_state(current, time_steps=steps), []
+    for _ in range(steps):
+        state, output = neuron.step(state, current, time_steps=steps)
+        outputs.append(output)
+    outputs = torch.stack(outputs)
+    with torch.no_grad():
+        count = neuron.spike_count(current, time_steps=steps)
+        parallel = neuron(current, time_steps=steps)
+    assert torch.equal(outputs.ne(0).sum(0).to(count.dtype), count)  # the count exactly, at most L spikes
+    # each spike worth θ·T/L: the same time average (up to the rounding of the two divisions)
+    assert torch.allclose(outputs.sum(0) / steps, parallel, rtol=1e-12, atol=0)
+    fired = outputs.ne(0).any(dim=(1, 2)).nonzero().flatten() + 1  # steps t at which anything fired
+    assert all((int(t) * levels) % steps < levels for t in fired)  # only at t_j = ⌈j·T/L⌉

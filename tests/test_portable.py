@@ -196,4 +196,6 @@ def test_pascal_and_qcfs_layers_round_trip(tmp_path):
         loaded = parasnn.load(parasnn.save(network, tmp_path / method.value))
         with torch.no_grad():
             assert torch.equal(loaded(x, time_steps=3), network(x, time_steps=3))
+            if method is Method.FS_PC:  # the neuron's L travels: at T = 2L it is still the ANN
+                assert torch.equal(loaded(x, time_steps=6), model(x))
         assert [type(n) for _, n in loaded.neurons()] == [type(n) for _, n in network.neurons()]

@@ -90,6 +90,7 @@ class _StraightThroughNeuron(nn.Module):
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
         n = self.neuron
+        time_steps = n.levels_at(time_steps)  # a neuron keeping L < T levels counts at L steps
         threshold = effective_threshold(per_channel(n.threshold, current), per_channel(n.temporal_bias, current))
         charge = time_steps * (current + per_channel(n.pre_shift, current)) + per_channel(n.shift, current)
         count = floor_ste(torch.clamp(charge / threshold, 0, time_steps))

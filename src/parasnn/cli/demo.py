@@ -2,7 +2,7 @@
 
 One table, one row per way of running the same trained QCFS network (L = 4) as a spiking
 network, each with a line saying what the row shows: the parallel SNN at T = L (exact), the
-serial simulation (the classic conversion error), T > L without calibration, the shipped
+serial simulation (the classic conversion error), T > L with and without L levels kept, the shipped
 [STDC]-calibrated SNNs at T = 2 and T = 1, and PASCAL's exact serial SNN.
 
 The calibrated SNNs ship beside the ANN (``assets/``); each checkpoint records the
@@ -42,7 +42,7 @@ def command_demo(args) -> int:
     import torch
 
     from ..conversion.methods import neuron_factory
-    from ..conversion.stages import convert
+    from ..conversion.stages import ConversionConfig, convert
     from ..datasets.data import load_subset, make_loader
     from ..evaluation.accuracy import Form, ann_accuracy, snn_accuracy
     from ..io.checkpoint import check_snn_matches_ann, load_ann, load_snn
@@ -77,8 +77,10 @@ def command_demo(args) -> int:
                                                           "(logits differ: unexpected)"))
     snn("SNN serial", f"T = {levels}", network, levels, Form.SERIAL,
         "the same neurons stepped one time step at a time: spikes arrive unevenly (the classic conversion error)")
-    snn("SNN parallel", f"T = {2 * levels}, no calibration", network, 2 * levels, Form.PARALLEL,
-        "more steps than levels is not better: the spike grid no longer matches the ANN's L levels")
+    snn("SNN parallel", f"T = {2 * levels}", network, 2 * levels, Form.PARALLEL,
+        "more steps than levels: each neuron keeps the ANN's L levels, so the logits stay the ANN's")
+    snn("SNN parallel", f"T = {2 * levels}, T levels", convert(model, config=ConversionConfig(keep_levels=False)),
+        2 * levels, Form.PARALLEL, "a finer spike grid than the network was trained on is worse (keep_levels=False)")
     for steps in sorted(CALIBRATED_TIME_STEPS, reverse=True):
         calibrated, _, snn_checkpoint = load_snn(calibrated_asset(steps))
         check_snn_matches_ann(snn_checkpoint, checkpoint, snn_path=calibrated_asset(steps), ann_path=DEMO_CHECKPOINT)

@@ -89,7 +89,8 @@ def convert_external(args) -> int:
     from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert
     model, shape, splits = _model_and_data(args, need_data=False)
     config = ConversionConfig(levels=args.levels, threshold=ThresholdStatistic(args.percentile),
-                              batchnorm=BatchNormMode(args.batchnorm))
+                              batchnorm=BatchNormMode(args.batchnorm),
+                              keep_levels=not getattr(args, "t_levels", False))
     data = None
     if splits is not None:
         data = [x for x, _ in _calibration_batches(splits, args.calibration_size, batch_size=256)]

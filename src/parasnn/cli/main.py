@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="L, the quantization levels per layer: of each QCFS activation; one integer, one per site (4,4,8,...), or auto "
                             "(PASCAL's adaptive layerwise activation: probe, choose L per layer, fine-tune)")
     train.add_argument("--threshold", type=float, default=8.0, help="initial QCFS threshold (default 8)")
+    train.add_argument("--threshold-percentile", type=float,
+                       help="QCFS: set every initial threshold to this percentile of the site's ReLU outputs on "
+                            "training images instead of --threshold (default: 99.9 with --init-from, else off)")
+    train.add_argument("--init-from", type=Path,
+                       help="QCFS: start from the weights of this ANN checkpoint (model.pt of a ReLU run of the same "
+                            "--model and --width on the same data), thresholds from its activation ranges")
     train.add_argument("--width", type=positive_int, help="base channel width (default: the architecture's)")
     train.add_argument("--epochs", type=positive_int, default=30,
                        help="epochs (default 30); part of the run's configuration: an existing run is not extended")
@@ -168,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--percentile", type=float, default=99.9,
                          help="ReLU networks: activation percentile used as threshold (100 = max)")
     convert.add_argument("--levels", type=positive_int, default=8, help="L, the quantization levels per layer: of the QCFS that replaces each ReLU (default 8)")
+    convert.add_argument("--t-levels", action="store_true",
+                         help="QCFS networks at T > L: give every neuron T levels (a finer grid than the ANN's; "
+                              "often better for --forms serial) instead of keeping the ANN's L levels (default: keep "
+                              "them, so the parallel SNN is the ANN at every T >= L)")
     convert.add_argument("--calibration-size", type=positive_int, default=1024,
                          help="ReLU and GELU networks: images from the held-apart training slice used to record "
                               "thresholds and the inputs the multi-basis neurons are fitted on")
@@ -192,6 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--limit", type=positive_int, help="evaluate on the first N test images only (N >= 1)")
     evaluate.add_argument("--batch-size", type=positive_int, default=256)
     evaluate.add_argument("--no-activity", action="store_true", help="skip firing rates and energy")
+    evaluate.add_argument("--t-levels", action="store_true",
+                         help="QCFS networks at T > L: give every neuron T levels (a finer grid than the ANN's; "
+                              "often better for --forms serial) instead of keeping the ANN's L levels (default: keep "
+                              "them, so the parallel SNN is the ANN at every T >= L)")
     evaluate.add_argument("--json", type=Path, help="also write the full report as JSON")
     evaluate.add_argument("--method", choices=[m.value for m in Method],
                           help="conversion method when converting now (default: pmsm for signed networks, fs-pc "
@@ -253,7 +267,9 @@ def _command_train(args) -> int:
                          epochs=args.epochs,
                          batch_size=args.batch_size, optimizer=args.optimizer, learning_rate=args.lr,
                          weight_decay=args.weight_decay, augment=not args.no_augment, holdout=args.holdout,
-                         seed=args.seed, max_batches=args.max_batches)
+                         seed=args.seed, max_batches=args.max_batches,
+                         init_from=None if args.init_from is None else str(args.init_from),
+                         threshold_percentile=args.threshold_percentile)
     from ..io.files import check_output_directory
     check_output_directory(args.out, what="--out")
     if auto:
@@ -291,13 +307,13 @@ def needs_calibration_data(spec) -> bool:
 
 
 def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, percentile, levels, calibration_size,
-                        function_time_steps=(2, 4, 8, 16), bases=4):
+                        function_time_steps=(2, 4, 8, 16), bases=4, keep_levels=True):
     from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert
     from ..conversion.methods import neuron_factory
     from ..zoo.models import ActivationKind
     config = ConversionConfig(levels=levels, threshold=ThresholdStatistic(percentile),
                               batchnorm=BatchNormMode(batchnorm), bases=bases,
-                              function_time_steps=tuple(dict.fromkeys(function_time_steps)))
+                              function_time_steps=tuple(dict.fromkeys(function_time_steps)), keep_levels=keep_levels)
     from_relu = spec.activation.kind is ActivationKind.RELU
     data = (_calibration_batches(checkpoint, splits, size=calibration_size) if needs_calibration_data(spec)
             else None)
@@ -320,7 +336,7 @@ def _command_convert(args) -> int:
     network, config, from_relu = _convert_checkpoint(
         model, spec, checkpoint, splits, method=method, batchnorm=args.batchnorm, percentile=args.percentile,
         levels=args.levels, calibration_size=args.calibration_size, function_time_steps=args.function_time_steps,
-        bases=args.bases)
+        bases=args.bases, keep_levels=not args.t_levels)
     resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": method,
                 "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size,
                 **arguments_record(args)}
@@ -370,7 +386,8 @@ def _evaluate(args) -> int:
     else:
         network, _, _ = _convert_checkpoint(model, spec, checkpoint, splits, method=method, batchnorm="keep",
                                             percentile=99.9, levels=8, calibration_size=args.calibration_size,
-                                            function_time_steps=args.time_steps, bases=args.bases)
+                                            function_time_steps=args.time_steps, bases=args.bases,
+                                            keep_levels=not args.t_levels)
     test = splits.test
     if args.limit is not None:  # a seeded random sample across classes: the same images for every run
         from ..datasets.splits import sample_subset

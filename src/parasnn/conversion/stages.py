@@ -86,7 +86,10 @@ class ConversionConfig:
     (it only shapes the QCFS proxy network; the spiking network's T is chosen at run time).
     ``bases`` (the paper's N) and ``function_time_steps`` (the T's fitted) shape the
     multi-basis neurons of scalar functions (GELU, SiLU, exp, …); such a network runs at
-    those T only, because an MBE neuron is fitted for one T."""
+    those T only, because an MBE neuron is fitted for one T. ``keep_levels`` (default True):
+    the neuron of a trained QCFS layer keeps its L levels at ``T > L``, so the SNN at every
+    ``T ≥ L`` is the QCFS ANN (docs/maths.md §3a); False gives every neuron T levels (parasnn
+    before this option; what checkpoints that do not record it were converted with)."""
 
     levels: int = 8
     threshold: ThresholdStatistic = ThresholdStatistic()
@@ -94,6 +97,7 @@ class ConversionConfig:
     bases: int = 4
     function_time_steps: tuple[int, ...] = (2, 4, 8, 16)
     fit_scope: FitScope = FitScope.NETWORK
+    keep_levels: bool = True
 
     def __post_init__(self):
         steps = tuple(self.function_time_steps)
@@ -107,7 +111,7 @@ class ConversionConfig:
     def to_dict(self) -> dict:
         return {"levels": self.levels, "percentile": self.threshold.percentile, "batchnorm": self.batchnorm.value,
                 "bases": self.bases, "function_time_steps": list(self.function_time_steps),
-                "fit_scope": self.fit_scope.value}
+                "fit_scope": self.fit_scope.value, "keep_levels": self.keep_levels}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConversionConfig":
@@ -116,7 +120,8 @@ class ConversionConfig:
                    batchnorm=BatchNormMode(data["batchnorm"]), bases=int(data.get("bases", defaults.bases)),
                    function_time_steps=tuple(int(t) for t in data.get("function_time_steps",
                                                                        defaults.function_time_steps)),
-                   fit_scope=FitScope(data.get("fit_scope", defaults.fit_scope)))
+                   fit_scope=FitScope(data.get("fit_scope", defaults.fit_scope)),
+                   keep_levels=bool(data.get("keep_levels", False)))  # older checkpoints: T levels
 
 
 # -- stages ---------------------------------------------------------------------------
@@ -212,7 +217,9 @@ def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int 
         for site in relu_sites:
             if isinstance(gm.get_submodule(site), nn.ReLU6):  # QCFS clips at θ: θ ≤ 6 keeps ReLU6's ceiling
                 thresholds[site] = min(thresholds[site], 6.0)
-            set_submodule(gm, site, QCFS(levels=levels, threshold=thresholds[site]))
+            stand_in = QCFS(levels=levels, threshold=thresholds[site])
+            stand_in.stand_in = True  # its L only shapes the proxy: the SNN has T levels at every T
+            set_submodule(gm, site, stand_in)
     gm.recompile()
     return gm
 
@@ -344,4 +351,8 @@ def convert(model: nn.Module, *, calibration_data: Iterable | None = None,
     if config.batchnorm is BatchNormMode.FOLD:
         gm = fold_batchnorm(gm)
     gm = _spike(gm, neuron)
+    if not config.keep_levels:
+        for module in gm.modules():
+            if isinstance(module, IFNeuron):
+                module.levels = None
     return SpikingNetwork(gm, source=type(model).__name__, config=config)

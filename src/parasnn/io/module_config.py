@@ -100,14 +100,20 @@ for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspo
 
 # -- parasnn classes: a skeleton, then the saved attributes ---------------------------
 
-def _register_parasnn(name: str, cls: type, skeleton: dict, attributes: tuple[str, ...]) -> None:
+def _register_parasnn(name: str, cls: type, skeleton: dict, attributes: tuple[str, ...],
+                      optional: tuple[str, ...] = ()) -> None:
+    """``optional``: attributes that files written before they existed lack; such a file keeps
+    the skeleton's value (the behaviour of the parasnn that wrote it)."""
     def config(module):
-        return {attribute: getattr(module, attribute) for attribute in attributes}
+        return {attribute: getattr(module, attribute) for attribute in attributes + optional}
 
     def build(config, children):
         module = cls(**skeleton)
         for attribute in attributes:
             setattr(module, attribute, config[attribute])
+        for attribute in optional:
+            if attribute in config:
+                setattr(module, attribute, config[attribute])
         return module
 
     register_module(ModuleSpec(name=name, cls=cls, config=config, build=build))
@@ -121,7 +127,8 @@ def _register_parasnn_classes() -> None:
     from ..neurons.qcfs import QCFS
 
     # Skeleton values are placeholders: the saved tensors replace every buffer and parameter.
-    _register_parasnn("parasnn.IFNeuron", IFNeuron, {"threshold": 1.0}, ("surrogate_width",))
+    # levels: the L a trained QCFS layer's neuron keeps at T > L (docs/maths.md §3a); None before.
+    _register_parasnn("parasnn.IFNeuron", IFNeuron, {"threshold": 1.0}, ("surrogate_width",), optional=("levels",))
     _register_parasnn("parasnn.QCFS", QCFS, {"levels": 1, "threshold": 1.0}, ("levels",))
     _register_parasnn("parasnn.PascalNeuron", PascalNeuron, {"threshold": 1.0, "levels": 1}, ("levels",))
     _register_parasnn("parasnn.PolarityMultiSpikeNeuron", PolarityMultiSpikeNeuron,

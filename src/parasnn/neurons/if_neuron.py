@@ -17,9 +17,15 @@ name                 paper        role
 Parallel form (one pass): with ``z`` the time-averaged input current,
 ``U = T·(z + ψ_DA)``, ``k = clip(floor((U + ψ)/(θ − Δb)), 0, T)``, output ``k·θ_post/T``.
 
+Levels beyond L (docs/maths.md §3a): a neuron built from a trained QCFS layer keeps that
+layer's ``levels`` L. Run at ``T > L`` it emits at most L spikes, each worth ``θ_post·T/L``, so
+its parallel output is the same L-level function at every ``T ≥ L`` (the QCFS ANN's, before
+calibration); ``levels=None`` (a ReLU network's stand-in quantizers) gives T levels at every T.
+
 Serial form: soft-reset IF with input ``I_t + ψ_DA``, initial potential ψ, threshold and
-reset ``θ − Δb``, spikes of size ``θ_post``. For a constant input current it emits
-exactly the parallel count (the temporal bias is a uniform lowering of the firing ladder,
+reset ``θ − Δb``, spikes of size ``θ_post``. At ``T > L`` the input is scaled by ``L/T``,
+the neuron may fire only at L of the T steps, and a spike is worth ``θ_post·T/L``. For a
+constant input current it emits exactly the parallel count (the temporal bias is a uniform lowering of the firing ladder,
 so its serial counterpart is the lowered threshold); for currents that vary in time the
 two differ — that is the serial conversion error this library reports.
 
@@ -37,7 +43,7 @@ from torch import Tensor, nn
 from .base import SpikingNeuron, load_resizable, per_channel
 from .integrate_fire import (ParameterCache, check_time_steps, effective_threshold, if_step, parallel_if_count,
                              spike_train)
-from .qcfs import level_value, require_qcfs
+from .qcfs import check_levels, level_value, require_qcfs
 
 __all__ = ["IFNeuron"]
 
@@ -48,8 +54,12 @@ class IFNeuron(SpikingNeuron):
     _resizable = ("threshold", "shift", "amplitude", "pre_shift", "temporal_bias")
 
     def __init__(self, *, threshold: Tensor | float, shift: Tensor | float | None = None,
-                 amplitude: Tensor | float | None = None, surrogate_width: float = 1.0):
+                 amplitude: Tensor | float | None = None, surrogate_width: float = 1.0,
+                 levels: int | None = None):
+        """``levels``: the L of the trained QCFS layer this neuron replaces; at ``T > L`` the
+        neuron keeps those L levels (docs/maths.md §3a). ``None``: T levels at every T."""
         super().__init__()
+        self.levels = None if levels is None else check_levels(levels, where="IFNeuron")
         threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
         if not bool((threshold > 0).all()):
             raise ValueError(f"IFNeuron: threshold must be > 0, got {threshold}")
@@ -64,9 +74,21 @@ class IFNeuron(SpikingNeuron):
 
     @classmethod
     def from_qcfs(cls, activation: nn.Module) -> "IFNeuron":
-        """The neuron that reproduces a QCFS activation exactly at ``T = L``."""
-        threshold = require_qcfs(activation, converter="IFNeuron.from_qcfs").effective_threshold().detach()
-        return cls(threshold=threshold, shift=threshold * 0.5)
+        """The neuron that reproduces a QCFS activation exactly at every ``T ≥ L`` (it keeps
+        the layer's L levels, docs/maths.md §3a), unless the QCFS only stands in for a ReLU
+        (``QCFS.stand_in``): that neuron has T levels at every T."""
+        activation = require_qcfs(activation, converter="IFNeuron.from_qcfs")
+        threshold = activation.effective_threshold().detach()
+        return cls(threshold=threshold, shift=threshold * 0.5,
+                   levels=None if activation.stand_in else activation.levels)
+
+    def levels_at(self, time_steps: int) -> int:
+        """The number of levels (most spikes) at ``T = time_steps``: ``min(T, L)`` for a neuron
+        that keeps its QCFS layer's L, else T. The parallel count is computed at this many
+        steps, so at every ``T ≥ L`` it is the QCFS level itself (docs/maths.md §3a)."""
+        check_time_steps(time_steps)
+        levels = self.levels
+        return time_steps if levels is None or time_steps <= levels else levels
 
     # -- parallel ---------------------------------------------------------------------
     def _cumulative(self, current: Tensor, time_steps: int) -> Tensor:
@@ -98,7 +120,15 @@ class IFNeuron(SpikingNeuron):
         :mod:`parasnn.neurons.fused`):
         ``(pre_shift or None, shift, θ − Δb, θ_post/T)`` viewed for ``current``, or ``None``
         where the in-place path does not apply (a graph is needed, or dtypes differ and the
-        out-of-place type promotion must be kept)."""
+        out-of-place type promotion must be kept) or where the neuron keeps fewer levels than
+        ``T`` (a kernel that clips at T would not; :meth:`forward` then counts at L steps)."""
+        if self.levels is not None and isinstance(time_steps, int) and time_steps > self.levels:
+            return None
+        return self._constants_at(current, time_steps)
+
+    def _constants_at(self, current: Tensor, time_steps: int):
+        """:meth:`inference_constants` for a count over ``time_steps`` steps (already the
+        neuron's :meth:`levels_at`)."""
         if not isinstance(current, Tensor):  # e.g. a torch.fx proxy
             return None
         tensors = self._parameters_tuple()
@@ -132,19 +162,23 @@ class IFNeuron(SpikingNeuron):
         return charge.add_(shift).div_(threshold).floor_().clamp_(0, time_steps)
 
     def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
-        constants = self.inference_constants(current, time_steps)  # checks time_steps when not cached
+        steps = self.levels_at(time_steps)  # checks time_steps; the count is at most this
+        constants = self._constants_at(current, steps)
         if constants is not None:
-            return self.count_in_place(current, time_steps, constants)
-        check_time_steps(time_steps)
-        return self._count(current, time_steps)
+            return self.count_in_place(current, steps, constants)
+        return self._count(current, steps)
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
-        constants = self.inference_constants(current, time_steps)  # checks time_steps when not cached
+        # At T > L the count and the output are those at L steps (docs/maths.md §3a): the same
+        # spikes, each worth θ_post·T/L, spread over T steps, have the same time average.
+        levels = self.levels  # (inline min(T, L): this runs once per layer per pass)
+        steps = time_steps if levels is None or not isinstance(time_steps, int) or time_steps <= levels else levels
+        constants = self._constants_at(current, steps)  # checks time_steps when not cached
         if constants is not None:  # inference: one buffer, updated in place
-            return self.count_in_place(current, time_steps, constants).mul_(constants[3])
-        check_time_steps(time_steps)
-        count = self._count(current, time_steps)
-        return level_value(count, amplitude=per_channel(self.amplitude, current), time_steps=time_steps)
+            return self.count_in_place(current, steps, constants).mul_(constants[3])
+        check_time_steps(steps)
+        count = self._count(current, steps)
+        return level_value(count, amplitude=per_channel(self.amplitude, current), time_steps=steps)
 
     def spike_train(self, current: Tensor, *, time_steps: int) -> Tensor:
         return spike_train(self.spike_count(current, time_steps=time_steps), time_steps=time_steps)
@@ -153,13 +187,33 @@ class IFNeuron(SpikingNeuron):
     def _firing_threshold(self, like: Tensor) -> Tensor:
         return effective_threshold(per_channel(self.threshold, like), per_channel(self.temporal_bias, like))
 
-    def initial_state(self, current: Tensor, *, time_steps: int) -> Tensor:
-        return torch.zeros_like(current) + per_channel(self.shift, current)
+    def initial_state(self, current: Tensor, *, time_steps: int):
+        """The membrane potential ``v_0 = ψ``; a neuron that keeps L < T levels also counts the
+        steps taken: ``(potential, steps)``."""
+        potential = torch.zeros_like(current) + per_channel(self.shift, current)
+        if self.levels_at(time_steps) < time_steps:
+            return potential, 0
+        return potential
 
-    def step(self, state: Tensor, current: Tensor, *, time_steps: int) -> tuple[Tensor, Tensor]:
+    def step(self, state, current: Tensor, *, time_steps: int) -> tuple[object, Tensor]:
         current = current + per_channel(self.pre_shift, current)
-        potential, spikes = if_step(state, current, threshold=self._firing_threshold(current))
-        return potential, spikes * per_channel(self.amplitude, current)
+        amplitude = per_channel(self.amplitude, current)
+        levels = self.levels_at(time_steps)
+        if levels == time_steps:
+            potential, spikes = if_step(state, current, threshold=self._firing_threshold(current))
+            return potential, spikes * amplitude
+        # Keeping L < T levels (docs/maths.md §3a): the neuron integrates the input scaled by L/T
+        # every step but may fire only at the L steps t_j = ⌈j·T/L⌉, one spike worth θ_post·T/L
+        # each. For T = k·L it is the T = L neuron fed the sum of each k steps' input, so its
+        # serial network is the T = L serial network, its spikes k steps apart.
+        potential, taken = state
+        step = taken + 1
+        potential = potential + current * (levels / time_steps)
+        if (step * levels) // time_steps == (taken * levels) // time_steps:  # not a firing step
+            return (potential, step), torch.zeros_like(potential)
+        potential, spikes = if_step(potential, torch.zeros((), dtype=potential.dtype, device=potential.device),
+                                    threshold=self._firing_threshold(current))
+        return (potential, step), spikes * (amplitude * (time_steps / levels))
 
     # -- checkpoints ------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -67,7 +67,15 @@ class QCFS(ActivationQuantizer):
 
     ``levels`` is kept in the state dict (extra state), so a checkpoint restores per-layer
     L on its own.
+
+    ``stand_in`` (default False): this QCFS only stands in for a ReLU of an off-the-shelf
+    network (:func:`parasnn.conversion.stages.quantize_relus` sets it), so its L shapes a proxy
+    and is not the network's own; its spiking neuron then has T levels at every T, where the
+    neuron of a trained QCFS layer keeps L levels at T > L (docs/maths.md §3a). Conversion
+    sets it again whenever it rebuilds a stand-in, so it is not part of the state dict.
     """
+
+    stand_in = False
 
     def __init__(self, *, levels: int = 8, threshold: float = 8.0):
         super().__init__()

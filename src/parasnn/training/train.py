@@ -40,6 +40,7 @@ from ..zoo.models import ActivationKind, ActivationSpec, ModelSpec, build_model
 from ..conversion.network import device_of
 from ..neurons.qcfs import QCFS
 from ..runtime.progress import progress
+from .initialisation import initialise_thresholds, load_relu_weights
 from .runs import (RUN_FILES, RunError, check_run_config, own_random_states, random_states,
                    restore_random_states, run_lock)
 
@@ -71,6 +72,11 @@ class TrainConfig:
     holdout: int = 5000
     seed: int = 0
     max_batches: int | None = None  # per epoch; for quick runs and tests
+    # A QCFS start (training/initialisation.py): weights of a trained network of the same
+    # architecture (usually its ReLU twin), and/or every θ read off the data as this percentile
+    # of the site's ReLU outputs (99.9 when init_from is given without one).
+    init_from: str | None = None
+    threshold_percentile: float | None = None
 
     def __post_init__(self):
         self.activation = ActivationKind(self.activation)
@@ -84,11 +90,25 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: learning_rate must be > 0, got {self.learning_rate}")
         if self.holdout < 0:
             raise ValueError(f"TrainConfig: holdout must be >= 0, got {self.holdout}")
+        if self.init_from is not None:
+            self.init_from = str(self.init_from)
+            if self.threshold_percentile is None and self.activation is ActivationKind.QCFS:
+                self.threshold_percentile = 99.9
+        if self.threshold_percentile is not None:
+            if self.activation is not ActivationKind.QCFS:
+                raise ValueError("TrainConfig: threshold_percentile initialises QCFS thresholds; the activation is "
+                                 f"{self.activation.value} (pass --activation qcfs)")
+            if not 0 < self.threshold_percentile <= 100:
+                raise ValueError(f"TrainConfig: threshold_percentile must be in (0, 100], got "
+                                 f"{self.threshold_percentile}")
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["activation"], data["optimizer"] = self.activation.value, self.optimizer.value
         data["levels"] = list(self.levels) if isinstance(self.levels, tuple) else self.levels
+        for key in ("init_from", "threshold_percentile"):  # absent when unused: older runs still resume
+            if data[key] is None:
+                del data[key]
         return data
 
     @classmethod
@@ -132,6 +152,26 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, *, total_steps: int, warmu
         progress_fraction = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress_fraction)))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+THRESHOLD_IMAGES = 2048  # training images whose activations set the initial thresholds
+
+
+def _initialise(model: nn.Module, spec: ModelSpec, config: TrainConfig, train_set) -> None:
+    """A fresh run's start: the weights of ``config.init_from`` and thresholds from the data
+    (training/initialisation.py), both on the training set only."""
+    if config.init_from is not None:
+        load_relu_weights(model, spec, config.init_from)
+    if config.threshold_percentile is None:
+        return
+    # Trained weights: the network as it will run (BN running statistics); fresh weights: BN's
+    # batch statistics, which are what training will normalise with (running ones are 0 / 1).
+    model.train(config.init_from is None)
+    loader = make_loader(train_set, batch_size=config.batch_size, shuffle=True, seed=config.seed * 7919 + 1)
+    batches = [batch for batch, _ in zip(loader, range(max(1, THRESHOLD_IMAGES // config.batch_size)))]
+    thresholds = initialise_thresholds(model, batches, percentile=config.threshold_percentile)
+    print("initial thresholds (" + f"{config.threshold_percentile:g}th percentile of ReLU outputs): "
+          + ", ".join(f"{value:.3g}" for value in thresholds.values()), flush=True)
 
 
 def _data_order(config: TrainConfig, epoch: int) -> dict[str, int]:
@@ -223,6 +263,8 @@ def _train(config: TrainConfig, out_dir: Path, *, device: torch.device, state: d
     model = build_model(spec).to(device)
     if initial_state is not None:
         model.load_state_dict(initial_state)
+    elif state is None:
+        _initialise(model, spec, config, train_set)
     optimizer = build_optimizer(model, config)
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
     if config.max_batches:
