@@ -172,6 +172,7 @@ class FusedIFNeuron(IFNeuron):
         constants = self.inference_constants(current, time_steps)
         if constants is None:  # a graph is needed (or dtypes differ): the reference path
             return super().forward(current, time_steps=time_steps)
+        time_steps = self.counting_steps(time_steps)  # min(T, L) for a neuron keeping L levels
         pre_shift, shift, threshold, scale = constants
         if current.dtype not in _KERNEL_DTYPES or not current.is_contiguous():
             kernels = None  # (the constants already have the current's dtype)

@@ -115,16 +115,21 @@ class IFNeuron(SpikingNeuron):
         except KeyError:  # re-registered under another kind: the slow, general lookup
             return tuple(getattr(self, name) for name in self._resizable)
 
+    def counting_steps(self, time_steps):
+        """The steps the parallel count is taken over at ``T = time_steps``: ``min(T, L)`` for a
+        neuron that keeps its QCFS layer's L, else T (:meth:`levels_at` without its check, for
+        the hot path; a non-integer, e.g. a torch.fx proxy, is passed through)."""
+        levels = self.levels
+        return time_steps if levels is None or not isinstance(time_steps, int) or time_steps <= levels else levels
+
     def inference_constants(self, current: Tensor, time_steps: int):
         """The derived constants of the inference path (cached; shared with the fused kernel of
         :mod:`parasnn.neurons.fused`):
-        ``(pre_shift or None, shift, θ − Δb, θ_post/T)`` viewed for ``current``, or ``None``
-        where the in-place path does not apply (a graph is needed, or dtypes differ and the
-        out-of-place type promotion must be kept) or where the neuron keeps fewer levels than
-        ``T`` (a kernel that clips at T would not; :meth:`forward` then counts at L steps)."""
-        if self.levels is not None and isinstance(time_steps, int) and time_steps > self.levels:
-            return None
-        return self._constants_at(current, time_steps)
+        ``(pre_shift or None, shift, θ − Δb, θ_post/T')`` viewed for ``current``, for a count
+        over ``T' =`` :meth:`counting_steps` ``(T)`` steps (a kernel is called with ``T'``), or
+        ``None`` where the in-place path does not apply (a graph is needed, or dtypes differ
+        and the out-of-place type promotion must be kept)."""
+        return self._constants_at(current, self.counting_steps(time_steps))
 
     def _constants_at(self, current: Tensor, time_steps: int):
         """:meth:`inference_constants` for a count over ``time_steps`` steps (already the
@@ -171,8 +176,7 @@ class IFNeuron(SpikingNeuron):
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
         # At T > L the count and the output are those at L steps (docs/maths.md §3a): the same
         # spikes, each worth θ_post·T/L, spread over T steps, have the same time average.
-        levels = self.levels  # (inline min(T, L): this runs once per layer per pass)
-        steps = time_steps if levels is None or not isinstance(time_steps, int) or time_steps <= levels else levels
+        steps = self.counting_steps(time_steps)
         constants = self._constants_at(current, steps)  # checks time_steps when not cached
         if constants is not None:  # inference: one buffer, updated in place
             return self.count_in_place(current, steps, constants).mul_(constants[3])

@@ -243,7 +243,8 @@ def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: 
                     attributes[name] = value
                     value = graph.get_attr(name)
                 args.append(value)
-            args += [time_steps, bool(module.overwrite_input)]
+            steps = module.counting_steps(time_steps) if isinstance(module, FusedIFNeuron) else time_steps
+            args += [steps, bool(module.overwrite_input)]
             call = graph.call_function(kernel, tuple(args))
         node.replace_all_uses_with(call)
         graph.erase_node(node)
