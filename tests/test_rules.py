@@ -208,3 +208,32 @@ def test_operations_on_analog_values_before_any_neuron_run_unchanged():
     network = convert(model)
     assert torch.equal(parallel_forward(network, x, mask, time_steps=2), model(x, mask))
     torch.testing.assert_close(serial_forward(network, x, mask, time_steps=2), model(x, mask))
+
+
+def test_a_fitted_rule_builds_from_data_and_rebuilds_from_its_skeleton_without():
+    """A fitted kind from this file: ``fit`` sees the recorded inputs, ``skeleton`` the same
+    shapes without data (what loading a saved network uses); a fitted rule registered
+    without a skeleton is refused by name when a network must be rebuilt without data."""
+    seen = []
+
+    def fit(gm, node, samples, config):
+        seen.append(samples.numel())
+        return SignNeuron()
+
+    model = nn.Sequential(nn.Linear(6, 5), QCFS(levels=4, threshold=1.0), nn.Softsign(), nn.Linear(5, 3)).eval()
+    data = [(torch.randn(8, 6),)]
+    rule = rules.register(rules.module_rule("toy softsign", (nn.Softsign,), rules.Role.FITTED, fit=fit,
+                                            skeleton=lambda gm, node, config: SignNeuron()))
+    try:
+        network = convert(model, calibration_data=data)
+        assert seen and seen[0] > 0 and isinstance(network.graph_module.get_submodule("2"), SignNeuron)
+        rebuilt = convert(model, calibration_data=None, placeholder_fits=True)
+        assert isinstance(rebuilt.graph_module.get_submodule("2"), SignNeuron) and len(seen) == 1
+    finally:
+        rules.unregister(rule.name)
+    rule = rules.register(rules.module_rule("toy softsign", (nn.Softsign,), rules.Role.FITTED, fit=fit))
+    try:
+        with pytest.raises(ConversionError, match="toy softsign.*no skeleton"):
+            convert(model, calibration_data=None, placeholder_fits=True)
+    finally:
+        rules.unregister(rule.name)

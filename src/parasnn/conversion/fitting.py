@@ -18,7 +18,7 @@ from .graph import ConversionError, carrying_nodes, classify, describe, module_p
 from .network import device_of
 from .rules import Role
 
-__all__ = ["FitScope", "fitted_sites", "record_site_inputs", "fit_sites", "placeholder_layer", "SAMPLES_PER_SITE"]
+__all__ = ["FitScope", "fitted_sites", "record_site_inputs", "fit_sites", "SAMPLES_PER_SITE"]
 
 class FitScope(str, enum.Enum):
     """``network``: one fit per function (and T) over the inputs of all its call sites,
@@ -76,35 +76,10 @@ def _at_most(parts: list[Tensor], generator: torch.Generator) -> Tensor:
     return values
 
 
-def placeholder_layer(gm: fx.GraphModule, node: fx.Node, config):
-    """The layer a fitted function site becomes, with placeholder MBE parameters of the right
-    shapes (one neuron of ``config.bases`` bases per T of ``config.function_time_steps``): the
-    skeleton a saved network's state dict is loaded into (:func:`parasnn.io.checkpoint.load_snn`),
-    so loading neither needs calibration data nor refits anything. Its outputs mean nothing
-    until the fitted parameters are loaded."""
-    from ..neurons.function_neuron import FunctionNeuron
-    from ..neurons.mbe import MBENeuron, MBEParameters
-    from .transformer_rules import site_function
-    try:
-        function = site_function(gm, node)
-    except KeyError:
-        raise ValueError(f"no placeholder for the fitted site {node.name!r} ({node.target}); it is not a scalar "
-                         "function of parasnn.neurons.mbe_functions") from None
-    bases, dtype = config.bases, torch.get_default_dtype()
-    neurons = {}
-    for steps in config.function_time_steps:
-        ones = torch.ones(bases, steps, dtype=dtype)
-        parameters = MBEParameters(input_scale=torch.ones(bases, dtype=dtype), input_shift=torch.zeros(bases, dtype=dtype),
-                                   threshold=ones, reset=ones.clone(), intensity=ones.clone(),
-                                   weight=torch.zeros(bases, dtype=dtype), output_bias=torch.zeros((), dtype=dtype))
-        neurons[steps] = MBENeuron(parameters, function=function.value)
-    return FunctionNeuron(function, neurons)
-
-
 def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config, *,
               placeholders: bool = False) -> fx.GraphModule:
     """Replace every fitted site by the layer its rule fits (in place on ``gm``); with
-    ``placeholders``, by :func:`placeholder_layer` instead (no data, no fit)."""
+    ``placeholders``, by the layer's skeleton (``Rule.skeleton``: no data, no fit)."""
     sites = fitted_sites(gm)
     if not sites:
         return gm
@@ -121,7 +96,10 @@ def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config, *,
         key = _group(gm, node, rule) if config.fit_scope is FitScope.NETWORK else node
         try:
             if key not in layers:
-                layers[key] = (placeholder_layer(gm, node, config) if placeholders
+                if placeholders and rule.skeleton is None:
+                    raise ValueError("this fitted rule has no skeleton, so a saved network cannot be rebuilt "
+                                     "without data; register it with skeleton=")
+                layers[key] = (rule.skeleton(gm, node, config) if placeholders
                                else rule.fit(gm, node, samples.get(node.name), config))
             layer = copy.deepcopy(layers[key])
         except (TypeError, ValueError) as error:

@@ -68,6 +68,9 @@ class Rule:
             without data) and ``options`` is the conversion config.
         fit_group: for ``Role.FITTED``: ``(graph module, node) -> key``; with
             ``FitScope.NETWORK`` the sites of one key share one fit on their pooled inputs.
+        skeleton: for ``Role.FITTED``: ``(graph module, node, options) -> SerialOp``, the
+            layer ``fit`` would build with placeholder parameters of the right shapes: what a
+            saved network's state dict is loaded into, without data or refitting.
         inputs: for ``Role.SPIKING``: the indices of ``node.args`` that carry activations
             and are passed to the built module, in order (``(0,)``: the first argument;
             ``(0, 1)``: a product of two activations).
@@ -83,6 +86,7 @@ class Rule:
     replacement: int | None = 0
     fit: Callable | None = None
     fit_group: Callable | None = None
+    skeleton: Callable | None = None
 
     def __post_init__(self):
         if self.role in (Role.SPIKING, Role.EXPANDED) and self.build is None:
@@ -128,20 +132,21 @@ def match(gm: fx.GraphModule, node: fx.Node, dependent: set[fx.Node]) -> Rule | 
 
 def module_rule(name: str, types: tuple[type, ...], role: Role, *, build: Build | None = None,
                 when: Callable[[nn.Module], bool] | None = None, inputs: tuple[int, ...] = (0,),
-                fit: Callable | None = None, fit_group: Callable | None = None) -> Rule:
+                fit: Callable | None = None, fit_group: Callable | None = None,
+                skeleton: Callable | None = None) -> Rule:
     """A rule claiming ``call_module`` nodes of the given module ``types`` (and ``when``)."""
     def matches(gm, node, dependent):
         if node.op != "call_module" or node not in dependent:
             return False
         module = gm.get_submodule(node.target)
         return isinstance(module, types) and (when is None or when(module))
-    return Rule(name, role, matches, build=build, inputs=inputs, fit=fit, fit_group=fit_group)
+    return Rule(name, role, matches, build=build, inputs=inputs, fit=fit, fit_group=fit_group, skeleton=skeleton)
 
 
 def function_rule(name: str, functions: Iterable[Callable], role: Role, *, build: Build | None = None,
                   when: Callable[[fx.Node, set[fx.Node]], bool] | None = None, inputs: tuple[int, ...] = (0,),
                   replacement: int | None = 0, dependent_only: bool = True, fit: Callable | None = None,
-                  fit_group: Callable | None = None) -> Rule:
+                  fit_group: Callable | None = None, skeleton: Callable | None = None) -> Rule:
     """A rule claiming ``call_function`` nodes whose target is one of ``functions``."""
     targets = frozenset(functions)
 
@@ -149,19 +154,20 @@ def function_rule(name: str, functions: Iterable[Callable], role: Role, *, build
         return (node.op == "call_function" and node.target in targets and (node in dependent or not dependent_only)
                 and (when is None or when(node, dependent)))
     return Rule(name, role, matches, build=build, inputs=inputs, replacement=replacement, fit=fit,
-                fit_group=fit_group)
+                fit_group=fit_group, skeleton=skeleton)
 
 
 def method_rule(name: str, methods: Iterable[str], role: Role, *, build: Build | None = None,
                 when: Callable[[fx.Node, set[fx.Node]], bool] | None = None, inputs: tuple[int, ...] = (0,),
-                fit: Callable | None = None, fit_group: Callable | None = None) -> Rule:
+                fit: Callable | None = None, fit_group: Callable | None = None,
+                skeleton: Callable | None = None) -> Rule:
     """A rule claiming ``call_method`` nodes (``x.name(...)``) with one of the ``methods`` names."""
     names = frozenset(methods)
 
     def matches(gm, node, dependent):
         return node.op == "call_method" and node.target in names and node in dependent and \
             (when is None or when(node, dependent))
-    return Rule(name, role, matches, build=build, inputs=inputs, fit=fit, fit_group=fit_group)
+    return Rule(name, role, matches, build=build, inputs=inputs, fit=fit, fit_group=fit_group, skeleton=skeleton)
 
 
 # -- energy: what each layer costs ----------------------------------------------------------

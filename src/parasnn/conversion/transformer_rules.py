@@ -86,6 +86,25 @@ def fit_function_site(gm, node, samples, config) -> FunctionNeuron:
     return FunctionNeuron(function, neurons)
 
 
+def function_site_skeleton(gm, node, config) -> FunctionNeuron:
+    """The layer :func:`fit_function_site` builds, with placeholder MBE parameters of the same
+    shapes (one neuron of ``config.bases`` bases per T of ``config.function_time_steps``): the
+    skeleton a saved network's state dict is loaded into (:func:`parasnn.io.checkpoint.load_snn`),
+    so loading needs no calibration data and refits nothing. Its outputs mean nothing until
+    the fitted parameters are loaded."""
+    from ..neurons.mbe import MBEParameters
+    function = site_function(gm, node)
+    bases, dtype = config.bases, torch.get_default_dtype()
+    neurons = {}
+    for steps in config.function_time_steps:
+        ones = torch.ones(bases, steps, dtype=dtype)
+        parameters = MBEParameters(input_scale=torch.ones(bases, dtype=dtype), input_shift=torch.zeros(bases, dtype=dtype),
+                                   threshold=ones, reset=ones.clone(), intensity=ones.clone(),
+                                   weight=torch.zeros(bases, dtype=dtype), output_bias=torch.zeros((), dtype=dtype))
+        neurons[steps] = MBENeuron(parameters, function=function.value)
+    return FunctionNeuron(function, neurons)
+
+
 def _both_carry(node, dependent) -> bool:
     return len(node.args) >= 2 and all(arg in dependent for arg in node.args[:2])
 
@@ -166,11 +185,11 @@ _MATMUL = {operator.matmul, torch.matmul, torch.bmm}
 _FITTED_FUNCTIONS = set(_CALL_FUNCTIONS) | {F.gelu}
 
 register(module_rule("multi-basis function", (nn.GELU, *_MODULE_FUNCTIONS), Role.FITTED, fit=fit_function_site,
-                     fit_group=site_function))
+                     fit_group=site_function, skeleton=function_site_skeleton))
 register(function_rule("multi-basis function call", _FITTED_FUNCTIONS, Role.FITTED, fit=fit_function_site,
-                       fit_group=site_function))
+                       fit_group=site_function, skeleton=function_site_skeleton))
 register(method_rule("multi-basis function method", _METHOD_FUNCTIONS, Role.FITTED, fit=fit_function_site,
-                     fit_group=site_function))
+                     fit_group=site_function, skeleton=function_site_skeleton))
 register(function_rule("product of activations", _MULTIPLY, Role.SPIKING, when=_both_carry, inputs=(0, 1),
                        build=lambda gm, node: SpikingProduct(ProductKind.ELEMENTWISE)))
 register(method_rule("product of activations (method)", {"mul", "mul_"}, Role.SPIKING, when=_both_carry,
