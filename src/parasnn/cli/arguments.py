@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["positive_int", "positive_int_list", "time_steps", "time_steps_list", "device", "dataclass_from_dict",
+__all__ = ["forms_list", "positive_int", "positive_int_list", "time_steps", "time_steps_list", "device", "dataclass_from_dict",
            "config_path"]
 
 _Options = TypeVar("_Options")
@@ -82,3 +82,13 @@ def config_path(output: Path) -> Path:
     """``<stem>.config.json`` beside an output file: where every command writes the options
     it ran with (``runs/x/snn.pt`` → ``runs/x/snn.config.json``)."""
     return Path(output).with_name(Path(output).stem + ".config.json")
+
+
+def forms_list(text: str):
+    """``--forms``: a comma-separated, non-empty subset of parallel,serial."""
+    from ..evaluation.accuracy import Form
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    known = [form.value for form in Form]
+    if not parts or any(part not in known for part in parts):
+        raise argparse.ArgumentTypeError(f"expected parallel, serial or parallel,serial, got {text!r}")
+    return [Form(part) for part in dict.fromkeys(parts)]

@@ -68,7 +68,7 @@ def _network(args, model, spec, checkpoint):
     from ..io.checkpoint import load_snn
     from ..conversion.stages import ConversionConfig, convert
     from ..zoo.models import ActivationKind
-    from .main import check_fitted_time_steps, needs_calibration_data
+    from .checkpoint_commands import check_fitted_time_steps, needs_calibration_data
     if args.snn is not None:
         network, _, _ = load_snn(args.snn)
         check_fitted_time_steps(network, args.time_steps, where=f"--snn {args.snn}")
