@@ -147,3 +147,17 @@ def test_no_plan_is_remembered_and_hooks_make_none(kernels, monkeypatch):
         assert torch.equal(fast(x, time_steps=3), _network()(x, time_steps=3))
         handle.remove()
         assert len(built) == 1  # hooked: no plan was attempted
+
+
+def test_plan_follows_a_change_of_the_levels_a_neuron_keeps(kernels):
+    """At T = 8 > L = 4 a neuron counts over min(T, L) steps; the plan bakes that in, so a
+    changed ``levels`` must invalidate it (the result then follows the new levels)."""
+    network = _network()
+    fast = fuse(network)
+    x = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        fast(x, time_steps=8)
+        for (_, neuron), (_, fused) in zip(network.neurons(), fast.neurons()):
+            neuron.levels = fused.levels = None  # every neuron takes T levels now (the copies own the attribute)
+        expected = network(x, time_steps=8)
+        assert torch.equal(fast(x, time_steps=8), expected)

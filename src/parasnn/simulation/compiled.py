@@ -130,12 +130,12 @@ class CompiledPlan:
     :meth:`valid` says whether it still describes the network."""
 
     def __init__(self, graph_module: fx.GraphModule, *, neurons: list[tuple[nn.Module, str, nn.Module]],
-                 guards: list[tuple[dict, str, Tensor, int]], levels: list[tuple[nn.Module, int, int]],
+                 guards: list[tuple[dict, str, Tensor, int]], levels: list[tuple[nn.Module, tuple[str, ...], tuple]],
                  root: fx.GraphModule, reference: Tensor | None):
         self.graph_module = graph_module
         self.neurons = neurons  # (parent, leaf name, neuron)
         self.guards = guards  # (registry, name, tensor, version) of every tensor a constant came from
-        self.levels = levels  # (PMSM neuron, negative, positive levels)
+        self.levels = levels  # (neuron, names of its level attributes, their values when planned)
         self.root = root
         self.reference = reference
         self.reference_signature = None if reference is None else (reference.dtype, reference.device)
@@ -152,8 +152,8 @@ class CompiledPlan:
         for registry, name, tensor, version in self.guards:
             if registry.get(name) is not tensor or tensor._version != version:
                 return False
-        for neuron, negative, positive in self.levels:
-            if neuron.negative_levels != negative or neuron.positive_levels != positive:
+        for neuron, names, values in self.levels:
+            if tuple(getattr(neuron, name) for name in names) != values:
                 return False
         reference = self.reference
         return reference is None or (reference.dtype, reference.device) == self.reference_signature
@@ -223,6 +223,7 @@ def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: 
                 if constants is None:
                     return output, None
                 kernel, arguments = kernels[0], list(constants)
+                levels.append((module, ("levels",), (module.levels,)))  # the count runs over min(T, L)
             else:
                 threshold = module.threshold
                 if threshold.dtype != dtype or threshold.device != device:
@@ -231,7 +232,8 @@ def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: 
                 kernel, arguments = kernels[1], [threshold, threshold / time_steps,
                                                  -time_steps * module.negative_levels,
                                                  time_steps * module.positive_levels]
-                levels.append((module, module.negative_levels, module.positive_levels))
+                levels.append((module, ("negative_levels", "positive_levels"),
+                               (module.negative_levels, module.positive_levels)))
         index = len(neurons)
         parent_path, _, leaf = node.target.rpartition(".")
         neurons.append((graph_module.get_submodule(parent_path) if parent_path else graph_module, leaf, module))
