@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.fx as fx
 from torch import nn
 
-__all__ = ["fresh_name", "has_path", "set_submodule", "replace_with_module"]
+__all__ = ["fresh_name", "has_path", "set_submodule", "replace_with_module", "module_path", "call_site_name"]
 
 
 def has_path(root: nn.Module, path: str) -> bool:
@@ -24,6 +24,21 @@ def fresh_name(root: nn.Module, base: str) -> str:
     while has_path(root, name):
         name, index = f"{base}_{index}", index + 1
     return name
+
+
+def module_path(node: fx.Node) -> str:
+    """The module a node was traced inside, e.g. ``layer1.0`` (``""`` at the top level)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    # Keys are module paths, innermost last; a module called twice appears as "path@1".
+    return str(next(reversed(stack))).split("@")[0] if stack else ""
+
+
+def call_site_name(root: nn.Module, node: fx.Node) -> str:
+    """A fresh attribute name for the layer that replaces a function or method call: the
+    node's name under the module it was called in (``layer1.0.gelu``), so reports and
+    state dicts say where it came from."""
+    owner = module_path(node)
+    return fresh_name(root, f"{owner}.{node.name}" if owner else node.name)
 
 
 def set_submodule(root: nn.Module, path: str, module: nn.Module) -> None:

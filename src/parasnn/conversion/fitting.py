@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ..datasets.batches import model_inputs
 from ..runtime.progress import progress
-from .editing import fresh_name, replace_with_module, set_submodule
-from .graph import ConversionError, carrying_nodes, classify, describe, module_path
+from .editing import call_site_name, replace_with_module, set_submodule
+from .graph import ConversionError, carrying_nodes, classify, describe
 from .network import device_of
 from .rules import Role
 
@@ -108,8 +108,7 @@ def fit_sites(gm: fx.GraphModule, calibration_data: Iterable | None, config, *,
             set_submodule(gm, node.target, layer)
             node.args, node.kwargs = (node.args[0],), {}
         else:  # a function or method call: a new module named after where it was called
-            owner = module_path(node)
-            name = fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
+            name = call_site_name(gm, node)
             replace_with_module(gm, node, name, layer, (node.args[0],))
     gm.graph.lint()
     gm.recompile()

@@ -17,6 +17,7 @@ import torch.fx as fx
 from torch import nn
 
 from ..neurons.base import ActivationQuantizer, SerialOp
+from .editing import module_path
 from .rules import Role, Rule, match
 
 __all__ = ["ConversionError", "NodeKind", "trace", "classify", "check_convertible", "data_dependent_nodes",
@@ -78,13 +79,6 @@ def _copy_graph(graph: fx.Graph) -> fx.Graph:
     output = new.graph_copy(graph, {})
     new.output(output)
     return new
-
-
-def module_path(node: fx.Node) -> str:
-    """The module a node was traced inside, e.g. ``layer1.0`` (``""`` at the top level)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    # Keys are module paths, innermost last; a module called twice appears as "path@1".
-    return str(next(reversed(stack))).split("@")[0] if stack else ""
 
 
 _SHAPE_METHODS = {"size", "dim", "numel", "nelement"}

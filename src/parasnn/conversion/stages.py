@@ -33,10 +33,10 @@ from ..neurons.base import SpikingNeuron
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS
 from .builtin_rules import RELU6_FUNCTIONS
-from .editing import fresh_name, replace_with_module, set_submodule
+from .editing import call_site_name, fresh_name, replace_with_module, set_submodule
 from .expand import expand_operations
 from .fitting import FitScope, fit_sites
-from .graph import ConversionError, carrying_nodes, check_convertible, classify, describe, module_path, trace
+from .graph import ConversionError, carrying_nodes, check_convertible, classify, describe, trace
 from .network import SpikingNetwork, observe
 from .pooling import RateMaxPool
 from .rules import Role
@@ -155,8 +155,7 @@ def isolate_activations(gm: fx.GraphModule) -> fx.GraphModule:
             name = fresh_name(gm, node.target)
         else:
             module = nn.ReLU6() if node.target in RELU6_FUNCTIONS else nn.ReLU()
-            owner = module_path(node)
-            name = fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
+            name = call_site_name(gm, node)
         replace_with_module(gm, node, name, module, (node.args[0],))
     gm.graph.lint()
     gm.recompile()
@@ -294,8 +293,7 @@ def _spike(gm: fx.GraphModule, neuron: NeuronFactory) -> fx.GraphModule:
                 set_submodule(gm, node.target, spiking)
                 node.args, node.kwargs = tuple(node.args[i] for i in rule.inputs), {}
             else:
-                owner = module_path(node)
-                name = fresh_name(gm, f"{owner}.{node.name}" if owner else node.name)
+                name = call_site_name(gm, node)
                 node = replace_with_module(gm, node, name, spiking, tuple(node.args[i] for i in rule.inputs))
         elif role is Role.IGNORED:
             if rule.replacement is not None:
