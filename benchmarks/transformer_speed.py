@@ -23,10 +23,8 @@ from pathlib import Path
 
 import torch
 
-from parasnn.bench.measure import CLOCKS, Case, machine_info, measure, write_report
-from parasnn.bench.results import ANN_QCFS, PARALLEL, SERIAL
+from parasnn.bench.measure import CLOCKS, machine_info, measure, parasnn_cases, write_report
 from parasnn.conversion.stages import ConversionConfig, convert
-from parasnn.simulation.forms import serial_forward
 
 MODELS = ("minilm", "vit-tiny")
 
@@ -66,15 +64,6 @@ def _vit(batch_size: int, time_steps: tuple[int, ...], bases: int, checkpoint: P
     return model, network, (images,), {"model": "vit-tiny", "batch_size": batch_size, "input_shape": [1, 28, 28]}
 
 
-def cases(model, network, inputs, time_steps) -> list[Case]:
-    result = [Case(ANN_QCFS, None, lambda: model(*inputs))]
-    for t in time_steps:
-        result.append(Case(PARALLEL, t, lambda t=t: network(*inputs, time_steps=t)))
-        result.append(Case(SERIAL, t, lambda t=t: serial_forward(network, *inputs, time_steps=t),
-                           grows_with_time=True))
-    return result
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, of {', '.join(MODELS)}")
@@ -102,7 +91,8 @@ def main(argv=None) -> int:
                 built = (_minilm(batch_size, time_steps, args.bases) if name == "minilm"
                          else _vit(batch_size, time_steps, args.bases, args.vit_checkpoint))
             model, network, inputs, config = built
-            results.append(measure(cases(model, network, inputs, time_steps), config=config, device="cpu",
+            cases = parasnn_cases(ann=model, network=network, inputs=inputs, time_steps=time_steps, trains=False)
+            results.append(measure(cases, config=config, device="cpu",
                                    threads=args.threads, rounds=args.rounds, clock=args.clock,
                                    cap_seconds=args.cap_seconds, log=print))
     machine = machine_info("cpu", args.threads)

@@ -197,21 +197,25 @@ def relu_twin(model: nn.Module) -> nn.Module:
     return twin.eval()
 
 
-def parasnn_cases(*, ann: nn.Module, network: SpikingNetwork, inputs: Tensor, time_steps: Sequence[int],
-                  relu_ann: nn.Module | None = None, serial: bool = True, trains: bool = True) -> list[Case]:
-    """The parasnn engines on one input batch ``(B, ...)``: the ANN with its own activations
-    (``ann``), optionally a ReLU ANN (``relu_ann``), and at every T the parallel network,
-    the parallel network with the spike trains ``(T, B, ...)`` of every neuron layer
-    materialised (:func:`parasnn.simulation.forms.spike_trains`), and the serial simulation."""
-    cases = [Case(ANN_QCFS, None, lambda: ann(inputs))]
+def parasnn_cases(*, ann: nn.Module, network: SpikingNetwork, inputs: Tensor | tuple[Tensor, ...],
+                  time_steps: Sequence[int], relu_ann: nn.Module | None = None, serial: bool = True,
+                  trains: bool = True) -> list[Case]:
+    """The parasnn engines on one input batch ``(B, ...)`` (or a tuple of the model's inputs,
+    e.g. a transformer's ``(ids, mask)``): the ANN with its own activations (``ann``),
+    optionally a ReLU ANN (``relu_ann``), and at every T the parallel network, the parallel
+    network with the spike trains ``(T, B, ...)`` of every neuron layer materialised
+    (:func:`parasnn.simulation.forms.spike_trains`), and the serial simulation."""
+    inputs = inputs if isinstance(inputs, tuple) else (inputs,)
+    cases = [Case(ANN_QCFS, None, lambda: ann(*inputs))]
     if relu_ann is not None:
-        cases.append(Case(ANN_RELU, None, lambda: relu_ann(inputs)))
+        cases.append(Case(ANN_RELU, None, lambda: relu_ann(*inputs)))
     for t in time_steps:
-        cases.append(Case(PARALLEL, t, lambda t=t: network(inputs, time_steps=t)))
+        cases.append(Case(PARALLEL, t, lambda t=t: network(*inputs, time_steps=t)))
         if trains:
-            cases.append(Case(TRAINS, t, lambda t=t: spike_trains(network, inputs, time_steps=t), grows_with_time=True))
+            cases.append(Case(TRAINS, t, lambda t=t: spike_trains(network, *inputs, time_steps=t),
+                              grows_with_time=True))
         if serial:
-            cases.append(Case(SERIAL, t, lambda t=t: serial_forward(network, inputs, time_steps=t),
+            cases.append(Case(SERIAL, t, lambda t=t: serial_forward(network, *inputs, time_steps=t),
                               grows_with_time=True))
     return cases
 

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .fused import BuiltKernels, build_kernels
-from .fused_sources import CPU_FLAGS, MBE_CPU_SOURCE, MBE_CUDA_DECLARATIONS, MBE_CUDA_SOURCE
+from .fused_sources import CPU_FLAGS, CUDA_FLAGS, MBE_CPU_SOURCE, MBE_CUDA_DECLARATIONS, MBE_CUDA_SOURCE
 from .mbe import MBEParameters, check_time_steps, mbe_forward, mbe_spike_count
 from .mbe_functions import ScalarFunction, reduce_input, restore_output
 
@@ -46,7 +46,6 @@ def mbe_cpu_kernels() -> BuiltKernels | None:
 def mbe_cuda_kernels() -> BuiltKernels | None:
     """The fused CUDA MBE operator (nvcc ``--fmad=false``); ``None`` with a warning where it
     cannot be built. Its tests run wherever a GPU is present."""
-    from .fused_sources import CUDA_FLAGS
     return build_kernels("mbe_cuda", {"cpp_sources": MBE_CUDA_DECLARATIONS, "cuda_sources": MBE_CUDA_SOURCE},
                          ["mbe_forward_cuda"], {"extra_cflags": ["-O3"], "extra_cuda_cflags": list(CUDA_FLAGS)})
 

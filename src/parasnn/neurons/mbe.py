@@ -322,14 +322,18 @@ class MBENeuron(SpikingNeuron):
         return value if exponent is None else restore_output(self.function, value, exponent, current)
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
-        from .fused_mbe import fused_mbe_forward  # (imported here: fused_mbe imports this module)
-        neuron_input, exponent = self._reduce(current)
-        value = fused_mbe_forward(neuron_input, parameters=self.parameters_, time_steps=time_steps)
-        return self._restore(value, exponent, current)
+        from . import fused_mbe  # (imported here: fused_mbe imports this module)
+        if self.function is None:
+            return fused_mbe.fused_mbe_forward(current, parameters=self.parameters_, time_steps=time_steps)
+        return fused_mbe.fused_function_value(current, function=self.function, parameters=self.parameters_,
+                                              time_steps=time_steps)
 
     def spike_count(self, current: Tensor, *, time_steps: int) -> Tensor:
-        from .fused_mbe import fused_mbe_spike_count
-        return fused_mbe_spike_count(self._reduce(current)[0], parameters=self.parameters_, time_steps=time_steps)
+        from . import fused_mbe
+        if self.function is None:
+            return fused_mbe.fused_mbe_spike_count(current, parameters=self.parameters_, time_steps=time_steps)
+        return fused_mbe.fused_function_spike_count(current, function=self.function, parameters=self.parameters_,
+                                                    time_steps=time_steps)
 
     def spike_train(self, current: Tensor, *, time_steps: int) -> Tensor:
         """``(T, N, *S)``: the basis axis follows time (a neuron has N spike outputs)."""

@@ -223,7 +223,8 @@ def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: 
                 if constants is None:
                     return output, None
                 kernel, arguments = kernels[0], list(constants)
-                levels.append((module, ("levels",), (module.levels,)))  # the count runs over min(T, L)
+                steps = module.counting_steps(time_steps)  # min(T, L) for a neuron keeping L levels
+                levels.append((module, ("levels",), (module.levels,)))
             else:
                 threshold = module.threshold
                 if threshold.dtype != dtype or threshold.device != device:
@@ -234,6 +235,7 @@ def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: 
                                                  time_steps * module.positive_levels]
                 levels.append((module, ("negative_levels", "positive_levels"),
                                (module.negative_levels, module.positive_levels)))
+                steps = time_steps
         index = len(neurons)
         parent_path, _, leaf = node.target.rpartition(".")
         neurons.append((graph_module.get_submodule(parent_path) if parent_path else graph_module, leaf, module))
@@ -245,7 +247,6 @@ def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: 
                     attributes[name] = value
                     value = graph.get_attr(name)
                 args.append(value)
-            steps = module.counting_steps(time_steps) if isinstance(module, FusedIFNeuron) else time_steps
             args += [steps, bool(module.overwrite_input)]
             call = graph.call_function(kernel, tuple(args))
         node.replace_all_uses_with(call)
