@@ -11,7 +11,6 @@ import copy
 from typing import Iterable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..conversion.network import SpikingNetwork, device_of
@@ -26,6 +25,7 @@ from .baseline import Swapped, batchnorms, if_neurons
 from .batches import batch_order, inputs_of, labelled, materialise
 from .config import CalibrationConfig, CalibrationError, QuantizerGradient, Stage
 from .guard import keep_if_better
+from .objective import TeacherLogits, calibration_loss, require_teacher
 from .optim import stage_optimizer
 from .report import StageReport
 from .terms import BatchNormTerms, apply_terms
@@ -113,15 +113,16 @@ def _statistics_pass(network: SpikingNetwork, norms: dict[str, nn.Module], batch
         bn.eval()
 
 
-def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig
-                  ) -> tuple[BatchNormTerms, StageReport]:
+def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,
+                  teacher: TeacherLogits | None = None) -> tuple[BatchNormTerms, StageReport]:
     """Stage 1 as data: BatchNorm statistics and affine terms re-fitted on the DA-QCFS ANN at
     ``config.time_steps`` (the parallel network itself). Everything else is frozen;
     ``network`` is not modified.
 
     1. statistics pass: running mean / variance = the average over the training batches
        of the batch statistics (Eq. 10), layers in train mode, no gradients;
-    2. affine fine-tuning: γ, β only, cross-entropy, AdamW without weight decay, linear
+    2. affine fine-tuning: γ, β only, on ``config.objective`` (the labels' cross-entropy, or
+       the distillation loss to ``teacher``'s logits), AdamW without weight decay, linear
        warm-up + cosine, ``config.bn.epochs`` passes, batch statistics in the forward pass;
     3. a final statistics pass, so the running statistics describe the network with its
        final γ, β (the fine-tuning changed the inputs of every later BN).
@@ -134,6 +135,7 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
     gradients are averaged.
     """
     batches = materialise(batches, where="stage bn")
+    require_teacher(config.objective, teacher, where="stage bn")
     working = copy.deepcopy(network)
     norms = batchnorms(working)
     if not norms:
@@ -168,8 +170,10 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
                 order = batch_order(len(batches), seed=config.seed, epoch=epoch)
                 for index in progress(order, description=f"stage bn T={T} {epoch + 1}/{options.epochs}"):
                     inputs, labels = labelled(batches[index], where="stage bn")
-                    logits = working.graph_module(T, inputs.to(device))
-                    loss = F.cross_entropy(logits, labels.to(device))
+                    inputs = inputs.to(device)
+                    logits = working.graph_module(T, inputs)
+                    loss = calibration_loss(logits, labels.to(device), teacher and teacher(index, inputs),
+                                            objective=config.objective, temperature=config.temperature)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     distributed.average_gradients(affine)
@@ -183,15 +187,16 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
     terms = BatchNormTerms({path: {name: getattr(bn, name).detach().clone() for name in BN_TERMS
                                    if getattr(bn, name, None) is not None}
                             for path, bn in norms.items()})
-    details = {"layers": len(norms), "gradient": options.gradient.value,
+    details = {"layers": len(norms), "gradient": options.gradient.value, "objective": config.objective.value,
                "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
     return terms, StageReport(Stage.BN.value, steps=steps, details=details)
 
 
 def recalibrate_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,
-                          validation: Sequence = ()) -> tuple[SpikingNetwork, StageReport]:
+                          validation: Sequence = (), teacher: TeacherLogits | None = None
+                          ) -> tuple[SpikingNetwork, StageReport]:
     """Stage 1 on a network: :func:`fit_batchnorm`, :func:`~.terms.apply_terms`, then the guard
     (:func:`~.guard.keep_if_better` on ``validation``). Returns a new network, every BN in eval
     mode and nothing trainable."""
-    terms, report = fit_batchnorm(network, batches, config=config)
+    terms, report = fit_batchnorm(network, batches, config=config, teacher=teacher)
     return keep_if_better(network, apply_terms(network, terms), report, list(validation), config=config)

@@ -10,7 +10,6 @@ import copy
 from typing import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..conversion.network import SpikingNetwork, device_of, observe
@@ -20,6 +19,7 @@ from .baseline import if_neurons
 from .batches import any_batches, batch_order, inputs_of, labelled, materialise
 from .config import CalibrationConfig, Stage
 from .guard import evaluate_loss
+from .objective import TeacherLogits, calibration_loss, require_teacher
 from .optim import stage_optimizer
 from .report import StageReport
 from .terms import BiasTerms, apply_terms
@@ -54,11 +54,13 @@ def _neuron_channels(network: SpikingNetwork, batch, *, time_steps: int) -> dict
 
 
 def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,
-                      validation: Iterable | None = None) -> tuple[BiasTerms, StageReport]:
+                      validation: Iterable | None = None, teacher: TeacherLogits | None = None
+                      ) -> tuple[BiasTerms, StageReport]:
     """Stage 2 as data: one Δb per channel in every neuron (``temporal_bias``, ``(C,)``),
     trained at ``config.time_steps`` through the parallel rule
-    ``s_t = H((U + ψ)/(T − t + 1) + Δb − θ)`` with the triangle surrogate, on the
-    cross-entropy of the time-averaged logits. Everything else is frozen, BN included (eval
+    ``s_t = H((U + ψ)/(T − t + 1) + Δb − θ)`` with the triangle surrogate, on
+    ``config.objective`` of the time-averaged logits (the labels' cross-entropy, or the
+    distillation loss to ``teacher``'s logits; :mod:`.objective`). Everything else is frozen, BN included (eval
     mode); ``network`` is not modified.
 
     AdamW (no weight decay), linear warm-up + cosine, gradient-norm clipping at
@@ -72,6 +74,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
     so training stores what the ANN's backward would, whatever T.
     """
     batches = materialise(batches, where="stage bias")
+    require_teacher(config.objective, teacher, where="stage bias")
     validation = list(validation) if validation is not None else []
     working = copy.deepcopy(network).eval()  # BN frozen with its running statistics; dropout off
     neurons = if_neurons(working, where="stage bias")
@@ -106,8 +109,10 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
         order = batch_order(len(batches), seed=config.seed + 1, epoch=epoch)
         for index in progress(order, description=f"stage bias T={T} {epoch + 1}/{options.epochs}"):
             inputs, labels = labelled(batches[index], where="stage bias")
-            logits = working(inputs.to(device), time_steps=T)  # time-averaged logits, one pass
-            loss = F.cross_entropy(logits, labels.to(device))
+            inputs = inputs.to(device)
+            logits = working(inputs, time_steps=T)  # time-averaged logits, one pass
+            loss = calibration_loss(logits, labels.to(device), teacher and teacher(index, inputs),
+                                    objective=config.objective, temperature=config.temperature)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             distributed.average_gradients(parameters)
@@ -129,7 +134,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
         if stopped:
             break
     learned = best_state if has_validation else snapshot()
-    details = {"stopped_early": stopped, "best_validation_loss": best_loss if has_validation else None,
+    details = {"objective": config.objective.value, "stopped_early": stopped, "best_validation_loss": best_loss if has_validation else None,
                "validations": history, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None,
                "mean_abs_bias": float(torch.cat([b.flatten() for b in learned.values()]).abs().mean()),
@@ -138,9 +143,10 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
 
 
 def correct_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,
-                          validation: Iterable | None = None) -> tuple[SpikingNetwork, StageReport]:
+                          validation: Iterable | None = None, teacher: TeacherLogits | None = None
+                          ) -> tuple[SpikingNetwork, StageReport]:
     """Stage 2 on a network: :func:`fit_temporal_bias` then :func:`~.terms.apply_terms`.
     Returns a new network (Δb frozen, ``requires_grad=False``). Stage bias needs no guard:
     it already keeps its best held-out biases."""
-    terms, report = fit_temporal_bias(network, batches, config=config, validation=validation)
+    terms, report = fit_temporal_bias(network, batches, config=config, validation=validation, teacher=teacher)
     return apply_terms(network, terms), report

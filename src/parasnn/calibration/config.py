@@ -25,8 +25,9 @@ from typing import Any, Iterable, Mapping
 
 from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic
 from ..runtime.checks import require_positive_int
+from .objective import Objective
 
-__all__ = ["Stage", "STAGE_ORDER", "parse_stages", "QuantizerGradient", "CalibrationError", "DAConfig",
+__all__ = ["Stage", "STAGE_ORDER", "parse_stages", "QuantizerGradient", "Objective", "CalibrationError", "DAConfig",
            "BatchNormConfig", "BiasConfig", "CalibrationConfig", "FLAT_NAMES"]
 
 
@@ -202,6 +203,10 @@ class CalibrationConfig:
             stage 2 stops early on their loss, reports show their accuracy after each stage.
         training_size: images of the training set the stages learn on when they learn on the
             training set (``None``: all of it; a number: a seeded random sample, for speed).
+    Objective of stages bn and bias (:mod:`.objective`, docs/maths.md §4e):
+        objective: ``Objective.LABELS`` (the labels' cross-entropy, [STDC]) or
+            ``Objective.DISTILLATION`` (KL divergence to the ANN's logits; beyond the paper).
+        temperature: τ of the distillation objective (ignored for the labels).
     ReLU backbones (docs/maths.md §4d):
         percentile: activation percentile recorded as θ (100: the maximum).
         levels: L of the QCFS proxy kept in the checkpoint (does not affect the SNN at T).
@@ -226,6 +231,8 @@ class CalibrationConfig:
     levels: int = 8
     warmup_fraction: float = 0.1
     revert_if_worse: bool = True
+    objective: Objective = Objective.LABELS
+    temperature: float = 1.0
     da: DAConfig = DAConfig()
     bn: BatchNormConfig = BatchNormConfig()
     bias: BiasConfig = BiasConfig()
@@ -233,7 +240,8 @@ class CalibrationConfig:
     def __init__(self, *, stages: str | Iterable[str | Stage] = STAGE_ORDER, time_steps: int = 4,
                  batch_size: int = 64, seed: int = 0, validation_fraction: float = 0.2,
                  training_size: int | None = None, percentile: float = 99.9, levels: int = 8,
-                 warmup_fraction: float = 0.1, revert_if_worse: bool = True, da: DAConfig | None = None,
+                 warmup_fraction: float = 0.1, revert_if_worse: bool = True,
+                 objective: Objective | str = Objective.LABELS, temperature: float = 1.0, da: DAConfig | None = None,
                  bn: BatchNormConfig | None = None, bias: BiasConfig | None = None, **flat: Any):
         unknown = sorted(set(flat) - set(FLAT_NAMES))
         if unknown:
@@ -246,7 +254,7 @@ class CalibrationConfig:
         values = dict(stages=stages, time_steps=time_steps, batch_size=batch_size, seed=seed,
                       validation_fraction=validation_fraction, training_size=training_size, percentile=percentile,
                       levels=levels, warmup_fraction=warmup_fraction, revert_if_worse=revert_if_worse,
-                      **stage_configs)
+                      objective=objective, temperature=temperature, **stage_configs)
         for name, value in values.items():
             object.__setattr__(self, name, value)
         self.__post_init__()
@@ -265,6 +273,15 @@ class CalibrationConfig:
         if not 0 <= self.warmup_fraction < 1:
             raise CalibrationError(f"CalibrationConfig: warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
         ThresholdStatistic(self.percentile)  # validates the percentile
+        try:
+            object.__setattr__(self, "objective", Objective(self.objective))
+        except ValueError:
+            raise CalibrationError(f"CalibrationConfig: objective must be one of "
+                                   f"{[o.value for o in Objective]}, got {self.objective!r}") from None
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not self.temperature > 0 or self.temperature == float("inf"):
+            raise CalibrationError(f"CalibrationConfig: temperature must be a finite number > 0, "
+                                   f"got {self.temperature!r}")
 
     def __getattr__(self, name: str):
         # Only reached for names that are not fields: the deprecated flat spelling.
@@ -289,6 +306,7 @@ class CalibrationConfig:
         data = dataclasses.asdict(self)
         data["stages"] = [stage.value for stage in self.stages]
         data["bn"]["gradient"] = self.bn.gradient.value
+        data["objective"] = self.objective.value
         return data
 
     @classmethod

@@ -66,6 +66,7 @@ from .config import (STAGE_ORDER, CalibrationConfig, CalibrationError, Quantizer
 from .da import calibrate_distribution, fit_distribution, layer_errors
 from .batchnorm import recalibrate_batchnorm
 from .guard import evaluate_loss, keep_if_better
+from .objective import Objective, TeacherLogits
 from .report import CalibrationReport, StageReport
 from .terms import Terms, apply_terms
 
@@ -82,11 +83,13 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class StageContext:
     """What every stage may use: the options, the original activations (for da), and the
-    held-out batches (for stage bias's early stopping)."""
+    held-out batches (for stage bias's early stopping), and the ANN's cached logits when the
+    objective is distillation (``None`` otherwise)."""
 
     config: CalibrationConfig
     originals: dict[str, OriginalActivation] | None
     validation: Sequence
+    teacher: TeacherLogits | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,21 +105,23 @@ STAGES: dict[Stage, StageRule] = {
     Stage.DA: StageRule(lambda network, batches, context: fit_distribution(
         network, batches, originals=context.originals, config=context.config), guarded=True),
     Stage.BN: StageRule(lambda network, batches, context: fit_batchnorm(
-        network, batches, config=context.config), guarded=True),
+        network, batches, config=context.config, teacher=context.teacher), guarded=True),
     # Stage bias selects its biases on the held-out batches itself (Δb = 0 included).
     Stage.BIAS: StageRule(lambda network, batches, context: fit_temporal_bias(
-        network, batches, config=context.config, validation=context.validation), guarded=False),
+        network, batches, config=context.config, validation=context.validation, teacher=context.teacher),
+        guarded=False),
 }
 
 
 def run_stages(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,
                originals: dict[str, OriginalActivation] | None = None, validation: Iterable | None = None,
-               from_relu: bool = False) -> tuple[SpikingNetwork, CalibrationReport]:
+               from_relu: bool = False, teacher: nn.Module | None = None) -> tuple[SpikingNetwork, CalibrationReport]:
     """Apply ``config.stages`` to a converted network, in the order da → bn → bias.
 
     ``batches`` train the stages, ``validation`` (optional) is held out: stage 2 stops early
     on it, the guard judges on it and the report gives its loss / accuracy before and after
-    each stage. ``originals`` (from :func:`convert_for_calibration`) is needed for Stage.DA.
+    each stage. ``originals`` (from :func:`convert_for_calibration`) is needed for Stage.DA;
+    ``teacher`` (the ANN) for ``config.objective = Objective.DISTILLATION``.
     Returns a new network; ``network`` is not modified.
     """
     batches = materialise(batches, where="calibration")
@@ -130,8 +135,13 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
                                "drop 'bn' from the stages")
     if batches and any(stage in config.stages for stage in (Stage.BN, Stage.BIAS)):
         labelled(batches[0], where="stages bn and bias")  # labels are needed: fail before any work
+    if config.objective is Objective.DISTILLATION and teacher is None and \
+            any(stage in config.stages for stage in (Stage.BN, Stage.BIAS)):
+        raise CalibrationError("objective 'distillation' learns from the ANN's logits: pass run_stages(..., "
+                               "teacher=ann), or use objective 'labels'")
     has_validation = any_batches(validation)
-    context = StageContext(config=config, originals=originals, validation=validation)
+    context = StageContext(config=config, originals=originals, validation=validation,
+                           teacher=TeacherLogits(teacher) if teacher is not None else None)
 
     def validate(name: str) -> None:
         if has_validation:
@@ -165,7 +175,7 @@ def calibrate_with_report(model: nn.Module, calibration_data: Iterable, *,
     network, originals = convert_for_calibration(model, training, config=config, leaf_modules=leaf_modules)
     from_relu = any(original.levels is None for original in originals.values())
     return run_stages(network, training, config=config, originals=originals, validation=validation,
-                      from_relu=from_relu)
+                      from_relu=from_relu, teacher=model if config.objective is Objective.DISTILLATION else None)
 
 
 def calibrate(model: nn.Module, calibration_data: Iterable, *, config: CalibrationConfig = CalibrationConfig(),

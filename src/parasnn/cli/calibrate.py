@@ -45,7 +45,7 @@ def _stages(text: str):
 
 
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
-    from ..calibration.config import CalibrationConfig, QuantizerGradient
+    from ..calibration.config import CalibrationConfig, Objective, QuantizerGradient
     defaults = CalibrationConfig()
     data = parser.add_argument_group("data")
     data.add_argument("--learn-on", choices=("training", "held-apart"), default="training",
@@ -99,6 +99,12 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
                       help="training steps between validations")
     parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
                         help="share of the training steps of stages bn and bias that warm up linearly")
+    objective = parser.add_argument_group("objective of stages bn and bias")
+    objective.add_argument("--objective", choices=[o.value for o in Objective], default=defaults.objective.value,
+                           help="labels: the labels' cross-entropy ([STDC]); distillation: the KL divergence to the "
+                                f"ANN's logits (beyond the paper; docs/maths.md §4e) (default {defaults.objective.value})")
+    objective.add_argument("--temperature", type=float, default=defaults.temperature,
+                           help=f"τ of the distillation objective (default {defaults.temperature:g})")
 
 
 def add_command(commands) -> None:
@@ -147,6 +153,7 @@ def _config(args, *, stages, time_steps: int):
         training_size=args.training_size if args.learn_on == "training" else None,
         validation_fraction=args.validation_fraction, percentile=args.percentile, levels=args.levels,
         warmup_fraction=args.warmup_fraction, revert_if_worse=not args.no_revert,
+        objective=args.objective, temperature=args.temperature,
         da=DAConfig(momentum=args.momentum, epochs=args.da_epochs, debias=not args.no_da_debias),
         bn=BatchNormConfig(learning_rate=args.bn_lr, final_learning_rate=args.bn_final_lr, epochs=args.bn_epochs,
                            gradient=args.bn_gradient),

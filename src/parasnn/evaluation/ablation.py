@@ -32,6 +32,7 @@ from ..calibration.bias import correct_temporal_bias
 from ..calibration.config import CalibrationConfig, Stage
 from ..calibration.da import calibrate_distribution
 from ..calibration.guard import evaluate_loss
+from ..calibration.objective import Objective, TeacherLogits
 from ..conversion.stages import isolate_activations
 from ..conversion.graph import trace
 from ..conversion.network import SpikingNetwork, device_of
@@ -204,6 +205,7 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
     base, originals = convert_for_calibration(model, training, config=config.replace(time_steps=time_steps[0]))
     from_relu = any(o.levels is None for o in originals.values())
     model = copy.deepcopy(model).eval()  # the caller's model keeps its mode
+    teacher = TeacherLogits(model) if config.objective is Objective.DISTILLATION else None
     ann_accuracy, ann_loss, samples, _ = _accuracy_and_loss(lambda x: model(x.to(device)), test, description="ANN")
     report = AblationReport(model=model_name or type(model).__name__, dataset=dataset, from_relu=from_relu,
                             ann_accuracy=ann_accuracy, ann_loss=ann_loss, samples=samples, config=config)
@@ -228,15 +230,16 @@ def run_ablation(model: nn.Module, calibration_data: Iterable, test_data: Iterab
             seconds: dict[str, float] = {"baseline": da_seconds}
             stamp = time.perf_counter()
             networks["spatial"], reports["bn"] = recalibrate_batchnorm(start, training, config=step_config,
-                                                                       validation=validation)
+                                                                       validation=validation, teacher=teacher)
             reverted = {stage for stage, stage_report in reports.items() if stage_report.details.get("reverted")}
             seconds["spatial"] = da_seconds + time.perf_counter() - stamp
             stamp = time.perf_counter()
-            networks["temporal"], _ = correct_temporal_bias(start, training, config=step_config, validation=validation)
+            networks["temporal"], _ = correct_temporal_bias(start, training, config=step_config, validation=validation,
+                                                     teacher=teacher)
             seconds["temporal"] = da_seconds + time.perf_counter() - stamp
             stamp = time.perf_counter()
             networks["full"], _ = correct_temporal_bias(networks["spatial"], training, config=step_config,
-                                                        validation=validation)
+                                                        validation=validation, teacher=teacher)
             seconds["full"] = seconds["spatial"] + time.perf_counter() - stamp
             baseline_accuracy, correct, cells = None, {}, []
             for name, stages in VARIANTS:
