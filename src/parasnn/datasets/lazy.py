@@ -126,8 +126,8 @@ class LazyBatches(Sequence):
                 yield self[index]
             return
         # In order, with prefetch: the workers decode the next batches while this one is used.
-        loader = DataLoader(self.dataset, batch_sampler=[list(self.rows(i)) for i in range(count)],
-                            num_workers=self.workers, prefetch_factor=2, collate_fn=default_collate)
+        loader = DataLoader(self.dataset, batch_sampler=_BatchRows(self), num_workers=self.workers,
+                            prefetch_factor=2, collate_fn=default_collate)
         for batch in loader:
             yield self._moved(batch)
 
@@ -149,3 +149,17 @@ class LazyBatches(Sequence):
         if self.device is None:
             return batch
         return move_batch(batch, self.device)
+
+
+class _BatchRows:
+    """The rows of every batch of ``batches`` in order, as a loader's batch sampler: made one
+    batch at a time (a list of every row of an ImageNet training set would be ~45 MB)."""
+
+    def __init__(self, batches: LazyBatches):
+        self.batches = batches
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (list(self.batches.rows(index)) for index in range(len(self.batches)))
