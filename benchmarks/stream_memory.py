@@ -1,6 +1,7 @@
 """Peak memory of the streamed image-folder reader against the folder's size.
 
     python benchmarks/stream_memory.py --sizes 10000,100000 --workers 2
+    python benchmarks/stream_memory.py --sizes 10000,40000 --pixels 32 --calibrate da [--listed]
 
 Generates (once, reused) folders of small random RGB PNGs under ``--root``
 (``<root>/n<N>/train/<class>/<i>.png``, 10 classes, plus a 1 000-image test split), then,
@@ -9,11 +10,26 @@ for every size in a fresh process: builds :func:`parasnn.datasets.streaming.stre
 :func:`parasnn.datasets.streaming.stream_loader` with ``--workers`` processes. Reports the
 peak resident memory of the main process and of the largest worker (``getrusage``), and with
 ``--in-memory`` the same for the in-memory reader (``load_dataset("image-folder")``).
+
+``--calibrate STAGES`` measures calibration instead of one epoch: a small ReLU/BatchNorm
+network is calibrated (:func:`parasnn.calibration.pipeline.calibrate`, ``STAGES`` e.g. ``da``
+or ``bn``; the ReLU thresholds are recorded first) learning on the *whole* training split as
+:func:`parasnn.datasets.splits.batch_sequence` gives it — lazy batches
+(:class:`parasnn.datasets.lazy.LazyBatches`), decoded when used — and judged on 256 test
+images; with ``--listed`` also on the same batches held in a list (what calibration did before
+the batches were lazy). Lazy, the peak should not grow with the folder; listed, it grows by
+the decoded float32 images (``size × 3 × pixels² × 4`` bytes). With glibc's default
+allocator the lazy peak still creeps up by tens of MiB per fourfold size: freed batch buffers
+raise glibc's dynamic mmap threshold, later batches come from a heap that fragments; with
+``--mmap-threshold 131072`` (sets ``MALLOC_MMAP_THRESHOLD_`` in the child: large buffers
+always mapped and returned) the peak is flat, which shows no batch is kept (slower: a page
+fault per fresh buffer).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -84,6 +100,42 @@ def measure(folder: Path, *, workers: int, batch_size: int, in_memory: bool) -> 
             "largest_worker_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib, 1)}
 
 
+def measure_calibration(folder: Path, *, workers: int, batch_size: int, stages: str, listed: bool) -> dict:
+    """Run in a child process: calibrate on every training image of ``folder``, report peak RSS."""
+    import torch
+    from torch import nn
+
+    from parasnn.calibration.config import BatchNormConfig, CalibrationConfig
+    from parasnn.calibration.pipeline import calibrate
+    from parasnn.datasets.splits import batch_sequence, make_loader, sample_subset
+    from parasnn.datasets.streaming import stream_image_folder
+
+    torch.set_num_threads(1)
+    baseline = _current_rss_mib()
+    start = time.perf_counter()
+    # Fixed statistics: the statistics pass is the reader's cost, measured above, not calibration's.
+    splits = stream_image_folder(folder, workers=workers, statistics=((0.5,) * 3, (0.25,) * 3))
+    held = list(make_loader(sample_subset(splits.test, 256, seed=1), batch_size=batch_size, shuffle=False,
+                            workers=0))
+    training = batch_sequence(sample_subset(splits.train, None, seed=0), batch_size=batch_size)
+    kind = type(training).__name__
+    if listed:
+        training, kind = list(training), "list"
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, CLASSES)).eval()
+    config = CalibrationConfig(stages=stages, time_steps=2, batch_size=batch_size, validation_fraction=0.0,
+                               bn=BatchNormConfig(epochs=1))
+    calibrate(model, held, config=config, training_data=training)
+    seconds = time.perf_counter() - start
+    kib = 1024
+    return {"images": len(splits.train), "batches": len(training), "training_data": kind,
+            "seconds": round(seconds, 1), "baseline_mib": round(baseline, 1),
+            "main_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / kib, 1),
+            "largest_worker_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / kib, 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10000,100000", help="training images per folder (default 10000,100000)")
@@ -92,13 +144,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--root", type=Path, default=Path("/tmp/parasnn_stream"))
     parser.add_argument("--in-memory", action="store_true", help="also measure the in-memory reader")
+    parser.add_argument("--calibrate", metavar="STAGES",
+                        help="measure calibration on lazy batches of the whole training split (e.g. da or bn)")
+    parser.add_argument("--listed", action="store_true", help="with --calibrate: also on the same batches listed")
+    parser.add_argument("--mmap-threshold", type=int, metavar="BYTES",
+                        help="with --calibrate: MALLOC_MMAP_THRESHOLD_ of the child (a fixed glibc mmap threshold)")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-in-memory", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-listed", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child is not None and args.calibrate:
+        print(json.dumps(measure_calibration(args.child, workers=args.workers, batch_size=args.batch_size,
+                                             stages=args.calibrate, listed=args.child_listed)))
+        return 0
     if args.child is not None:
         print(json.dumps(measure(args.child, workers=args.workers, batch_size=args.batch_size,
                                  in_memory=args.child_in_memory)))
         return 0
+    if args.calibrate:
+        return _calibration_table(args)
     rows = []
     for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
         start = time.perf_counter()
@@ -120,6 +184,35 @@ def main(argv: list[str] | None = None) -> int:
         above = round(r["main_peak_mib"] - r.get("baseline_mib", float("nan")), 1)
         print(f"| {r['reader']} | {r['size']} | {r['main_peak_mib']} | {above} | {r['largest_worker_peak_mib']} | "
               f"{r['build_seconds']} | {r['epoch_seconds']} |")
+    return 0
+
+
+def _calibration_table(args) -> int:
+    rows = []
+    for size in [int(s) for s in args.sizes.split(",") if s.strip()]:
+        folder = generate(args.root, size, pixels=args.pixels)
+        for listed in ([False, True] if args.listed else [False]):
+            command = [sys.executable, __file__, "--child", str(folder), "--workers", str(args.workers),
+                       "--batch-size", str(args.batch_size), "--calibrate", args.calibrate] + \
+                (["--child-listed"] if listed else [])
+            environment = dict(os.environ)
+            if args.mmap_threshold is not None:
+                environment["MALLOC_MMAP_THRESHOLD_"] = str(args.mmap_threshold)
+            result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True,
+                                               env=environment).stdout)
+            result.update(size=size)
+            rows.append(result)
+            print(json.dumps(result), file=sys.stderr, flush=True)
+    print(f"Calibration (stages {args.calibrate}, ReLU thresholds first) learning on every training image, "
+          f"{args.pixels}×{args.pixels} RGB, batch {args.batch_size}, {args.workers} decoding workers, "
+          f"MALLOC_MMAP_THRESHOLD_={args.mmap_threshold or 'glibc default'}; peak RSS "
+          "of the main process and above its RSS after importing torch and parasnn (baseline).\n")
+    print("| training data | training images | batches | main peak (MiB) | main peak − baseline (MiB) "
+          "| largest worker peak (MiB) | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        print(f"| {r['training_data']} | {r['size']} | {r['batches']} | {r['main_peak_mib']} | "
+              f"{round(r['main_peak_mib'] - r['baseline_mib'], 1)} | {r['largest_worker_peak_mib']} | {r['seconds']} |")
     return 0
 
 

@@ -165,7 +165,8 @@ def _config(args, *, stages, time_steps: int):
 def _shard_loader(dataset, *, batch_size: int):
     """Batches of ``dataset`` in order; under torchrun this process's shard, so that batch i
     of all processes together is batch i of one process with the global ``batch_size``.
-    A streamed image folder's batches are decoded when used (memory independent of its size)."""
+    A streamed image folder's batches are a :class:`~parasnn.datasets.lazy.LazyBatches`:
+    decoded when a stage uses them, none kept (memory independent of the folder's size)."""
     from ..runtime import distributed
     from ..datasets.splits import batch_sequence
     size = distributed.world_size()
@@ -215,12 +216,6 @@ def _load(args):
     held = held_apart_sample(splits.train, config=train_config, size=args.calibration_size, seed=args.seed)
     _check_finite_data(held, where=f"calibration data of {splits.info.name} ({splits.info.source})")
     training = None
-    from ..datasets.splits import is_streamed
-    if args.learn_on == "training" and args.training_size is None and is_streamed(splits.train):
-        # The stages hold the batches they learn on in memory (calibration/batches.materialise).
-        print(f"note: {splits.info.source} streams from disk, but calibration holds the images it learns on in "
-              f"memory: all {len(splits.train)} training images here; --training-size N bounds them",
-              file=sys.stderr)
     if args.learn_on == "training":
         training = _shard_loader(training_sample(splits.train, config=train_config, size=args.training_size,
                                                  seed=args.seed), batch_size=args.batch_size)
@@ -302,22 +297,21 @@ def _command_ablate(args) -> int:
 def _ablate(args) -> int:
     from ..runtime import distributed
     from ..evaluation.ablation import PlotRequest, format_markdown, run_ablation
-    from ..datasets.data import make_loader
     from ..io.files import check_output_directory, check_outputs, write_json, write_text
     config = _config(args, stages=(), time_steps=args.time_steps[0])
     check_output_directory(args.out, what="--out")
     check_outputs({f"--out's {name}": args.out / name for name in ("ablation.md", "ablation.json",
                                                                     "ablation.config.json")},
                   inputs={"checkpoint": args.checkpoint})
-    from ..datasets.splits import is_streamed, sample_subset
+    from ..datasets.splits import batch_sequence, sample_subset
     model, spec, checkpoint, splits, batches, training = _load(args)
     model = model.to(args.device)
     test = splits.test
     if args.limit is not None:
         test = sample_subset(test, args.limit, seed=0)  # across classes; the same images for every run
-    # Shards without the sampler's padding, so that every test image counts once.
-    test_loader = make_loader(distributed.shard(test), batch_size=256, shuffle=False)
-    test_batches = test_loader if is_streamed(test) else list(test_loader)  # streamed: decoded per pass
+    # Shards without the sampler's padding, so that every test image counts once; a streamed
+    # test set as lazy batches (decoded per pass, none kept), in memory as a list.
+    test_batches = batch_sequence(distributed.shard(test), batch_size=256)
     plots = None
     if args.plots:
         layers = tuple(p.strip() for p in args.layers.split(",") if p.strip()) if args.layers else None

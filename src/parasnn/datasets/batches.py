@@ -2,9 +2,10 @@
 unpacks a batch, for every module that iterates over data."""
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["inputs_of", "inputs_and_labels", "model_inputs"]
+__all__ = ["inputs_of", "inputs_and_labels", "model_inputs", "move_batch"]
 
 
 def inputs_of(batch) -> Tensor:
@@ -26,3 +27,13 @@ def model_inputs(batch) -> tuple[Tensor, ...]:
     for a model of several inputs (``((input_ids, attention_mask), labels)``)."""
     inputs = inputs_of(batch)
     return tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+
+
+def move_batch(batch, device: torch.device):
+    """``batch`` with every tensor in it (nested tuples and lists included, their types kept)
+    moved to ``device``; anything else as it is."""
+    if isinstance(batch, Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(move_batch(part, device) for part in batch)
+    return batch

@@ -219,14 +219,14 @@ def make_loader(
 def batch_sequence(dataset: Dataset, *, batch_size: int, num_replicas: int = 1, rank: int = 0):
     """Batches of ``dataset`` in order that can be indexed and counted (what calibration
     needs): for in-memory data a list of the loader's batches; for a streamed folder a
-    :class:`parasnn.datasets.streaming.LazyBatches` that decodes a batch when it is indexed,
-    so memory does not grow with the data. With ``num_replicas > 1``, this ``rank``'s share
+    :class:`parasnn.datasets.lazy.LazyBatches` that decodes a batch when it is used (item i
+    bit-equal to the loader's batch i), so memory does not grow with the data. With ``num_replicas > 1``, this ``rank``'s share
     as a ``DistributedSampler`` without shuffling gives it (``batch_size`` per process)."""
     if num_replicas > 1:
         rows = torch.tensor(list(DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)),
                             dtype=torch.int64)
         dataset = take(dataset, rows)
     if is_streamed(dataset):
-        from .streaming import LazyBatches
+        from .lazy import LazyBatches
         return LazyBatches(dataset, batch_size)
     return list(make_loader(dataset, batch_size=batch_size, shuffle=False))

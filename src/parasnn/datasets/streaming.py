@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .folder import GRAYSCALE_MODES, IMAGE_SUFFIXES, import_pil
 from .info import DataError, DatasetInfo, DatasetName
+from .lazy import LazyBatches  # its home was here; re-exported for older imports
 from .splits import make_loader
 from .transforms import normalize
 
@@ -280,31 +281,3 @@ def stream_loader(dataset: Dataset, *, batch_size: int, shuffle: bool, seed: int
     seeding, shuffling and distributed rules of :func:`parasnn.datasets.data.make_loader`)."""
     return make_loader(dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
                        distributed=distributed, num_replicas=num_replicas, rank=rank, workers=workers)
-
-
-class LazyBatches(Sequence):
-    """Batches ``(images, labels)`` of a dataset, decoded when indexed: ``batches[i]`` is
-    examples ``i·batch_size …`` in order, ``len(batches)`` their number. For the code that
-    indexes its batches (calibration shuffles batch indices) without holding every decoded
-    image of a streamed folder in memory."""
-
-    def __init__(self, dataset: Dataset, batch_size: int):
-        if batch_size < 1:
-            raise ValueError(f"LazyBatches: batch_size must be >= 1, got {batch_size}")
-        self.dataset = dataset
-        self.batch_size = batch_size
-
-    def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"batch {index} of {len(self)}")
-        start = index * self.batch_size
-        items = [self.dataset[i] for i in range(start, min(start + self.batch_size, len(self.dataset)))]
-        return torch.stack([image for image, _ in items]), torch.tensor([label for _, label in items],
-                                                                       dtype=torch.int64)
