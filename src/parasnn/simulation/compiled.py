@@ -194,7 +194,9 @@ class CompiledPlan:
         return reference is None or (reference.dtype, reference.device) == self.reference_signature
 
     def __call__(self, time_steps: int, *inputs: Tensor) -> Tensor:
-        return self.graph_module(time_steps, *inputs)
+        # The generated forward itself: the plan's module is private (no hooks can be on it),
+        # so nn.Module.__call__ and fx's call wrapper would only add their Python per call.
+        return self.graph_module.forward(time_steps, *inputs)
 
 
 def _probe_currents(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: int):
