@@ -204,3 +204,36 @@ def test_plan_module_holds_layers_as_plain_attributes(kernels):
     assert not module._modules and not module._buffers and not module._parameters
     targets = [node.target for node in module.graph.nodes if node.op in ("call_module", "get_attr")]
     assert targets and all("." not in target and target in module.__dict__ for target in targets)
+
+
+class _Gained(nn.Module):
+    """A network whose graph reads a parameter and a buffer directly (fx get_attr nodes)."""
+
+    def __init__(self):
+        super().__init__()
+        from parasnn.neurons.qcfs import QCFS
+        self.body = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4))
+        self.act = QCFS(levels=4, threshold=1.0)
+        self.gain = nn.Parameter(torch.randn(1, 4, 1, 1))
+        self.register_buffer("offset", torch.randn(1, 4, 1, 1))
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc((self.act(self.body(x)) * self.gain + self.offset).flatten(1))
+
+
+def test_plan_reads_attributes_live_and_follows_a_replaced_one(kernels):
+    torch.manual_seed(0)
+    network = convert(_Gained().eval())
+    fast = fuse(network)
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert torch.equal(fast(x, time_steps=4), network(x, time_steps=4))  # makes the plan
+        plan = fast._plans[next(reversed(fast._plans))]
+        fast.graph_module.gain.mul_(2.0)  # shared with network, in place: the plan reads it live
+        assert torch.equal(fast(x, time_steps=4), network(x, time_steps=4)) and plan.valid()
+        replacement = torch.randn(1, 4, 1, 1)
+        fast.graph_module.offset = replacement  # a new buffer in the fused network only
+        assert not plan.valid()
+        network.graph_module.offset = replacement
+        assert torch.equal(fast(x, time_steps=4), network(x, time_steps=4))

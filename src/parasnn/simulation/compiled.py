@@ -136,15 +136,16 @@ class CompiledPlan:
     (the arguments its own forward would pass). ``plan(time_steps, *inputs)`` runs it;
     :meth:`valid` says whether it still describes the network.
 
-    ``neurons`` and ``layers``: ``(parent, leaf name, module)`` of every neuron and of every
-    other layer the plan calls; ``guards``: ``(registry, name, tensor, version)`` of every
-    tensor a constant came from; ``levels``: ``(neuron, names of its level attributes, their
-    values when planned)``."""
+    ``neurons``: ``(parent, leaf name, neuron)`` of every neuron; ``layers``: ``(registry,
+    name, object)`` of every other layer the plan calls and attribute it reads (the
+    registry is the owner's ``_modules``, ``_parameters``, ``_buffers`` or ``__dict__``);
+    ``guards``: ``(registry, name, tensor, version)`` of every tensor a constant came from;
+    ``levels``: ``(neuron, names of its level attributes, their values when planned)``."""
 
     def __init__(self, graph_module: fx.GraphModule, *, neurons: list[tuple[nn.Module, str, nn.Module]],
                  guards: list[tuple[dict, str, Tensor, int]], levels: list[tuple[nn.Module, tuple[str, ...], tuple]],
                  root: fx.GraphModule, reference: Tensor | None,
-                 layers: list[tuple[nn.Module, str, nn.Module]] = ()):
+                 layers: list[tuple[dict, str, object]] = ()):
         self.graph_module = graph_module
         self.neurons = neurons
         self.guards = guards
@@ -153,12 +154,12 @@ class CompiledPlan:
         self.reference = reference
         self.reference_signature = None if reference is None else (reference.dtype, reference.device)
         # valid() runs before every call: its checks are kept as parallel lists that map()
-        # walks in C (a Python loop over DenseNet-121's 121 neurons and 605 tensors cost
-        # ≈ 0.3 ms a call, ≈ 1 % of the network at batch 1; these ≈ 0.05 ms).
-        modules = list(neurons) + list(layers)
-        self._module_registries = [parent._modules for parent, _, _ in modules]
-        self._module_leaves = [leaf for _, leaf, _ in modules]
-        self._called = [module for _, _, module in modules]
+        # walks in C, not Python loops (DenseNet-121 at batch 1: 0.11–0.19 ms a call with
+        # its 246 layers checked too, where loops over the neurons alone took 0.14–0.25 ms).
+        owned = [(parent._modules, leaf, neuron) for parent, leaf, neuron in neurons] + list(layers)
+        self._module_registries = [registry for registry, _, _ in owned]
+        self._module_leaves = [leaf for _, leaf, _ in owned]
+        self._called = [value for _, _, value in owned]
         self._neuron_modules = [neuron for _, _, neuron in neurons]
         self._registries = [registry for registry, _, _, _ in guards]
         self._names = [name for _, name, _, _ in guards]
@@ -293,7 +294,8 @@ def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: 
     # and the constants, each under a flat name as a plain instance attribute, so that the
     # generated code's ``self.name`` is one instance-dict hit. The network's own graph reads
     # ``self.features.denseblock1.denselayer1.norm1``: nn.Module.__getattr__ at every level
-    # (≈ 0.3–1 µs each; ≈ 1 500 such reads a call of DenseNet-121, ≈ 3 % of it at batch 1).
+    # (0.7–1.9 µs each on a loaded machine): 2 175 such reads a call of DenseNet-121 against
+    # 1 197 in torchvision's own forward, ≈ 6 % of the plan's time at batch 1 (docs/speed.md).
     named: dict[str, str] = {}  # the graph's target -> the plan's attribute
     layers = []
     for node in graph.nodes:
@@ -304,13 +306,12 @@ def build_plan(network: SpikingNetwork, inputs: tuple[Tensor, ...], time_steps: 
                 named[node.target] = node.target
             else:
                 name = f"_plan_{len(named)}_" + re.sub(r"\W", "_", node.target)
-                if node.op == "call_module":
-                    value = graph_module.get_submodule(node.target)
-                    parent_path, _, leaf = node.target.rpartition(".")
-                    layers.append((graph_module.get_submodule(parent_path) if parent_path else graph_module, leaf,
-                                   value))
-                else:
-                    value = _attribute(graph_module, node.target)
+                parent_path, _, leaf = node.target.rpartition(".")
+                parent = graph_module.get_submodule(parent_path) if parent_path else graph_module
+                value = getattr(parent, leaf)
+                registry = next((r for r in (parent._modules, parent._parameters, parent._buffers) if leaf in r),
+                                parent.__dict__)
+                layers.append((registry, leaf, value))  # valid() checks that it is still there
                 attributes[name] = value
                 named[node.target] = name
         node.target = named[node.target]
@@ -334,12 +335,6 @@ def plain_attributes(module: nn.Module, names) -> None:
             registry.pop(name, None)
         module._non_persistent_buffers_set.discard(name)
         object.__setattr__(module, name, value)
-
-
-def _attribute(module: nn.Module, target: str):
-    for part in target.split("."):
-        module = getattr(module, part)
-    return module
 
 
 class FusedNetwork(SpikingNetwork):
