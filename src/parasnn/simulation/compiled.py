@@ -22,8 +22,8 @@ kernels, same arguments, so the same bits. A plan is used only where it is valid
 autograd (``torch.no_grad`` / ``torch.inference_mode``), no hook on a neuron, on the graph or
 registered globally, none of the neurons' parameters, buffers or levels changed since
 it was made (checked on every call: identity and version counter of every tensor), and no
-layer it calls replaced in its parent module; otherwise the network runs its modules as
-before (and makes a new plan).
+layer it calls or attribute it reads replaced in its owner; otherwise the network runs its
+modules as before (and makes a new plan).
 
 The fused operators are built once per machine (first use: about 1–2 min of C++
 compilation, then loaded from PyTorch's on-disk extension cache in about a second); where
