@@ -161,3 +161,79 @@ def test_plan_follows_a_change_of_the_levels_a_neuron_keeps(kernels):
             neuron.levels = fused.levels = None  # every neuron takes T levels now (the copies own the attribute)
         expected = network(x, time_steps=8)
         assert torch.equal(fast(x, time_steps=8), expected)
+
+
+def test_plan_calls_the_network_layers_and_follows_a_replaced_one(kernels, monkeypatch):
+    """The plan calls the network's own layer objects (a hook on a convolution still runs)
+    and is invalid once a layer is replaced in its parent (the new layer is used)."""
+    network = _network("vgg-small", (1, 12, 12))
+    fast = fuse(network)
+    x = torch.randn(2, 1, 12, 12, generator=torch.Generator().manual_seed(6))
+    path, conv = next((p, m) for p, m in fast.graph_module.named_modules() if isinstance(m, nn.Conv2d))
+    with torch.no_grad():
+        fast(x, time_steps=4)  # makes the plan
+        seen = []
+        handle = conv.register_forward_hook(lambda module, args, output: seen.append(output.shape))
+        expected = network(x, time_steps=4)  # (fuse copied the layers: this hook is not on network's)
+        with monkeypatch.context() as patch:  # the plan runs: no neuron module is called
+            for _, neuron in fast.neurons():
+                patch.setattr(neuron, "forward", None)
+            assert torch.equal(fast(x, time_steps=4), expected)
+        handle.remove()
+        assert len(seen) == 1  # the plan called the layer object that is in the fused network
+        plan = fast._plans[next(reversed(fast._plans))]
+        assert plan.valid()
+        replacement = copy.deepcopy(conv)
+        replacement.weight.mul_(-1.0)
+        parent_path, _, leaf = path.rpartition(".")
+        setattr(fast.graph_module.get_submodule(parent_path), leaf, replacement)
+        assert not plan.valid()
+        setattr(network.graph_module.get_submodule(parent_path), leaf, replacement)
+        assert torch.equal(fast(x, time_steps=4), network(x, time_steps=4))
+
+
+def test_plan_module_holds_layers_as_plain_attributes(kernels):
+    """The plan's module reads its layers and constants from its instance dictionary (no
+    ``nn.Module.__getattr__`` per access) and owns no state of its own."""
+    fast = fuse(_network())
+    x = torch.randn(1, 3, 12, 12)
+    with torch.no_grad():
+        fast(x, time_steps=4)
+    plan = fast._plans[next(reversed(fast._plans))]
+    module = plan.graph_module
+    assert not module._modules and not module._buffers and not module._parameters
+    targets = [node.target for node in module.graph.nodes if node.op in ("call_module", "get_attr")]
+    assert targets and all("." not in target and target in module.__dict__ for target in targets)
+
+
+class _Gained(nn.Module):
+    """A network whose graph reads a parameter and a buffer directly (fx get_attr nodes)."""
+
+    def __init__(self):
+        super().__init__()
+        from parasnn.neurons.qcfs import QCFS
+        self.body = nn.Sequential(nn.Conv2d(2, 4, 3), nn.BatchNorm2d(4))
+        self.act = QCFS(levels=4, threshold=1.0)
+        self.gain = nn.Parameter(torch.randn(1, 4, 1, 1))
+        self.register_buffer("offset", torch.randn(1, 4, 1, 1))
+        self.fc = nn.Linear(4 * 6 * 6, 3)
+
+    def forward(self, x):
+        return self.fc((self.act(self.body(x)) * self.gain + self.offset).flatten(1))
+
+
+def test_plan_reads_attributes_live_and_follows_a_replaced_one(kernels):
+    torch.manual_seed(0)
+    network = convert(_Gained().eval())
+    fast = fuse(network)
+    x = torch.randn(2, 2, 8, 8, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert torch.equal(fast(x, time_steps=4), network(x, time_steps=4))  # makes the plan
+        plan = fast._plans[next(reversed(fast._plans))]
+        fast.graph_module.gain.mul_(2.0)  # shared with network, in place: the plan reads it live
+        assert torch.equal(fast(x, time_steps=4), network(x, time_steps=4)) and plan.valid()
+        replacement = torch.randn(1, 4, 1, 1)
+        fast.graph_module.offset = replacement  # a new buffer in the fused network only
+        assert not plan.valid()
+        network.graph_module.offset = replacement
+        assert torch.equal(fast(x, time_steps=4), network(x, time_steps=4))
