@@ -16,7 +16,7 @@ from ..conversion.network import SpikingNetwork, device_of, observe
 from ..runtime import distributed
 from ..runtime.progress import progress
 from .baseline import if_neurons
-from .batches import any_batches, batch_order, inputs_of, labelled, materialise
+from .batches import any_batches, as_sequence, batch_order, inputs_of, labelled, materialise
 from .config import CalibrationConfig, Stage
 from .guard import evaluate_loss
 from .objective import TeacherLogits, calibration_loss, require_teacher
@@ -75,7 +75,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
     """
     batches = materialise(batches, where="stage bias")
     require_teacher(config.objective, teacher, where="stage bias")
-    validation = list(validation) if validation is not None else []
+    validation = as_sequence(validation)  # a streamed folder's batches stay on disk
     working = copy.deepcopy(network).eval()  # BN frozen with its running statistics; dropout off
     neurons = if_neurons(working, where="stage bias")
     options, T = config.bias, config.time_steps

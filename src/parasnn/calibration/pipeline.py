@@ -58,7 +58,7 @@ from torch import nn
 from ..conversion.network import SpikingNetwork, device_of
 from ..runtime.schedule import warmup_cosine
 from .baseline import OriginalActivation, batchnorms, convert_for_calibration
-from .batches import any_batches, labelled, materialise, on_device, split_batches
+from .batches import any_batches, as_sequence, labelled, materialise, on_device, split_batches
 from .batchnorm import fit_batchnorm
 from .bias import correct_temporal_bias, fit_temporal_bias
 from .config import (STAGE_ORDER, CalibrationConfig, CalibrationError, QuantizerGradient, Stage,
@@ -125,7 +125,7 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
     Returns a new network; ``network`` is not modified.
     """
     batches = materialise(batches, where="calibration")
-    validation = list(validation) if validation is not None else []
+    validation = as_sequence(validation)  # a streamed folder's batches stay on disk
     report = CalibrationReport(config=config, from_relu=from_relu)
     if Stage.DA in config.stages and originals is None:
         raise CalibrationError("stage da needs the original activation of every site (convert_for_calibration)")
