@@ -79,6 +79,17 @@ BACKBONES: dict[str, Backbone] = {
         "vgg-small-relu", Path("runs/fmnist-vgg-small-relu/model.pt"),
         ((*_TRAIN, "--activation", "relu", "--epochs", "15", "--out", "runs/fmnist-vgg-small-relu"),),
         "small VGG, ReLU (training-free conversion), Fashion-MNIST"),
+    # Residual networks through the same rows (issue 14): the same recipes as the VGG twins.
+    "resnet20-qcfs-l4": Backbone(
+        "resnet20-qcfs-l4", Path("runs/fmnist-resnet20-qcfs-l4/model.pt"),
+        (("train", "--model", "resnet20", "--dataset", "fashion-mnist", "--activation", "qcfs", "--levels", "4",
+          "--epochs", "30", "--out", "runs/fmnist-resnet20-qcfs-l4"),),
+        "CIFAR-style ResNet-20, QCFS L = 4, Fashion-MNIST"),
+    "resnet20-relu": Backbone(
+        "resnet20-relu", Path("runs/fmnist-resnet20-relu/model.pt"),
+        (("train", "--model", "resnet20", "--dataset", "fashion-mnist", "--activation", "relu", "--epochs", "15",
+          "--out", "runs/fmnist-resnet20-relu"),),
+        "CIFAR-style ResNet-20, ReLU (training-free conversion), Fashion-MNIST"),
     "vgg-small-pmsm-l4": Backbone(
         "vgg-small-pmsm-l4", Path("runs/pmsm/qann-l4.pt"),
         ((*_TRAIN, "--activation", "signed", "--threshold", "1", "--epochs", "12",
