@@ -168,7 +168,8 @@ class Row:
 
 ROWS: dict[str, Row] = {}
 # The rows the table shows unless --methods says otherwise (SpikingJelly rows are a check).
-DEFAULT_METHODS: list[str] = ["qcfs-serial", "fs-pc-parallel", "fs-pc-dagger", "full", "full-dagger", "pascal",
+DEFAULT_METHODS: list[str] = ["qcfs-serial", "fs-pc-parallel", "fs-pc-dagger", "full", "full-dagger",
+                               "full-distilled", "pascal",
                                "pmsm-parallel", "pmsm-serial"]
 
 
@@ -207,14 +208,15 @@ def fs_pc_parallel(context: Context, time_steps: int) -> RowResult:
     return evaluate_network(context, converted(context), time_steps=time_steps, form=Form.PARALLEL)
 
 
-def _calibrated_row(stages: str):
+def _calibrated_row(stages: str, **options):
     """A row of the main paper's calibration ([STDC]): the backbone calibrated for each T
-    on the held-apart training slice with :func:`parasnn.calibration.pipeline.calibrate` and the given
-    stages (default hyperparameters, :class:`~parasnn.calibration.pipeline.CalibrationConfig`), then run in
-    parallel."""
+    with :func:`parasnn.calibration.pipeline.calibrate` and the given stages (default
+    hyperparameters of :class:`~parasnn.calibration.pipeline.CalibrationConfig`, changed by
+    ``options``), learning on the training set and judged on the held-apart slice, then run
+    in parallel."""
     def function(context: Context, time_steps: int) -> RowResult:
         from parasnn.calibration.pipeline import CalibrationConfig, calibrate
-        config = CalibrationConfig(stages=stages, time_steps=time_steps)
+        config = CalibrationConfig(stages=stages, time_steps=time_steps, **options)
         start = time.perf_counter()
         network = calibrate(context.model, context.calibration_batches, config=config,
                             training_data=context.training_batches)
@@ -230,6 +232,10 @@ row("full", description="main paper: BN recalibration + temporal bias correction
     _calibrated_row("bn,bias"))
 row("full-dagger", description="main paper with †: DA-QCFS + BN recalibration + temporal bias (stages da,bn,bias)")(
     _calibrated_row("da,bn,bias"))
+row("full-labels", description="stages bn,bias on the paper's objective, the labels' cross-entropy")(
+    _calibrated_row("bn,bias", objective="labels"))
+row("full-distilled", description="stages bn,bias learning from the ANN's logits (distillation, τ = 4; beyond the "
+    "paper, docs/maths.md §4e)")(_calibrated_row("bn,bias", objective="distillation", temperature=4.0))
 
 
 @row("pascal", description="PASCAL ([PASCAL]): inhibitory-spike neurons run serially, layer-pipelined; exact "

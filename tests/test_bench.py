@@ -212,7 +212,7 @@ def test_accuracy_table_runs_every_registered_default_row(kind):
         assert rows[("fs-pc-parallel", 4)]["loss"] == 0
         assert rows[("pascal", 4)]["loss"] == 0 and "T_eff" in rows[("pascal", 4)]["note"]
         assert {m for m, _ in ran} == {"qcfs-serial", "fs-pc-parallel", "fs-pc-dagger", "full", "full-dagger",
-                                       "pascal"}
+                                       "full-distilled", "pascal"}
     else:  # PMSM equals its quantized ANN at T = 1
         assert rows[("pmsm-parallel", 1)]["loss"] == 0 and rows[("pmsm-serial", 1)]["loss"] == 0
         assert {m for m, _ in ran} == {"pmsm-parallel", "pmsm-serial"}

@@ -113,7 +113,8 @@ def add_command(commands) -> None:
         description="Convert an ANN checkpoint (QCFS or ReLU) into a parallel SNN calibrated for T time steps: "
                     "DA-QCFS error calibration (da, the paper's †), BatchNorm recalibration (bn, stage 1) and "
                     "per-channel temporal bias correction (bias, stage 2), any subset, always in that order. "
-                    "Calibration data is the held-apart training slice; the test set is never used.")
+                    "The stages learn on the training set the network was trained on; the held-apart training slice "
+                    "judges (early stopping, the guard); the test set is never used.")
     calibrate.add_argument("checkpoint", type=Path, nargs="?",
                            help="ANN checkpoint (model.pt from parasnn train); or use --model")
     calibrate.add_argument("--stages", type=_stages, default="da,bn,bias",
