@@ -310,6 +310,50 @@ def test_stage_bias_early_stopping_keeps_the_best_validated_biases():
     assert final == pytest.approx(report.details["best_validation_loss"], rel=1e-6)
 
 
+def test_run_stages_measures_each_network_on_the_held_out_batches_once(monkeypatch):
+    import parasnn.calibration.pipeline as pipeline
+    model = _qcfs_net(levels=2)
+    data = _data(count=8)
+    training, validation = split_batches(data, validation_fraction=0.25)
+    # stage bn at an absurd rate is reverted: the reverted copy's result is its input's
+    config = _config(bn_learning_rate=50.0, bn_final_learning_rate=50.0)
+    network, originals = convert_for_calibration(model, training, config=config)
+    seen = []
+    measure = pipeline.evaluate_loss
+
+    def counting(candidate, batches, *, time_steps):
+        seen.append(candidate)
+        return measure(candidate, batches, time_steps=time_steps)
+
+    monkeypatch.setattr(pipeline, "evaluate_loss", counting)
+    calibrated, report = run_stages(network, training, config=config, originals=originals, validation=validation)
+    assert len(seen) == len({id(n) for n in seen}) == 4  # fs-pc, da's result, bn's result, bias's result
+    assert [s.stage for s in report.stages] == ["da", "bn", "bias"] and report.stages[1].details["reverted"] is True
+    for name, result in report.validation.items():
+        assert set(result) == {"loss", "accuracy", "samples"}
+    assert report.validation["bn"] == report.validation["da"]  # reverted: the same network
+    assert report.validation["bias"] == measure(calibrated, validation, time_steps=2)
+
+
+def test_stage_bias_validates_twenty_times_per_stage_unless_an_interval_is_given():
+    from parasnn.calibration.config import VALIDATIONS_PER_STAGE, BiasConfig
+    model = _relu_net()
+    data = _data(count=10, batch=8)
+    training, validation = data[:8], data[8:]
+    network, _ = convert_for_calibration(model, training, config=_config())
+    # 8 batches x 5 epochs = 40 steps: every ceil(40 / 20) = 2 steps, whatever the data size
+    config = CalibrationConfig(time_steps=2, validation_fraction=0.0, bias=BiasConfig(epochs=5, patience=1000))
+    _, report = correct_temporal_bias(network, training, config=config, validation=validation)
+    steps = [entry["step"] for entry in report.details["validations"]]
+    assert report.details["validation_interval"] == 2 == -(-40 // VALIDATIONS_PER_STAGE)
+    assert steps == list(range(0, 41, 2))  # step 0 (the biases it came with), then 20 validations
+    given = config.replace(bias=BiasConfig(epochs=5, patience=1000, validation_interval=7))
+    _, report = correct_temporal_bias(network, training, config=given, validation=validation)
+    assert [entry["step"] for entry in report.details["validations"]] == [0, 7, 14, 21, 28, 35, 40]
+    with pytest.raises(CalibrationError, match="validation_interval"):
+        BiasConfig(validation_interval=0)
+
+
 # -- the whole pipeline ------------------------------------------------------------------------
 
 def test_calibrated_network_runs_in_one_pass_and_trains_with_memory_independent_of_t():

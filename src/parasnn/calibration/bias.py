@@ -64,7 +64,8 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
     mode); ``network`` is not modified.
 
     AdamW (no weight decay), linear warm-up + cosine, gradient-norm clipping at
-    ``config.bias.clip_norm``; every ``validation_interval`` steps the loss on ``validation``
+    ``config.bias.clip_norm``; every ``config.bias.interval(steps)`` steps (about 20
+    validations per stage unless ``validation_interval`` is given) the loss on ``validation``
     is measured and training stops after ``patience`` validations without improvement. The
     biases with the best validation loss are returned (Δb = 0 counts: if training never
     beats the network as it came, the biases it came with are returned). Without
@@ -101,6 +102,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
         best_loss = evaluate_loss(working, validation, time_steps=T)["loss"]
         history.append({"step": 0, "loss": best_loss})
     total = options.epochs * len(batches)
+    interval = options.interval(total)
     optimizer, schedule = stage_optimizer(parameters, learning_rate=options.learning_rate,
                                           final_learning_rate=options.final_learning_rate, total_steps=total,
                                           warmup_fraction=config.warmup_fraction)
@@ -121,7 +123,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
             schedule.step()
             steps += 1
             losses.append(float(loss.detach()))
-            if has_validation and (steps % options.validation_interval == 0 or steps == total):
+            if has_validation and (steps % interval == 0 or steps == total):
                 current = evaluate_loss(working, validation, time_steps=T)["loss"]
                 history.append({"step": steps, "loss": current})
                 if current < best_loss:
@@ -134,7 +136,8 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
         if stopped:
             break
     learned = best_state if has_validation else snapshot()
-    details = {"objective": config.objective.value, "stopped_early": stopped, "best_validation_loss": best_loss if has_validation else None,
+    details = {"objective": config.objective.value, "stopped_early": stopped, "validation_interval": interval,
+               "best_validation_loss": best_loss if has_validation else None,
                "validations": history, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None,
                "mean_abs_bias": float(torch.cat([b.flatten() for b in learned.values()]).abs().mean()),

@@ -28,7 +28,7 @@ from ..runtime.checks import require_positive_int
 from .objective import Objective
 
 __all__ = ["Stage", "STAGE_ORDER", "parse_stages", "QuantizerGradient", "Objective", "CalibrationError", "DAConfig",
-           "BatchNormConfig", "BiasConfig", "CalibrationConfig", "FLAT_NAMES"]
+           "BatchNormConfig", "BiasConfig", "CalibrationConfig", "FLAT_NAMES", "VALIDATIONS_PER_STAGE"]
 
 
 class CalibrationError(ValueError):
@@ -128,6 +128,11 @@ class BatchNormConfig:
                 raise CalibrationError(f"BatchNormConfig: {name} must be > 0, got {getattr(self, name)!r}")
 
 
+# Validations of stage bias when its interval is not given: the count at which its patience
+# (10) was tuned, 189 steps validated every 10 (docs/decisions.md).
+VALIDATIONS_PER_STAGE = 20
+
+
 @dataclasses.dataclass(frozen=True)
 class BiasConfig:
     """Stage bias (docs/maths.md §4c).
@@ -136,7 +141,9 @@ class BiasConfig:
     epochs: passes over the training batches (paper: one; early stopping may end sooner).
     clip_norm: gradient-norm clipping of the biases.
     patience: validations without improvement before stopping.
-    validation_interval: steps between validations.
+    validation_interval: steps between validations; ``None`` (default): the stage's steps
+        divided by :data:`VALIDATIONS_PER_STAGE`, so a stage validates about 20 times
+        however much data it learns on (docs/decisions.md, "Stage 2 patience").
     """
 
     learning_rate: float = 2e-2
@@ -144,14 +151,22 @@ class BiasConfig:
     epochs: int = 3
     clip_norm: float = 1.0
     patience: int = 10
-    validation_interval: int = 10
+    validation_interval: int | None = None
 
     def __post_init__(self):
-        for name in ("epochs", "patience", "validation_interval"):
+        for name in ("epochs", "patience"):
             _positive("BiasConfig", name, getattr(self, name))
+        if self.validation_interval is not None:
+            _positive("BiasConfig", "validation_interval", self.validation_interval)
         for name in ("learning_rate", "final_learning_rate", "clip_norm"):
             if not getattr(self, name) > 0:
                 raise CalibrationError(f"BiasConfig: {name} must be > 0, got {getattr(self, name)!r}")
+
+    def interval(self, total_steps: int) -> int:
+        """Steps between validations in a stage of ``total_steps`` steps."""
+        if self.validation_interval is not None:
+            return self.validation_interval
+        return max(1, -(-total_steps // VALIDATIONS_PER_STAGE))  # ceiling division
 
 
 # old flat field of CalibrationConfig -> (stage field, field of that stage's config)

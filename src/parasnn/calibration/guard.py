@@ -6,7 +6,7 @@ result has a higher loss on the held-out batches than its input is undone.
 from __future__ import annotations
 
 import copy
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -45,15 +45,22 @@ def evaluate_loss(network: SpikingNetwork, batches: Sequence, *, time_steps: int
 
 
 def keep_if_better(before: SpikingNetwork, after: SpikingNetwork, report: StageReport, validation: Sequence, *,
-                   config: CalibrationConfig) -> tuple[SpikingNetwork, StageReport]:
+                   config: CalibrationConfig,
+                   evaluate: Callable[[SpikingNetwork], dict[str, float]] | None = None
+                   ) -> tuple[SpikingNetwork, StageReport]:
     """The guard of ``config.revert_if_worse``: ``after`` unless its loss on the held-out
     ``validation`` batches (summed over processes) is higher than ``before``'s; the losses and
-    the verdict go into ``report.details``. Without held-out batches ``after`` stands."""
+    the verdict go into ``report.details``. Without held-out batches ``after`` stands.
+    ``evaluate`` (default :func:`evaluate_loss` on ``validation``) lets a caller that already
+    knows a network's held-out result skip the pass (see ``run_stages``)."""
     has_validation = any_batches(validation)
     if not (config.revert_if_worse and has_validation):
         return after, report
-    loss_before = evaluate_loss(before, validation, time_steps=config.time_steps)["loss"]
-    loss_after = evaluate_loss(after, validation, time_steps=config.time_steps)["loss"]
+    if evaluate is None:
+        def evaluate(network):
+            return evaluate_loss(network, validation, time_steps=config.time_steps)
+    loss_before = evaluate(before)["loss"]
+    loss_after = evaluate(after)["loss"]
     reverted = loss_after > loss_before
     report.details.update(validation_loss_before=loss_before, validation_loss_after=loss_after, reverted=reverted)
     return (copy.deepcopy(before).eval() if reverted else after), report

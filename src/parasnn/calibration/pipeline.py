@@ -143,9 +143,19 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
     context = StageContext(config=config, originals=originals, validation=validation,
                            teacher=TeacherLogits(teacher) if teacher is not None else None)
 
+    # Each network's held-out result, measured once: the guard and the report ask for the same
+    # networks (a held-out pass costs as much as ~20 training steps). Keyed by identity; the
+    # network is kept alive with its result so that its id cannot be reused.
+    results: dict[int, tuple[SpikingNetwork, dict[str, float]]] = {}
+
+    def evaluate(candidate: SpikingNetwork) -> dict[str, float]:
+        if id(candidate) not in results:
+            results[id(candidate)] = (candidate, evaluate_loss(candidate, validation, time_steps=config.time_steps))
+        return results[id(candidate)][1]
+
     def validate(name: str) -> None:
         if has_validation:
-            report.validation[name] = evaluate_loss(network, validation, time_steps=config.time_steps)
+            report.validation[name] = evaluate(network)
 
     validate("fs-pc")
     for stage in config.stages:
@@ -153,7 +163,10 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
         terms, stage_report = rule.fit(network, batches, context)
         candidate = apply_terms(network, terms)
         if rule.guarded:
-            candidate, stage_report = keep_if_better(network, candidate, stage_report, validation, config=config)
+            candidate, stage_report = keep_if_better(network, candidate, stage_report, validation, config=config,
+                                                     evaluate=evaluate)
+            if stage_report.details.get("reverted") and id(network) in results:
+                results[id(candidate)] = (candidate, results[id(network)][1])  # a copy of the input
         network = candidate
         report.stages.append(stage_report)
         validate(stage.value)

@@ -42,10 +42,8 @@ def _stages(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-
-
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
-    from ..calibration.config import CalibrationConfig, Objective, QuantizerGradient
+    from ..calibration.config import VALIDATIONS_PER_STAGE, CalibrationConfig, Objective, QuantizerGradient
     defaults = CalibrationConfig()
     data = parser.add_argument_group("data")
     data.add_argument("--learn-on", choices=("training", "held-apart"), default="training",
@@ -95,8 +93,9 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     bias.add_argument("--clip-norm", type=float, default=defaults.bias.clip_norm, help="gradient-norm clipping")
     bias.add_argument("--patience", type=int, default=defaults.bias.patience,
                       help=f"validations without improvement before stopping (default {defaults.bias.patience})")
-    bias.add_argument("--validation-interval", type=int, default=defaults.bias.validation_interval,
-                      help="training steps between validations")
+    bias.add_argument("--validation-interval", type=positive_int, default=defaults.bias.validation_interval,
+                      help="training steps between validations (default: the stage's steps / "
+                           f"{VALIDATIONS_PER_STAGE}, about {VALIDATIONS_PER_STAGE} validations)")
     parser.add_argument("--warmup-fraction", type=float, default=defaults.warmup_fraction,
                         help="share of the training steps of stages bn and bias that warm up linearly")
     objective = parser.add_argument_group("objective of stages bn and bias")
