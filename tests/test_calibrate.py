@@ -335,6 +335,27 @@ def test_run_stages_measures_each_network_on_the_held_out_batches_once(monkeypat
     assert report.validation["bias"] == measure(calibrated, validation, time_steps=2)
 
 
+def test_the_measuring_passes_read_a_random_statistics_size_sample_and_all_of_it_changes_nothing(monkeypatch):
+    import parasnn.calibration.batchnorm as batchnorm
+    model = _relu_net()
+    data = _data(count=10)
+    everything = _config(statistics_size=None, bias_epochs=1)
+    covering = everything.replace(statistics_size=10 * 32)  # a sample that covers every batch
+    a, report_a = calibrate_with_report(model, data, config=everything)
+    b, report_b = calibrate_with_report(model, data, config=covering)
+    assert all(torch.equal(v, _state(b)[k]) for k, v in _state(a).items())
+    read = []
+    measure = batchnorm._statistics_pass
+    monkeypatch.setattr(batchnorm, "_statistics_pass",
+                        lambda network, norms, batches, **kw: read.append(len(batches)) or measure(network, norms, batches, **kw))
+    _, report = calibrate_with_report(model, data, config=everything.replace(statistics_size=70))
+    # 10 training batches: stage da and both statistics passes read ceil(70/32) = 3 of them
+    assert report.stages[0].steps == 3 and read == [3, 3]
+    assert report.stages[1].steps == 10  # stage bn still learns on every batch
+    with pytest.raises(CalibrationError, match="statistics_size"):
+        _config(statistics_size=0)
+
+
 def test_stage_bias_validates_twenty_times_per_stage_unless_an_interval_is_given():
     from parasnn.calibration.config import VALIDATIONS_PER_STAGE, BiasConfig
     model = _relu_net()

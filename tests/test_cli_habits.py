@@ -87,3 +87,16 @@ def test_a_recorded_command_line_parses_back_to_the_same_options(argv, tmp_path)
     path.write_text(json.dumps(arguments_record(args)))
     again = parser.parse_args(expand_config(["--config", str(path)], parser))
     assert arguments_record(again) == arguments_record(args)
+
+
+def test_calibrate_statistics_size_takes_a_count_or_all():
+    from parasnn.calibration.config import CalibrationConfig
+    from parasnn.cli.calibrate import _config
+    parser = build_parser()
+    base = ["calibrate", "a.pt", "-T", "2", "--out", "b.pt"]
+    for given, expected in (([], CalibrationConfig().statistics_size), (["--statistics-size", "all"], None),
+                            (["--statistics-size", "640"], 640)):
+        args = parser.parse_args(base + given)
+        assert _config(args, stages=args.stages, time_steps=2).statistics_size == expected
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--statistics-size", "0"])

@@ -16,8 +16,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from parasnn.calibration.batches import (as_sequence, batch_order, held_out_indices, materialise, on_device,
-                                         split_batches)
+from parasnn.calibration.batches import (as_sequence, batch_order, held_out_indices, materialise,
+                                         measuring_sample, on_device, split_batches)
 from parasnn.calibration.config import BatchNormConfig, BiasConfig, CalibrationConfig, CalibrationError
 from parasnn.calibration.pipeline import calibrate, calibrate_with_report
 from parasnn.datasets import lazy as lazy_module
@@ -164,6 +164,22 @@ def test_materialise_on_device_and_split_keep_lazy_data_lazy_and_pick_the_same_b
     assert all(_equal_batches(lazy[i], listed[i]) for i in order)
     with pytest.raises(CalibrationError, match="empty"):
         materialise(LazyBatches(stream, 4, chosen=[]), where="test")
+
+
+def test_measuring_sample_draws_the_same_random_batches_from_lazy_and_listed_data(stream):
+    lazy = LazyBatches(stream, 4, workers=0)
+    listed = _listed(stream, 4)
+    assert measuring_sample(lazy, images=None, batch_size=4) is lazy
+    assert measuring_sample(listed, images=len(listed) * 4, batch_size=4) == listed
+    for images, seed in ((9, 0), (16, 3), (4, 1)):
+        lazy_part = measuring_sample(lazy, images=images, batch_size=4, seed=seed)
+        list_part = measuring_sample(listed, images=images, batch_size=4, seed=seed)
+        assert isinstance(lazy_part, LazyBatches) and len(lazy_part) == len(list_part) == -(-images // 4)
+        assert all(_equal_batches(a, b) for a, b in zip(lazy_part, list_part, strict=True))
+    # a random draw, not the first batches: on this class-sorted folder a prefix is one class
+    chosen = [next(i for i, b in enumerate(listed) if _equal_batches(b, c))
+              for c in measuring_sample(listed, images=12, batch_size=4, seed=0)]
+    assert chosen == sorted(chosen) and chosen != list(range(3))
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -17,7 +17,7 @@ from ..conversion.stages import convert, isolate_activations, quantize_relus
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS, qcfs
 from ..runtime import distributed
-from .batches import materialise
+from .batches import materialise, measuring_sample
 from .config import CalibrationConfig, CalibrationError
 
 __all__ = ["OriginalActivation", "convert_for_calibration", "if_neurons", "batchnorms", "Swapped"]
@@ -89,7 +89,8 @@ def convert_for_calibration(model: nn.Module, calibration_data: Iterable | None,
                             ) -> tuple[SpikingNetwork, dict[str, OriginalActivation]]:
     """The FS-PC baseline of ``model`` and the original activation ``g_OA`` of each site.
 
-    ReLU sites get θ from ``calibration_data`` (``config.percentile``; reduced over processes
+    ReLU sites get θ from ``calibration_data`` (``config.percentile``, on a random
+    ``config.statistics_size`` images of it; reduced over processes
     under torchrun) and a clipped ReLU as original activation; QCFS sites keep their θ and
     their own L. ``model`` is not modified. Returns ``(network, {neuron path: g_OA})``.
     """
@@ -100,7 +101,8 @@ def convert_for_calibration(model: nn.Module, calibration_data: Iterable | None,
     relu_sites = {path for path, module in ann.named_modules() if isinstance(module, nn.ReLU)}
     conversion = config.conversion()
     if relu_sites:
-        data = materialise(calibration_data, where="recording ReLU thresholds")
+        data = measuring_sample(materialise(calibration_data, where="recording ReLU thresholds"),
+                                images=config.statistics_size, batch_size=config.batch_size, seed=config.seed)
         reducer = distributed.threshold_reducer(conversion.threshold) if distributed.is_distributed() else None
         quantized = quantize_relus(model, data, levels=conversion.levels, statistic=conversion.threshold,
                                    leaf_modules=leaf_modules, reduce=reducer)

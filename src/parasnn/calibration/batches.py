@@ -23,7 +23,7 @@ from ..runtime import distributed
 from .config import CalibrationError
 
 __all__ = ["materialise", "as_sequence", "any_batches", "on_device", "inputs_of", "labelled", "split_batches",
-           "held_out_indices", "batch_order", "LazyBatches"]
+           "held_out_indices", "batch_order", "measuring_sample", "LazyBatches"]
 
 
 def as_sequence(batches: Iterable | None) -> Sequence:
@@ -104,3 +104,20 @@ def batch_order(count: int, *, seed: int, epoch: int) -> list[int]:
     """A seeded order of batch indices, the same on every process."""
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(count, generator=generator).tolist()
+
+
+def measuring_sample(batches: Sequence, *, images: int | None, batch_size: int, seed: int = 0) -> Sequence:
+    """The batches a pass that only measures reads (ReLU thresholds, stage da's running
+    averages, stage bn's statistics): ``ceil(images / batch_size)`` of them drawn at random
+    with ``seed`` (kept in their order), or all of them when ``images`` is ``None`` or covers
+    them. ``batch_size`` is the global one, so every process under torchrun draws the same
+    indices of its own shard. A view for a :class:`LazyBatches`, nothing loaded."""
+    batches = as_sequence(batches)
+    if images is None:
+        return batches
+    count = -(-images // batch_size)  # ceiling division
+    if count >= len(batches):
+        return batches
+    # Epoch −2 of the batch-order streams: a draw of its own (−1 is the held-out draw).
+    chosen = sorted(batch_order(len(batches), seed=seed, epoch=-2)[:count])
+    return batches.select(chosen) if isinstance(batches, LazyBatches) else [batches[i] for i in chosen]

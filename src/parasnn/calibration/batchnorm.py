@@ -22,7 +22,7 @@ from ..neurons.surrogate import floor_ste
 from ..runtime import distributed
 from ..runtime.progress import progress
 from .baseline import Swapped, batchnorms, if_neurons
-from .batches import batch_order, inputs_of, labelled, materialise
+from .batches import batch_order, inputs_of, labelled, materialise, measuring_sample
 from .config import CalibrationConfig, CalibrationError, QuantizerGradient, Stage
 from .guard import keep_if_better
 from .objective import TeacherLogits, calibration_loss, require_teacher
@@ -151,7 +151,10 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
     for parameter in affine:
         parameter.requires_grad_(True)
     working.eval()
-    _statistics_pass(working, norms, batches, time_steps=T, description=f"stage bn statistics T={T}")
+    # Statistics on a random config.statistics_size images (Eq. 10 averages batch statistics,
+    # which settle long before a training set ends); γ and β learn on every batch.
+    measured = measuring_sample(batches, images=config.statistics_size, batch_size=config.batch_size, seed=config.seed)
+    _statistics_pass(working, norms, measured, time_steps=T, description=f"stage bn statistics T={T}")
     replacements: dict[str, nn.Module] = {path: _SynchronisedBatchNorm(bn, cumulative=False)
                                           for path, bn in norms.items()}
     if options.gradient is QuantizerGradient.STRAIGHT_THROUGH:
@@ -183,7 +186,7 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
                     steps += 1
         for bn in norms.values():
             bn.eval()
-        _statistics_pass(working, norms, batches, time_steps=T, description=f"stage bn final statistics T={T}")
+        _statistics_pass(working, norms, measured, time_steps=T, description=f"stage bn final statistics T={T}")
     terms = BatchNormTerms({path: {name: getattr(bn, name).detach().clone() for name in BN_TERMS
                                    if getattr(bn, name, None) is not None}
                             for path, bn in norms.items()})

@@ -218,6 +218,11 @@ class CalibrationConfig:
             stage 2 stops early on their loss, reports show their accuracy after each stage.
         training_size: images of the training set the stages learn on when they learn on the
             training set (``None``: all of it; a number: a seeded random sample, for speed).
+        statistics_size: images the passes that only measure read — the ReLU thresholds,
+            stage da's running averages, stage bn's statistics — as a seeded random sample of
+            the training batches (``None``: all of them). They converge long before the
+            training set ends (da's average has a memory of ~1/(1−α) = 100 batches); the
+            stages that learn see every batch (docs/decisions.md).
     Objective of stages bn and bias (:mod:`.objective`, docs/maths.md §4e):
         objective: ``Objective.LABELS`` (the labels' cross-entropy, [STDC]) or
             ``Objective.DISTILLATION`` (KL divergence to the ANN's logits; beyond the paper).
@@ -242,6 +247,7 @@ class CalibrationConfig:
     seed: int = 0
     validation_fraction: float = 0.2
     training_size: int | None = None
+    statistics_size: int | None = 16384
     percentile: float = 99.9
     levels: int = 8
     warmup_fraction: float = 0.1
@@ -254,7 +260,8 @@ class CalibrationConfig:
 
     def __init__(self, *, stages: str | Iterable[str | Stage] = STAGE_ORDER, time_steps: int = 4,
                  batch_size: int = 64, seed: int = 0, validation_fraction: float = 0.2,
-                 training_size: int | None = None, percentile: float = 99.9, levels: int = 8,
+                 training_size: int | None = None, statistics_size: int | None = 16384,
+                 percentile: float = 99.9, levels: int = 8,
                  warmup_fraction: float = 0.1, revert_if_worse: bool = True,
                  objective: Objective | str = Objective.LABELS, temperature: float = 1.0, da: DAConfig | None = None,
                  bn: BatchNormConfig | None = None, bias: BiasConfig | None = None, **flat: Any):
@@ -267,7 +274,8 @@ class CalibrationConfig:
                           DeprecationWarning, stacklevel=2)
         stage_configs = _nest(flat, {"da": da, "bn": bn, "bias": bias})
         values = dict(stages=stages, time_steps=time_steps, batch_size=batch_size, seed=seed,
-                      validation_fraction=validation_fraction, training_size=training_size, percentile=percentile,
+                      validation_fraction=validation_fraction, training_size=training_size,
+                      statistics_size=statistics_size, percentile=percentile,
                       levels=levels, warmup_fraction=warmup_fraction, revert_if_worse=revert_if_worse,
                       objective=objective, temperature=temperature, **stage_configs)
         for name, value in values.items():
@@ -280,8 +288,9 @@ class CalibrationConfig:
             raise CalibrationError(f"CalibrationConfig: time_steps T must be an integer >= 1, got {self.time_steps!r}")
         for name in ("batch_size", "levels"):
             _positive("CalibrationConfig", name, getattr(self, name))
-        if self.training_size is not None:
-            _positive("CalibrationConfig", "training_size", self.training_size)
+        for name in ("training_size", "statistics_size"):
+            if getattr(self, name) is not None:
+                _positive("CalibrationConfig", name, getattr(self, name))
         if not 0 <= self.validation_fraction < 1:
             raise CalibrationError(f"CalibrationConfig: validation_fraction must be in [0, 1), "
                                    f"got {self.validation_fraction!r}")

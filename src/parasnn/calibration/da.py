@@ -27,7 +27,7 @@ from ..neurons.if_neuron import IFNeuron
 from ..runtime import distributed
 from ..runtime.progress import progress
 from .baseline import OriginalActivation, Swapped, if_neurons
-from .batches import inputs_of, materialise
+from .batches import inputs_of, materialise, measuring_sample
 from .config import CalibrationConfig, CalibrationError, Stage
 from .guard import keep_if_better
 from .report import StageReport
@@ -170,8 +170,11 @@ def fit_distribution(network: SpikingNetwork, batches: Iterable, *, originals: d
                           update=True, pre_shift=torch.zeros_like(neuron.pre_shift),  # stage I: ψ_DA = 0
                           amplitude=neuron.threshold)  # φ_DA = 0, θ_post = θ
              for path, neuron in neurons.items()}
+    # The running averages forget all but the last ~1/(1 − α) batches: a random
+    # config.statistics_size images of the training batches suffice.
+    measured = measuring_sample(batches, images=config.statistics_size, batch_size=config.batch_size, seed=config.seed)
     for epoch in range(config.da.epochs):
-        _dual_pass(working, sites, batches, time_steps=config.time_steps,
+        _dual_pass(working, sites, measured, time_steps=config.time_steps,
                    description=f"stage da T={config.time_steps} {epoch + 1}/{config.da.epochs}")
     terms = DATerms(pre_shift={path: site.pre_shift.detach().clone() for path, site in sites.items()},
                     amplitude={path: site.amplitude.detach().clone() for path, site in sites.items()})
@@ -179,7 +182,7 @@ def fit_distribution(network: SpikingNetwork, batches: Iterable, *, originals: d
                                  "mean_abs_pre_shift": float(terms.pre_shift[path].abs().mean()),
                                  "mean_post_offset": float((terms.amplitude[path] - neurons[path].threshold).mean())}
                           for path, site in sites.items()}}
-    return terms, StageReport(Stage.DA.value, steps=len(batches) * config.da.epochs, details=details)
+    return terms, StageReport(Stage.DA.value, steps=len(measured) * config.da.epochs, details=details)
 
 
 def calibrate_distribution(network: SpikingNetwork, batches: Iterable, *, validation: Sequence = (),

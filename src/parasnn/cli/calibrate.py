@@ -42,6 +42,10 @@ def _stages(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _size_or_all(text: str) -> int | None:
+    return None if text.strip().lower() == "all" else positive_int(text)
+
+
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     from ..calibration.config import VALIDATIONS_PER_STAGE, CalibrationConfig, Objective, QuantizerGradient
     defaults = CalibrationConfig()
@@ -52,6 +56,10 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--training-size", type=positive_int,
                       help="images of the training set the stages learn on: a seeded random sample, for speed "
                            "(default: all of it)")
+    data.add_argument("--statistics-size", type=_size_or_all, default=defaults.statistics_size,
+                      help="training images (a seeded random sample) read by the passes that only measure: "
+                           "ReLU thresholds, stage da's averages, stage bn's statistics; 'all' for every one "
+                           f"(default {defaults.statistics_size})")
     data.add_argument("--calibration-size", type=positive_int,
                       help="images of the held-apart training slice (a seeded random sample) that judge: early "
                            "stopping, the guard, the reports (default: all of it)")
@@ -151,7 +159,7 @@ def _config(args, *, stages, time_steps: int):
     return CalibrationConfig(
         stages=stages, time_steps=time_steps, batch_size=args.batch_size, seed=args.seed,
         training_size=args.training_size if args.learn_on == "training" else None,
-        validation_fraction=args.validation_fraction, percentile=args.percentile, levels=args.levels,
+        statistics_size=args.statistics_size, validation_fraction=args.validation_fraction, percentile=args.percentile, levels=args.levels,
         warmup_fraction=args.warmup_fraction, revert_if_worse=not args.no_revert,
         objective=args.objective, temperature=args.temperature,
         da=DAConfig(momentum=args.momentum, epochs=args.da_epochs, debias=not args.no_da_debias),
