@@ -106,14 +106,15 @@ class BatchNormConfig:
     """Stage bn (docs/maths.md §4b).
 
     learning_rate, final_learning_rate: AdamW peak rate, cosine-decayed to the final one.
-    epochs: passes of affine fine-tuning (paper §4.2: "a few epochs"; Alg. 2: one).
+    epochs: passes of affine fine-tuning over the training batches (paper §4.2: "a few
+        epochs"; Alg. 2: one; default one, over the whole training set — docs/decisions.md).
     gradient: :class:`QuantizerGradient` through the neurons (default: the IF neuron's
         triangle surrogate, [STDC] App. C).
     """
 
     learning_rate: float = 5e-3
     final_learning_rate: float = 5e-4
-    epochs: int = 3
+    epochs: int = 1
     gradient: QuantizerGradient = QuantizerGradient.SURROGATE
 
     def __post_init__(self):
@@ -138,7 +139,8 @@ class BiasConfig:
     """Stage bias (docs/maths.md §4c).
 
     learning_rate, final_learning_rate: AdamW peak and final rate.
-    epochs: passes over the training batches (paper: one; early stopping may end sooner).
+    epochs: passes over the training batches (paper: one, the default; early stopping may
+        end sooner).
     clip_norm: gradient-norm clipping of the biases.
     patience: validations without improvement before stopping.
     validation_interval: steps between validations; ``None`` (default): the stage's steps
@@ -148,7 +150,7 @@ class BiasConfig:
 
     learning_rate: float = 2e-2
     final_learning_rate: float = 2e-3
-    epochs: int = 3
+    epochs: int = 1
     clip_norm: float = 1.0
     patience: int = 10
     validation_interval: int | None = None

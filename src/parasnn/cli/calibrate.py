@@ -52,7 +52,8 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--learn-on", choices=("training", "held-apart"), default="training",
                       help="what the stages learn on: the training set (default, as [STDC]) or the held-apart "
-                           "slice, split by --validation-fraction (parasnn <= 0.1)")
+                           "slice, split by --validation-fraction (parasnn <= 0.1; one epoch per stage, the "
+                           "default for the whole training set, is few steps there: parasnn 0.1 ran 3)")
     data.add_argument("--training-size", type=positive_int,
                       help="images of the training set the stages learn on: a seeded random sample, for speed "
                            "(default: all of it)")
