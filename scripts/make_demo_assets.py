@@ -6,10 +6,10 @@ Fashion-MNIST test set (100 images per class, the first of each class in test-se
 The checkpoint must come from `parasnn train` (see README, "The embedded network"). The demo
 also ships that network calibrated for T = 1 and T = 2, made afterwards with
 
-    parasnn calibrate src/parasnn/assets/fashion_mnist_vgg_small_qcfs.pt -T 1 --stages da,bn,bias \
-        --training-size 10000 --calibration-size 2000 \
-        --out src/parasnn/assets/fashion_mnist_vgg_small_qcfs_calibrated_t1.pt
-    (and the same with -T 2 … _t2.pt)
+    parasnn calibrate src/parasnn/assets/fashion_mnist_vgg_small_qcfs.pt -T 2 \
+        --out src/parasnn/assets/fashion_mnist_vgg_small_qcfs_calibrated_t2.pt
+    (and the same with -T 1 … _t1.pt; the defaults: every stage, learning on the whole
+    training set, the 5 000 held-apart images judging)
 
 Each calibrated checkpoint records that command in its config.
 """
