@@ -145,7 +145,8 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
 
     # Each network's held-out result, measured once: the guard and the report ask for the same
     # networks (a held-out pass costs as much as ~20 training steps). Keyed by identity; the
-    # network is kept alive with its result so that its id cannot be reused.
+    # network is kept alive with its result so that its id cannot be reused, and only the
+    # current network's entry survives a stage, so no more networks are alive than before.
     results: dict[int, tuple[SpikingNetwork, dict[str, float]]] = {}
 
     def evaluate(candidate: SpikingNetwork) -> dict[str, float]:
@@ -168,6 +169,8 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
             if stage_report.details.get("reverted") and id(network) in results:
                 results[id(candidate)] = (candidate, results[id(network)][1])  # a copy of the input
         network = candidate
+        for key in [key for key in results if key != id(network)]:
+            del results[key]
         report.stages.append(stage_report)
         validate(stage.value)
     return network, report
