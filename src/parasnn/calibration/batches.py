@@ -95,9 +95,7 @@ def split_batches(batches: Sequence, *, validation_fraction: float, seed: int = 
     chosen = set(held_out_indices(len(batches), validation_fraction=validation_fraction, seed=seed))
     training = [i for i in range(len(batches)) if i not in chosen]
     validation = sorted(chosen)
-    if isinstance(batches, LazyBatches):
-        return batches.select(training), batches.select(validation)
-    return [batches[i] for i in training], [batches[i] for i in validation]
+    return _pick(batches, training), _pick(batches, validation)
 
 
 def batch_order(count: int, *, seed: int, epoch: int) -> list[int]:
@@ -120,4 +118,9 @@ def measuring_sample(batches: Sequence, *, images: int | None, batch_size: int, 
         return batches
     # Epoch −2 of the batch-order streams: a draw of its own (−1 is the held-out draw).
     chosen = sorted(batch_order(len(batches), seed=seed, epoch=-2)[:count])
-    return batches.select(chosen) if isinstance(batches, LazyBatches) else [batches[i] for i in chosen]
+    return _pick(batches, chosen)
+
+
+def _pick(batches: Sequence, indices: Sequence[int]) -> Sequence:
+    """The batches at ``indices``: a view of a :class:`LazyBatches` (nothing loaded), else a list."""
+    return batches.select(indices) if isinstance(batches, LazyBatches) else [batches[i] for i in indices]

@@ -6,7 +6,7 @@ result has a higher loss on the held-out batches than its input is undone.
 from __future__ import annotations
 
 import copy
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +17,7 @@ from .batches import any_batches, labelled
 from .config import CalibrationConfig
 from .report import StageReport
 
-__all__ = ["evaluate_loss", "keep_if_better"]
+__all__ = ["evaluate_loss", "judge", "keep_if_better"]
 
 
 def evaluate_loss(network: SpikingNetwork, batches: Sequence, *, time_steps: int) -> dict[str, float]:
@@ -44,23 +44,23 @@ def evaluate_loss(network: SpikingNetwork, batches: Sequence, *, time_steps: int
     return {"loss": float(totals[0]) / samples, "accuracy": float(totals[1]) / samples, "samples": samples}
 
 
-def keep_if_better(before: SpikingNetwork, after: SpikingNetwork, report: StageReport, validation: Sequence, *,
-                   config: CalibrationConfig,
-                   evaluate: Callable[[SpikingNetwork], dict[str, float]] | None = None
-                   ) -> tuple[SpikingNetwork, StageReport]:
-    """The guard of ``config.revert_if_worse``: ``after`` unless its loss on the held-out
-    ``validation`` batches (summed over processes) is higher than ``before``'s; the losses and
-    the verdict go into ``report.details``. Without held-out batches ``after`` stands.
-    ``evaluate`` (default :func:`evaluate_loss` on ``validation``) lets a caller that already
-    knows a network's held-out result skip the pass (see ``run_stages``)."""
-    has_validation = any_batches(validation)
-    if not (config.revert_if_worse and has_validation):
-        return after, report
-    if evaluate is None:
-        def evaluate(network):
-            return evaluate_loss(network, validation, time_steps=config.time_steps)
-    loss_before = evaluate(before)["loss"]
-    loss_after = evaluate(after)["loss"]
+def judge(before: SpikingNetwork, after: SpikingNetwork, report: StageReport, *, loss_before: float,
+          loss_after: float) -> tuple[SpikingNetwork, StageReport]:
+    """The guard's verdict on two held-out losses already measured: ``after``, or a copy of
+    ``before`` when ``loss_after`` is higher; the losses and the verdict go into
+    ``report.details``."""
     reverted = loss_after > loss_before
     report.details.update(validation_loss_before=loss_before, validation_loss_after=loss_after, reverted=reverted)
     return (copy.deepcopy(before).eval() if reverted else after), report
+
+
+def keep_if_better(before: SpikingNetwork, after: SpikingNetwork, report: StageReport, validation: Sequence, *,
+                   config: CalibrationConfig) -> tuple[SpikingNetwork, StageReport]:
+    """The guard of ``config.revert_if_worse``: ``after`` unless its loss on the held-out
+    ``validation`` batches (summed over processes) is higher than ``before``'s (:func:`judge`).
+    Without held-out batches ``after`` stands."""
+    if not (config.revert_if_worse and any_batches(validation)):
+        return after, report
+    return judge(before, after, report,
+                 loss_before=evaluate_loss(before, validation, time_steps=config.time_steps)["loss"],
+                 loss_after=evaluate_loss(after, validation, time_steps=config.time_steps)["loss"])

@@ -65,7 +65,7 @@ from .config import (STAGE_ORDER, CalibrationConfig, CalibrationError, Quantizer
                      parse_stages)
 from .da import calibrate_distribution, fit_distribution, layer_errors
 from .batchnorm import recalibrate_batchnorm
-from .guard import evaluate_loss, keep_if_better
+from .guard import evaluate_loss, judge, keep_if_better
 from .objective import Objective, TeacherLogits
 from .report import CalibrationReport, StageReport
 from .terms import Terms, apply_terms
@@ -143,36 +143,28 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
     context = StageContext(config=config, originals=originals, validation=validation,
                            teacher=TeacherLogits(teacher) if teacher is not None else None)
 
-    # Each network's held-out result, measured once: the guard and the report ask for the same
-    # networks (a held-out pass costs as much as ~20 training steps). Keyed by identity; the
-    # network is kept alive with its result so that its id cannot be reused, and only the
-    # current network's entry survives a stage, so no more networks are alive than before.
-    results: dict[int, tuple[SpikingNetwork, dict[str, float]]] = {}
+    def measure(candidate: SpikingNetwork) -> dict[str, float] | None:
+        return evaluate_loss(candidate, validation, time_steps=config.time_steps) if has_validation else None
 
-    def evaluate(candidate: SpikingNetwork) -> dict[str, float]:
-        if id(candidate) not in results:
-            results[id(candidate)] = (candidate, evaluate_loss(candidate, validation, time_steps=config.time_steps))
-        return results[id(candidate)][1]
-
-    def validate(name: str) -> None:
-        if has_validation:
-            report.validation[name] = evaluate(network)
-
-    validate("fs-pc")
+    # `current` is the held-out result of `network`. Each network is measured once: the guard
+    # and the report share the result (a held-out pass costs as much as ~20 training steps).
+    current = measure(network)
+    if current is not None:
+        report.validation["fs-pc"] = current
     for stage in config.stages:
         rule = STAGES[stage]
         terms, stage_report = rule.fit(network, batches, context)
         candidate = apply_terms(network, terms)
-        if rule.guarded:
-            candidate, stage_report = keep_if_better(network, candidate, stage_report, validation, config=config,
-                                                     evaluate=evaluate)
-            if stage_report.details.get("reverted") and id(network) in results:
-                results[id(candidate)] = (candidate, results[id(network)][1])  # a copy of the input
-        network = candidate
-        for key in [key for key in results if key != id(network)]:
-            del results[key]
+        result = measure(candidate)
+        if rule.guarded and config.revert_if_worse and result is not None:
+            candidate, stage_report = judge(network, candidate, stage_report, loss_before=current["loss"],
+                                            loss_after=result["loss"])
+            if stage_report.details["reverted"]:
+                result = current  # candidate is now a copy of network
+        network, current = candidate, result
         report.stages.append(stage_report)
-        validate(stage.value)
+        if current is not None:
+            report.validation[stage.value] = current
     return network, report
 
 

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Mapping, TypeVar
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["forms_list", "positive_int", "positive_int_list", "time_steps", "time_steps_list", "device", "dataclass_from_dict",
-           "config_path"]
+__all__ = ["forms_list", "positive_int", "positive_int_or_all", "positive_int_list", "time_steps", "time_steps_list",
+           "device", "dataclass_from_dict", "config_path"]
 
 _Options = TypeVar("_Options")
 
@@ -27,6 +27,11 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def positive_int_or_all(text: str) -> int | None:
+    """An integer ≥ 1, or ``all`` (``None``: no limit), e.g. a sample size."""
+    return None if text.strip().lower() == "all" else positive_int(text)
 
 
 def positive_int_list(text: str) -> list[int]:

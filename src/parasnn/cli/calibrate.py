@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .arguments import config_path, device, positive_int, time_steps, time_steps_list
+from .arguments import config_path, device, positive_int, positive_int_or_all, time_steps, time_steps_list
 from .external import add_model_arguments, calibrate_external, require_model_or_checkpoint
 from .habits import arguments_record
 
@@ -42,10 +42,6 @@ def _stages(text: str):
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
-def _size_or_all(text: str) -> int | None:
-    return None if text.strip().lower() == "all" else positive_int(text)
-
-
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     from ..calibration.config import VALIDATIONS_PER_STAGE, CalibrationConfig, Objective, QuantizerGradient
     defaults = CalibrationConfig()
@@ -57,7 +53,7 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--training-size", type=positive_int,
                       help="images of the training set the stages learn on: a seeded random sample, for speed "
                            "(default: all of it)")
-    data.add_argument("--statistics-size", type=_size_or_all, default=defaults.statistics_size,
+    data.add_argument("--statistics-size", type=positive_int_or_all, default=defaults.statistics_size,
                       help="training images (a seeded random sample) read by the passes that only measure: "
                            "ReLU thresholds, stage da's averages, stage bn's statistics; 'all' for every one "
                            f"(default {defaults.statistics_size})")
@@ -160,7 +156,8 @@ def _config(args, *, stages, time_steps: int):
     return CalibrationConfig(
         stages=stages, time_steps=time_steps, batch_size=args.batch_size, seed=args.seed,
         training_size=args.training_size if args.learn_on == "training" else None,
-        statistics_size=args.statistics_size, validation_fraction=args.validation_fraction, percentile=args.percentile, levels=args.levels,
+        statistics_size=args.statistics_size, validation_fraction=args.validation_fraction,
+        percentile=args.percentile, levels=args.levels,
         warmup_fraction=args.warmup_fraction, revert_if_worse=not args.no_revert,
         objective=args.objective, temperature=args.temperature,
         da=DAConfig(momentum=args.momentum, epochs=args.da_epochs, debias=not args.no_da_debias),
