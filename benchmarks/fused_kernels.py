@@ -1,4 +1,5 @@
-"""The fused IF kernel against the unfused reference, torch.compile (inductor) and ReLU.
+"""The fused IF kernels against the unfused reference, torch.compile (inductor) and ReLU:
+the forward, and the gradient calibration trains with.
 
     python benchmarks/fused_kernels.py            # about 2 min: inductor compiles first
 
@@ -66,7 +67,41 @@ def main() -> int:
                           - _seconds(lambda: x.clone(), repeats)) / relu))
         relu, unfused, fused, inductor, in_place = sorted(rows, key=lambda row: row[2])[1]
         print(f"| {tuple(shape)} | {relu * 1e6:.1f} | {unfused:.2f} | {fused:.2f} | {inductor:.2f} | {in_place:.2f} |")
+    _gradient_table()
     return 0
+
+
+def _gradient_table() -> None:
+    """The IF neuron's gradient (current and Δb, what calibration's stages compute), unfused
+    (autograd's operations) and fused, as ratios to ReLU's gradient (``threshold_backward``)
+    on the same tensor, at T = 2 and 8."""
+    from parasnn.neurons.fused import fused_if_backward, reference_if_backward
+
+    print()
+    print("| current, T | relu backward (µs) | unfused IF backward | fused IF backward |")
+    print("|---|---:|---:|---:|")
+    for shape, repeats in (((64, 64, 28, 28), 5), ((64, 128, 14, 14), 10)):
+        channels = shape[1]
+        generator = torch.Generator().manual_seed(0)
+        x, grad = torch.randn(*shape, generator=generator), torch.randn(*shape, generator=generator)
+        view = (channels, 1, 1)
+        threshold = torch.rand(view, generator=generator) + 0.5
+        arguments = dict(pre_shift=torch.zeros(view), shift=threshold / 2, threshold=threshold,
+                         temporal_bias=torch.rand(view, generator=generator) * 0.1, scale=threshold / 2, width=1.0)
+        for time_steps in (2, 8):
+            fused, reference = (function(grad, x, time_steps=time_steps, **arguments)
+                                for function in (fused_if_backward, reference_if_backward))
+            assert all(torch.equal(a, b) for a, b in zip(fused, reference))
+            rows = []
+            for _ in range(3):
+                relu = _seconds(lambda: torch.ops.aten.threshold_backward(grad, x, 0.0), repeats)
+                rows.append((relu,
+                             _seconds(lambda: reference_if_backward(grad, x, time_steps=time_steps, **arguments),
+                                      repeats) / relu,
+                             _seconds(lambda: fused_if_backward(grad, x, time_steps=time_steps, **arguments),
+                                      repeats) / relu))
+            relu, unfused, fused_ratio = sorted(rows, key=lambda row: row[2])[1]
+            print(f"| {tuple(shape)}, {time_steps} | {relu * 1e6:.0f} | {unfused:.2f} | {fused_ratio:.2f} |")
 
 
 if __name__ == "__main__":

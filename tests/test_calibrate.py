@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from helpers import LargestTensor
-from parasnn.calibration.baseline import OriginalActivation, convert_for_calibration
+from parasnn.calibration.baseline import OriginalActivation, batchnorms, convert_for_calibration
 from parasnn.calibration.batches import split_batches
-from parasnn.calibration.batchnorm import _StraightThroughNeuron, _SynchronisedBatchNorm, recalibrate_batchnorm
+from parasnn.calibration.batchnorm import (_StraightThroughNeuron, _SynchronisedBatchNorm, fit_batchnorm,
+                                           recalibrate_batchnorm)
 from parasnn.calibration.bias import correct_temporal_bias
 from parasnn.calibration.config import CalibrationConfig, CalibrationError, QuantizerGradient, Stage, parse_stages
 from parasnn.calibration.da import calibrate_distribution, layer_errors
@@ -223,6 +224,28 @@ def test_stage_bn_running_statistics_are_the_calibration_average():
     assert torch.allclose(bn.running_var, variances, rtol=1e-4)
 
 
+def test_stage_bn_does_not_depend_on_the_running_statistics_it_is_handed():
+    # Alg. 2 re-estimates the statistics before the fine-tuning too; parasnn skips that pass,
+    # because the fine-tuning uses batch statistics and the final pass starts from reset
+    # ones. Were any value of the statistics handed in to survive, this would fail.
+    model = _relu_net()
+    data = _data(count=4)
+    network, _ = convert_for_calibration(model, data, config=_config())
+    scrambled = copy.deepcopy(network)
+    generator = torch.Generator().manual_seed(5)
+    for bn in batchnorms(scrambled).values():
+        bn.running_mean.copy_(torch.randn(bn.running_mean.shape, generator=generator) * 3)
+        bn.running_var.copy_(torch.rand(bn.running_var.shape, generator=generator) * 5 + 0.1)
+        bn.num_batches_tracked.fill_(17)
+    config = _config(bn_learning_rate=1e-2)
+    a, _ = fit_batchnorm(network, data, config=config)
+    b, _ = fit_batchnorm(scrambled, data, config=config)
+    assert a.layers.keys() == b.layers.keys() and a.layers
+    for path in a.layers:
+        for name, value in a.layers[path].items():
+            assert torch.equal(value, b.layers[path][name]), (path, name)
+
+
 def test_stage_bn_gradient_is_the_surrogate_by_default_and_straight_through_on_request():
     model = _relu_net()
     data = _data()
@@ -310,7 +333,8 @@ def test_stage_bias_early_stopping_keeps_the_best_validated_biases():
     assert final == pytest.approx(report.details["best_validation_loss"], rel=1e-6)
 
 
-def test_run_stages_measures_each_network_on_the_held_out_batches_once(monkeypatch):
+def test_run_stages_measures_each_network_on_the_held_out_batches_once_stages_included(monkeypatch):
+    import parasnn.calibration.bias as bias
     import parasnn.calibration.pipeline as pipeline
     model = _qcfs_net(levels=2)
     data = _data(count=8)
@@ -318,16 +342,23 @@ def test_run_stages_measures_each_network_on_the_held_out_batches_once(monkeypat
     # stage bn at an absurd rate is reverted: the reverted copy's result is its input's
     config = _config(bn_learning_rate=50.0, bn_final_learning_rate=50.0)
     network, originals = convert_for_calibration(model, training, config=config)
-    seen = []
+    seen, in_bias = [], []
     measure = pipeline.evaluate_loss
 
-    def counting(candidate, batches, *, time_steps):
-        seen.append(candidate)
-        return measure(candidate, batches, time_steps=time_steps)
+    def counting(into):
+        def evaluate(candidate, batches, *, time_steps):
+            into.append(candidate)
+            return measure(candidate, batches, time_steps=time_steps)
+        return evaluate
 
-    monkeypatch.setattr(pipeline, "evaluate_loss", counting)
+    monkeypatch.setattr(pipeline, "evaluate_loss", counting(seen))
+    monkeypatch.setattr(bias, "evaluate_loss", counting(in_bias))
     calibrated, report = run_stages(network, training, config=config, originals=originals, validation=validation)
-    assert len(seen) == len({id(n) for n in seen}) == 4  # fs-pc, da's result, bn's result, bias's result
+    assert len(seen) == len({id(n) for n in seen}) == 3  # fs-pc, da's result, bn's result
+    # Stage bias measures the biases it tries, not the network it was handed (step 0) nor,
+    # again, the biases it returns: the pipeline's results are passed in and out.
+    validations = report.stages[2].details["validations"]
+    assert len(in_bias) == len(validations) - 1 and validations[0]["loss"] == report.validation["bn"]["loss"]
     assert [s.stage for s in report.stages] == ["da", "bn", "bias"] and report.stages[1].details["reverted"] is True
     for name, result in report.validation.items():
         assert set(result) == {"loss", "accuracy", "samples"}
@@ -349,11 +380,37 @@ def test_the_measuring_passes_read_a_random_statistics_size_sample_and_all_of_it
     monkeypatch.setattr(batchnorm, "_statistics_pass",
                         lambda network, norms, batches, **kw: read.append(len(batches)) or measure(network, norms, batches, **kw))
     _, report = calibrate_with_report(model, data, config=everything.replace(statistics_size=70))
-    # 10 training batches: stage da and both statistics passes read ceil(70/32) = 3 of them
-    assert report.stages[0].steps == 3 and read == [3, 3]
+    # 10 training batches: stage da and the statistics pass read ceil(70/32) = 3 of them
+    assert report.stages[0].steps == 3 and read == [3]
     assert report.stages[1].steps == 10  # stage bn still learns on every batch
     with pytest.raises(CalibrationError, match="statistics_size"):
         _config(statistics_size=0)
+
+
+@pytest.mark.parametrize("make", [_relu_net, lambda: _qcfs_net(levels=2)])
+def test_the_stages_run_fused_neurons_and_get_the_references_bits(make, monkeypatch):
+    # On CPU the stages train and validate a fused copy (parasnn.neurons.fused); run again with
+    # the reference neurons, every number the calibration produced must be the same.
+    import parasnn.calibration.baseline as baseline
+    import parasnn.calibration.guard as guard
+    model = make()
+    data = _data(count=8)
+    config = _config(validation_fraction=0.25, bn_learning_rate=1e-2, bias_learning_rate=0.05)
+    fused_network, fused_report = calibrate_with_report(model, data, config=config)
+    kinds = set()
+    fast_view = baseline.fast_view
+    def reference(network):
+        kinds.add(type(fast_view(network)).__name__)
+        return network
+
+    for module in (baseline, guard):
+        monkeypatch.setattr(module, "fast_view", reference)
+    reference_network, reference_report = calibrate_with_report(model, data, config=config)
+    assert kinds == {"FusedNetwork"}  # what the first run used
+    assert _state(fused_network).keys() == _state(reference_network).keys()
+    assert all(torch.equal(v, _state(reference_network)[k]) for k, v in _state(fused_network).items())
+    assert fused_report.validation == reference_report.validation
+    assert [s.to_dict() for s in fused_report.stages] == [s.to_dict() for s in reference_report.stages]
 
 
 def test_stage_bias_validates_twenty_times_per_stage_unless_an_interval_is_given():

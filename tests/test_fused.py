@@ -4,6 +4,7 @@ The first run on a machine compiles the C++ operator (1–5 min on a loaded 2-co
 later runs load it from PyTorch's extension cache."""
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -95,6 +96,107 @@ def test_fused_if_nan_propagates(kernels):
                      scale=torch.tensor(0.25))
     out, expected = fused_if_forward(current, **arguments), reference_if_forward(current, **arguments)
     assert torch.equal(out.isnan(), expected.isnan()) and torch.equal(out[~out.isnan()], expected[~expected.isnan()])
+
+
+# -- the differentiable forward and its gradient (calibration's training passes) -------------
+
+
+def _assert_same_bits(a, b):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a[~a.isnan()], b[~b.isnan()])
+
+
+def _parameter(per_channel, shape, *, low, spread, generator, dtype):
+    """A 0-dim or per-channel value, viewed as :func:`per_channel` views it for ``shape``."""
+    channels = shape[1] if len(shape) > 1 else 1
+    per = per_channel and len(shape) > 1
+    value = (torch.rand(channels if per else (), generator=generator, dtype=torch.float64) * spread + low).to(dtype)
+    return value.view((-1,) + (1,) * (len(shape) - 2)) if per else value
+
+
+@settings(max_examples=60, deadline=None)
+@given(shape=st.sampled_from([(3, 5, 4, 6), (4, 9), (2, 5, 1, 1), (1, 5, 33), (7,), (2, 3, 40, 40)]),
+       time_steps=st.integers(1, 40), width=st.sampled_from([1.0, 0.5, 1.3]),
+       per_channel=st.lists(st.booleans(), min_size=5, max_size=5),
+       wanted=st.sampled_from([(True, True), (True, False), (False, True)]),
+       dtype=st.sampled_from([torch.float32, torch.float64]), seed=st.integers(0, 2**31 - 1))
+def test_fused_if_backward_equals_reference(kernels, shape, time_steps, width, per_channel, wanted, dtype, seed):
+    generator = torch.Generator().manual_seed(seed)
+    make = functools.partial(_parameter, shape=shape, generator=generator, dtype=dtype)
+    threshold = make(per_channel[0], low=0.25, spread=2.0)
+    shift = make(per_channel[1], low=-0.5, spread=1.0)
+    bias = make(per_channel[2], low=-0.2, spread=0.4)
+    pre_shift = make(per_channel[3], low=-0.1, spread=0.2)
+    scale = make(per_channel[4], low=0.1, spread=1.0)
+    current = _edge_currents(shape, time_steps=time_steps, threshold=threshold, shift=shift, generator=generator,
+                             dtype=dtype)
+    flat = current.view(-1)
+    if flat.numel() > 10:  # surrogate edges: v_t − θ exactly 0 and ±width·θ at step t = T
+        theta, psi = float(threshold.flatten()[0]), float(shift.flatten()[0])
+        charge = torch.tensor([theta, theta * (1 + width), theta * (1 - width)], dtype=dtype) - psi - \
+            float(bias.flatten()[0])
+        flat[-3:] = charge / time_steps - float(pre_shift.flatten()[0])
+        flat[-4] = float("nan")
+    grad = torch.randn(shape, generator=generator, dtype=dtype)
+    arguments = dict(pre_shift=pre_shift, shift=shift, threshold=threshold, temporal_bias=bias, scale=scale,
+                     time_steps=time_steps, width=width, current_gradient=wanted[0], bias_gradient=wanted[1])
+    expected = fused.reference_if_backward(grad, current, **arguments)
+    got = fused.fused_if_backward(grad, current, **arguments)
+    for a, b, asked in zip(got, expected, wanted):
+        if asked:
+            _assert_same_bits(a, b)
+        else:
+            assert a is None and b is None
+
+
+def _gradients(neuron, current, time_steps, weights):
+    """The output, and the gradients of a weighted sum of it for the current and Δb (where
+    they require one)."""
+    current.grad, neuron.temporal_bias.grad = None, None
+    output = neuron(current, time_steps=time_steps)
+    (output * weights).sum().backward()
+    grads = tuple(t.grad.clone() if t.requires_grad else None for t in (current, neuron.temporal_bias))
+    return output.detach(), grads
+
+
+@pytest.mark.parametrize("time_steps,levels", [(1, None), (2, None), (7, None), (8, 4)])
+@pytest.mark.parametrize("shape", [(4, 6, 5, 5), (5, 6)])
+@pytest.mark.parametrize("per_channel,calibrated", [(True, True), (False, True), (True, False)])
+@pytest.mark.parametrize("wanted", [(True, True), (True, False), (False, True)])
+def test_fused_neuron_trains_with_the_references_bits(kernels, time_steps, levels, shape, per_channel, calibrated,
+                                                     wanted):
+    generator = torch.Generator().manual_seed(time_steps + 10 * len(shape))
+    reference = _random_if_neuron(shape[1], generator=generator, calibrated=calibrated, per_channel=per_channel)
+    reference.levels = levels
+    reference.temporal_bias.requires_grad_(wanted[1])
+    fast = fused_neuron(reference)
+    current = (torch.randn(shape, generator=generator) * 2).requires_grad_(wanted[0])
+    weights = torch.randn(shape, generator=generator)
+    calls = []
+    backward = fused.fused_if_backward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused, "fused_if_backward", lambda *a, **k: calls.append(1) or backward(*a, **k))
+        fast_output, fast_grads = _gradients(fast, current, time_steps, weights)
+    assert calls, "the fused neuron's gradient must come from the fused backward"
+    reference_output, reference_grads = _gradients(reference, current, time_steps, weights)
+    assert torch.equal(fast_output, reference_output)
+    for a, b in zip(fast_grads, reference_grads):
+        assert (a is None and b is None) or torch.equal(a, b)
+    assert any(g is not None and g.abs().sum() > 0 for g in fast_grads)
+
+
+def test_fused_neuron_leaves_other_gradients_to_the_parent(kernels):
+    generator = torch.Generator().manual_seed(4)
+    reference = _random_if_neuron(6, generator=generator, calibrated=True, per_channel=True)
+    reference.amplitude.requires_grad_(True)  # a gradient the fused backward does not give
+    fast = fused_neuron(reference)
+    current = torch.randn(3, 6, 4, 4, generator=generator).requires_grad_(True)
+    calls = []
+    backward = fused.fused_if_backward
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fused, "fused_if_backward", lambda *a, **k: calls.append(1) or backward(*a, **k))
+        fast(current, time_steps=3).sum().backward()
+    assert not calls and reference.amplitude.grad is not None
 
 
 @pytest.mark.parametrize("time_steps", [1, 3, 16, 64])

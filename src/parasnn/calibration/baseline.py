@@ -17,10 +17,12 @@ from ..conversion.stages import convert, isolate_activations, quantize_relus
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS, qcfs
 from ..runtime import distributed
+from ..simulation.compiled import FusedNetwork, fuse
 from .batches import materialise, measuring_sample
 from .config import CalibrationConfig, CalibrationError
 
-__all__ = ["OriginalActivation", "convert_for_calibration", "if_neurons", "batchnorms", "Swapped"]
+__all__ = ["OriginalActivation", "convert_for_calibration", "if_neurons", "batchnorms", "Swapped", "working_copy",
+           "fast_view"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +77,23 @@ def if_neurons(network: SpikingNetwork, *, where: str) -> dict[str, IFNeuron]:
     if not neurons:
         raise CalibrationError(f"{where}: the network has no neuron layers")
     return neurons
+
+
+def fast_view(network: SpikingNetwork) -> SpikingNetwork:
+    """``network`` with fused neurons (:func:`parasnn.simulation.compiled.fuse`: the same
+    parameter and buffer tensors, the same outputs and gradients bit for bit, fewer passes
+    over each activation), for a stage to run. On CPU only: the CUDA kernels have not yet run
+    on a GPU (docs/speed.md), so a network elsewhere is returned as it is, as is one already
+    fused."""
+    if isinstance(network, FusedNetwork) or any(t.device.type != "cpu" for t in network.parameters()):
+        return network
+    return fuse(network)
+
+
+def working_copy(network: SpikingNetwork) -> SpikingNetwork:
+    """A stage's private copy of ``network`` to train (nothing shared with it), fused where
+    :func:`fast_view` fuses."""
+    return fast_view(copy.deepcopy(network))
 
 
 def batchnorms(network: SpikingNetwork) -> dict[str, nn.modules.batchnorm._BatchNorm]:

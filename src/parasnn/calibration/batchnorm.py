@@ -7,7 +7,6 @@ report; it trains a private working copy, never the network passed in.
 """
 from __future__ import annotations
 
-import copy
 from typing import Iterable, Sequence
 
 import torch
@@ -21,7 +20,7 @@ from ..neurons.qcfs import level_value
 from ..neurons.surrogate import floor_ste
 from ..runtime import distributed
 from ..runtime.progress import progress
-from .baseline import Swapped, batchnorms, if_neurons
+from .baseline import Swapped, batchnorms, if_neurons, working_copy
 from .batches import batch_order, inputs_of, labelled, materialise, measuring_sample
 from .config import CalibrationConfig, CalibrationError, QuantizerGradient, Stage
 from .guard import keep_if_better
@@ -119,13 +118,18 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
     ``config.time_steps`` (the parallel network itself). Everything else is frozen;
     ``network`` is not modified.
 
-    1. statistics pass: running mean / variance = the average over the training batches
-       of the batch statistics (Eq. 10), layers in train mode, no gradients;
-    2. affine fine-tuning: γ, β only, on ``config.objective`` (the labels' cross-entropy, or
+    1. affine fine-tuning: γ, β only, on ``config.objective`` (the labels' cross-entropy, or
        the distillation loss to ``teacher``'s logits), AdamW without weight decay, linear
        warm-up + cosine, ``config.bn.epochs`` passes, batch statistics in the forward pass;
-    3. a final statistics pass, so the running statistics describe the network with its
-       final γ, β (the fine-tuning changed the inputs of every later BN).
+    2. a statistics pass: running mean / variance = the average over a sample of the
+       training batches of the batch statistics (Eq. 10), layers in train mode, no
+       gradients — after the fine-tuning, so that they describe the network with its final
+       γ, β (the fine-tuning changed the inputs of every later BN).
+
+    Alg. 2 also re-estimates the statistics *before* the fine-tuning. That pass is skipped:
+    the fine-tuning normalises with batch statistics and step 2 starts from reset running
+    statistics, so nothing it computed would survive (tested: the terms do not depend on the
+    running statistics the network came with). A BN layer without γ, β gets step 2 only.
 
     Gradient through the neurons (``config.bn.gradient``): by default the IF neuron's own
     triangle surrogate, the gradient of stage 2 (decision, measured: see docs/decisions.md);
@@ -136,7 +140,7 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
     """
     batches = materialise(batches, where="stage bn")
     require_teacher(config.objective, teacher, where="stage bn")
-    working = copy.deepcopy(network)
+    working = working_copy(network)
     norms = batchnorms(working)
     if not norms:
         raise CalibrationError("stage bn recalibrates BatchNorm layers, but the network has none "
@@ -154,7 +158,6 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
     # Statistics on a random config.statistics_size images (Eq. 10 averages batch statistics,
     # which settle long before a training set ends); γ and β learn on every batch.
     measured = measuring_sample(batches, images=config.statistics_size, batch_size=config.batch_size, seed=config.seed)
-    _statistics_pass(working, norms, measured, time_steps=T, description=f"stage bn statistics T={T}")
     replacements: dict[str, nn.Module] = {path: _SynchronisedBatchNorm(bn, cumulative=False)
                                           for path, bn in norms.items()}
     if options.gradient is QuantizerGradient.STRAIGHT_THROUGH:
@@ -186,7 +189,7 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
                     steps += 1
         for bn in norms.values():
             bn.eval()
-        _statistics_pass(working, norms, measured, time_steps=T, description=f"stage bn final statistics T={T}")
+    _statistics_pass(working, norms, measured, time_steps=T, description=f"stage bn statistics T={T}")
     terms = BatchNormTerms({path: {name: getattr(bn, name).detach().clone() for name in BN_TERMS
                                    if getattr(bn, name, None) is not None}
                             for path, bn in norms.items()})

@@ -6,7 +6,6 @@ Data in, data out: :func:`fit_temporal_bias` returns the learned
 """
 from __future__ import annotations
 
-import copy
 from typing import Iterable
 
 import torch
@@ -15,7 +14,7 @@ from torch import Tensor, nn
 from ..conversion.network import SpikingNetwork, device_of, observe
 from ..runtime import distributed
 from ..runtime.progress import progress
-from .baseline import if_neurons
+from .baseline import if_neurons, working_copy
 from .batches import any_batches, as_sequence, batch_order, inputs_of, labelled, materialise
 from .config import CalibrationConfig, Stage
 from .guard import evaluate_loss
@@ -54,8 +53,8 @@ def _neuron_channels(network: SpikingNetwork, batch, *, time_steps: int) -> dict
 
 
 def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,
-                      validation: Iterable | None = None, teacher: TeacherLogits | None = None
-                      ) -> tuple[BiasTerms, StageReport]:
+                      validation: Iterable | None = None, teacher: TeacherLogits | None = None,
+                      measured: dict[str, float] | None = None) -> tuple[BiasTerms, StageReport]:
     """Stage 2 as data: one Δb per channel in every neuron (``temporal_bias``, ``(C,)``),
     trained at ``config.time_steps`` through the parallel rule
     ``s_t = H((U + ψ)/(T − t + 1) + Δb − θ)`` with the triangle surrogate, on
@@ -71,13 +70,18 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
     beats the network as it came, the biases it came with are returned). Without
     validation batches it trains for ``config.bias.epochs`` and returns the last biases.
 
+    ``measured``: ``network``'s held-out result (:func:`~.guard.evaluate_loss` on
+    ``validation``) when the caller has it already — the pipeline has — which saves that
+    pass. The report's ``validation`` is the held-out result of the returned biases, so the
+    caller need not measure them again either.
+
     Memory: the neuron's backward pass loops over the T steps on tensors of its own shape,
     so training stores what the ANN's backward would, whatever T.
     """
     batches = materialise(batches, where="stage bias")
     require_teacher(config.objective, teacher, where="stage bias")
     validation = as_sequence(validation)  # a streamed folder's batches stay on disk
-    working = copy.deepcopy(network).eval()  # BN frozen with its running statistics; dropout off
+    working = working_copy(network).eval()  # BN frozen with its running statistics; dropout off
     neurons = if_neurons(working, where="stage bias")
     options, T = config.bias, config.time_steps
     device = device_of(working)
@@ -97,10 +101,10 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
 
     has_validation = any_batches(validation)
     history: list[dict[str, float]] = []
-    best_state, best_loss, since_best = snapshot(), float("inf"), 0
+    best_state, best, since_best = snapshot(), None, 0
     if has_validation:
-        best_loss = evaluate_loss(working, validation, time_steps=T)["loss"]
-        history.append({"step": 0, "loss": best_loss})
+        best = measured if measured is not None else evaluate_loss(working, validation, time_steps=T)
+        history.append({"step": 0, "loss": best["loss"]})
     total = options.epochs * len(batches)
     interval = options.interval(total)
     optimizer, schedule = stage_optimizer(parameters, learning_rate=options.learning_rate,
@@ -124,10 +128,10 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
             steps += 1
             losses.append(float(loss.detach()))
             if has_validation and (steps % interval == 0 or steps == total):
-                current = evaluate_loss(working, validation, time_steps=T)["loss"]
-                history.append({"step": steps, "loss": current})
-                if current < best_loss:
-                    best_state, best_loss, since_best = snapshot(), current, 0
+                current = evaluate_loss(working, validation, time_steps=T)
+                history.append({"step": steps, "loss": current["loss"]})
+                if current["loss"] < best["loss"]:
+                    best_state, best, since_best = snapshot(), current, 0
                 else:
                     since_best += 1
                     if since_best >= options.patience:
@@ -137,12 +141,12 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
             break
     learned = best_state if has_validation else snapshot()
     details = {"objective": config.objective.value, "stopped_early": stopped, "validation_interval": interval,
-               "best_validation_loss": best_loss if has_validation else None,
+               "best_validation_loss": best["loss"] if has_validation else None,
                "validations": history, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None,
                "mean_abs_bias": float(torch.cat([b.flatten() for b in learned.values()]).abs().mean()),
                "parameters": int(sum(b.numel() for b in learned.values()))}
-    return BiasTerms(learned), StageReport(Stage.BIAS.value, steps=steps, details=details)
+    return BiasTerms(learned), StageReport(Stage.BIAS.value, steps=steps, details=details, validation=best)
 
 
 def correct_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,

@@ -12,12 +12,17 @@ reference functions):
 
 * IF (``docs/maths.md §3``):   ``clip(floor((T·(z + ψ_DA) + ψ)/(θ − Δb)), 0, T) · (θ_post/T)``
   (``+ψ_DA`` only when the pre-shift is non-zero, as in the reference);
-* PMSM (``docs/maths.md §6``): ``clip(floor(T·z/θ + 1/2), −T·L⁻, T·L⁺) · (θ/T)``.
+* PMSM (``docs/maths.md §6``): ``clip(floor(T·z/θ + 1/2), −T·L⁻, T·L⁺) · (θ/T)``;
+* the IF neuron's gradient (``docs/maths.md §4c``), for the current and Δb, as autograd
+  computes it through the unfused neuron (:func:`reference_if_backward`): what calibration's
+  stages bn and bias spend their backward passes on. Unfused, the surrogate alone is ~8·T
+  passes over the activation and was ~40 % of a calibration step.
 
 Backends: a C++ operator built at first use with :func:`torch.utils.cpp_extension.load_inline`
 (``-O3 -march=native``, vectorised; ``-ffp-contract=off`` so that no multiply-add is fused,
 which would change the rounding), and a CUDA one built with nvcc the same way
-(``--fmad=false``; compiled but not yet run on a GPU — its tests run where one is present).
+(``--fmad=false``; compiled but not yet run on a GPU — its tests run where one is present;
+the gradient kernel is CPU-only, CUDA takes autograd's graph).
 Builds are cached on disk by PyTorch (the ``TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions``), so only the first process on a machine pays the compilation
 (1–5 min; later processes load it in about a second), and in memory by :func:`cpu_kernels`
@@ -44,10 +49,12 @@ from torch import Tensor
 
 from .fused_sources import CPU_FLAGS, CPU_SOURCE, CUDA_DECLARATIONS, CUDA_FLAGS, CUDA_SOURCE
 from .if_neuron import IFNeuron
+from .base import per_channel
+from .integrate_fire import _sum_to, check_time_steps, effective_threshold, if_count_surrogate, surrogate_constants
 from .pmsm import PolarityMultiSpikeNeuron
 
 __all__ = ["BuiltKernels", "build_kernels", "cpu_kernels", "cuda_kernels",
-           "kernels_for", "fused_if_forward", "fused_polarity_forward",
+           "kernels_for", "fused_if_forward", "fused_polarity_forward", "fused_if_backward", "reference_if_backward",
            "reference_if_forward", "reference_polarity_forward", "FusedIFNeuron", "FusedPolarityNeuron",
            "fused_neuron", "FUSED_TYPES"]
 
@@ -82,7 +89,7 @@ def cpu_kernels() -> BuiltKernels | None:
 
     Returns ``None``, with a one-line warning, where they cannot be built (no C++ compiler,
     no ninja, a PyTorch without its headers, …): fused neurons then run the reference."""
-    return build_kernels("cpu", {"cpp_sources": CPU_SOURCE}, ["if_forward", "polarity_forward"],
+    return build_kernels("cpu", {"cpp_sources": CPU_SOURCE}, ["if_forward", "polarity_forward", "if_backward"],
                   {"extra_cflags": list(CPU_FLAGS)})
 
 
@@ -157,9 +164,11 @@ def _global_hooks() -> bool:
 
 
 class FusedIFNeuron(IFNeuron):
-    """:class:`~parasnn.neurons.IFNeuron` whose parallel inference forward is the fused
-    kernel. Everything else (gradients, calibration, serial steps, spike trains) is the
-    parent's; build one with :func:`fused_neuron`.
+    """:class:`~parasnn.neurons.IFNeuron` whose parallel forward is the fused kernel, and
+    whose gradient, where only the current and Δb need one (calibration's stages bn and
+    bias), is the fused backward kernel (:func:`fused_if_backward`) — the same bits as the
+    parent's either way. Everything else (serial steps, spike trains, gradients for θ, ψ,
+    θ_post or ψ_DA) is the parent's; build one with :func:`fused_neuron`.
 
     ``overwrite_input`` (default False) lets the kernel write its output into the input
     current; :func:`parasnn.simulation.compiled.fuse` sets it where the graph proves that
@@ -170,8 +179,9 @@ class FusedIFNeuron(IFNeuron):
 
     def forward(self, current: Tensor, *, time_steps: int) -> Tensor:
         constants = self.inference_constants(current, time_steps)
-        if constants is None:  # a graph is needed (or dtypes differ): the reference path
-            return super().forward(current, time_steps=time_steps)
+        if constants is None:  # a graph is needed (or dtypes differ)
+            trained = self._differentiable_forward(current, time_steps)
+            return super().forward(current, time_steps=time_steps) if trained is None else trained
         time_steps = self.counting_steps(time_steps)  # min(T, L) for a neuron keeping L levels
         pre_shift, shift, threshold, scale = constants
         if current.dtype not in _KERNEL_DTYPES or not current.is_contiguous():
@@ -182,6 +192,119 @@ class FusedIFNeuron(IFNeuron):
             return reference_if_forward(current, time_steps=time_steps, pre_shift=pre_shift, shift=shift,
                                         threshold=threshold, scale=scale)
         return kernels[0](current, pre_shift, shift, threshold, scale, time_steps, _overwrite_allowed(self))
+
+    def _differentiable_forward(self, current, time_steps: int) -> Tensor | None:
+        """The output through :class:`_FusedIFOutput`, or ``None`` where the parent's graph
+        must be built: not a CPU float tensor, dtypes differ, a parameter other than Δb needs a
+        gradient, or the kernels cannot be built."""
+        if not (isinstance(current, Tensor) and torch.is_grad_enabled() and current.device.type == "cpu"
+                and current.dtype in _KERNEL_DTYPES):
+            return None
+        threshold, shift, amplitude, pre_shift, temporal_bias = self._parameters_tuple()
+        fixed = (threshold, shift, amplitude, pre_shift)
+        if any(t.requires_grad for t in fixed) or any(t.dtype != current.dtype or t.device != current.device
+                                                     for t in fixed + (temporal_bias,)):
+            return None
+        built = cpu_kernels()
+        if built is None:
+            return None
+        steps = self.counting_steps(time_steps)
+        check_time_steps(steps)
+        # The parent's views and derived values, as its graph computes them.
+        threshold, shift, amplitude, pre_shift = (per_channel(t, current) for t in fixed)
+        view = per_channel(temporal_bias, current)
+        constants = (pre_shift, shift, threshold, amplitude / steps)
+        return _FusedIFOutput.apply(current, temporal_bias, view.detach(), built.module.if_forward, constants,
+                                    steps, self.surrogate_width)
+
+
+def _channel_values(parameter: Tensor, shape: torch.Size) -> Tensor | None:
+    """``parameter`` as the 1 or C values a kernel reads, when it broadcasts against a current
+    of ``shape`` as one value or one per channel (axis 1) — else ``None``."""
+    try:
+        strides = parameter.expand(shape).stride()
+    except RuntimeError:
+        return None
+    if all(stride == 0 for stride in strides):
+        return parameter.reshape(-1)[:1]
+    if len(shape) >= 2 and parameter.numel() == shape[1] and all(s == 0 for i, s in enumerate(strides) if i != 1):
+        return parameter.reshape(-1)
+    return None
+
+
+def reference_if_backward(grad: Tensor, current: Tensor, *, pre_shift: Tensor, shift: Tensor, threshold: Tensor,
+                          temporal_bias: Tensor, scale: Tensor, time_steps: int, width: float,
+                          current_gradient: bool = True, bias_gradient: bool = True
+                          ) -> tuple[Tensor | None, Tensor | None]:
+    """What autograd computes backwards through the IF neuron's differentiable forward
+    (:meth:`~parasnn.neurons.IFNeuron.forward` with a graph: ``U = T·(z + ψ_DA)``, the count
+    of :func:`~parasnn.neurons.integrate_fire.parallel_if_count`, times ``scale = θ_post/T``),
+    written out in its order: ``g₁ = grad·scale``, the surrogate factors of ``U``
+    (:func:`~parasnn.neurons.integrate_fire.if_count_surrogate`), ``dz = (g₁·dc)·T``.
+
+    Returns ``(dz, db)``: the gradient for the current ``z`` and, per element, for ``Δb``
+    (``None`` where not asked for); the caller reduces ``db`` to Δb's shape. Parameters are
+    viewed to broadcast against ``current`` (:func:`~parasnn.neurons.base.per_channel`), and
+    ``time_steps`` is the count's (the neuron's ``counting_steps``)."""
+    cumulative = time_steps * (current + pre_shift)
+    d_charge, d_bias = if_count_surrogate(grad * scale, cumulative, shift=shift, threshold=threshold,
+                                          temporal_bias=temporal_bias, time_steps=time_steps, width=width,
+                                          bias_gradient=bias_gradient)
+    return (d_charge * time_steps if current_gradient else None), d_bias
+
+
+def fused_if_backward(grad: Tensor, current: Tensor, *, pre_shift: Tensor, shift: Tensor, threshold: Tensor,
+                      temporal_bias: Tensor, scale: Tensor, time_steps: int, width: float,
+                      current_gradient: bool = True, bias_gradient: bool = True
+                      ) -> tuple[Tensor | None, Tensor | None]:
+    """:func:`reference_if_backward` as one CPU kernel (same signature, same bits): one read
+    of the gradient and of ``z``, one write per result, the T steps on a block held in cache,
+    where the reference makes ~8·T passes over the activation. The reference where the kernel
+    does not apply (CUDA: no kernel written yet; other dtypes; a parameter that is not 0-dim
+    or per channel) or cannot be built."""
+    shape = current.shape
+    inverse, offset, peak = surrogate_constants(threshold, temporal_bias, width=width)
+    values = [_channel_values(p, shape) for p in (pre_shift, shift, inverse, offset, peak, scale)]
+    applies = (current.device.type == "cpu" and current.dim() >= 1 and grad.shape == shape
+               and all(v is not None for v in values) and _kernel_applies(current, tuple(values) + (grad,)))
+    built = cpu_kernels() if applies else None
+    if built is None:
+        return reference_if_backward(grad, current, pre_shift=pre_shift, shift=shift, threshold=threshold,
+                                     temporal_bias=temporal_bias, scale=scale, time_steps=time_steps, width=width,
+                                     current_gradient=current_gradient, bias_gradient=bias_gradient)
+    d_current, d_bias = built.module.if_backward(grad.contiguous(), current, *values, time_steps, float(width),
+                                                 current_gradient, bias_gradient)
+    return (d_current if current_gradient else None), (d_bias if bias_gradient else None)
+
+
+class _FusedIFOutput(torch.autograd.Function):
+    """The IF neuron's differentiable parallel output ``count·θ_post/T``: forward by the
+    inference kernel (the same bits as the unfused graph: the ``+ψ_DA`` pass is kept even
+    when ψ_DA is zero, as the graph does), backward by :func:`fused_if_backward`. Gradients
+    for the current and for Δb only (:meth:`FusedIFNeuron.forward` checks that nothing else
+    needs one)."""
+
+    @staticmethod
+    def forward(ctx, current, temporal_bias, view, kernel, constants, time_steps, width):
+        pre_shift, shift, threshold, scale = constants
+        ctx.save_for_backward(current)
+        ctx.view, ctx.constants, ctx.time_steps, ctx.width = view, constants, time_steps, width
+        ctx.bias_shape = temporal_bias.shape
+        effective = effective_threshold(threshold, view)
+        return kernel(current.contiguous(), pre_shift, shift, effective, scale, time_steps, False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (current,) = ctx.saved_tensors
+        pre_shift, shift, threshold, scale = ctx.constants
+        needs_current, needs_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        d_current, d_bias = fused_if_backward(grad, current.contiguous(), pre_shift=pre_shift, shift=shift,
+                                              threshold=threshold, temporal_bias=ctx.view, scale=scale,
+                                              time_steps=ctx.time_steps, width=ctx.width,
+                                              current_gradient=needs_current, bias_gradient=needs_bias)
+        if d_bias is not None:  # as the graph reduces it: to the (C, 1, …) view, then to (C,)
+            d_bias = _sum_to(d_bias, ctx.view).reshape(ctx.bias_shape)
+        return d_current, d_bias, None, None, None, None, None
 
 
 # --------------------------------------------------------------------------- PMSM

@@ -47,11 +47,13 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .surrogate import floor_ste, triangle
+from .surrogate import floor_ste
 from ..runtime.checks import require_positive_int
 
 __all__ = [
     "check_time_steps",
+    "if_count_surrogate",
+    "surrogate_constants",
     "effective_threshold",
     "spike_count",
     "spike_train",
@@ -276,14 +278,60 @@ def simulate_if(currents: Tensor, *, threshold: Tensor | float, shift: Tensor | 
     return torch.stack(trains)
 
 
-class _ParallelIFCount(torch.autograd.Function):
-    """Closed-form count forward; triangle-surrogate backward of ``Σ_t H(v_t − θ)``.
+def if_count_surrogate(grad: Tensor, cumulative: Tensor, *, shift: Tensor, threshold: Tensor,
+                       temporal_bias: Tensor, time_steps: int, width: float,
+                       bias_gradient: bool = True) -> tuple[Tensor, Tensor | None]:
+    """The triangle-surrogate gradient of the parallel IF count ``Σ_t H(v_t − θ)``, with
+    ``v_t = (U + ψ)/r_t + Δb`` and ``r_t = T − t + 1``, as two elementwise factors of the
+    incoming ``grad``:
 
-    ``v_t = (U + ψ)/(T − t + 1) + Δb``. The backward pass loops over the T steps on tensors
-    of the neuron's own shape, so it stores only ``U`` — never a ``(T, ...)`` copy — and
-    the memory of training through a parallel neuron stays that of one activation.
-    The surrogate acts on ``(v_t − θ)/θ``: the band is relative to the threshold, so
-    layers with different θ see the same sharpness (decision; [STDC] does not say).
+    * ``d_charge = grad · Σ_t σ'_t / r_t`` — the gradient for ``U`` and ``ψ``;
+    * ``d_bias = grad · Σ_t σ'_t`` — for ``Δb`` (and, negated, for ``θ``); ``None`` unless
+      ``bias_gradient``;
+
+    with ``σ'_t = triangle(x_t, width)/θ`` of the distance to the threshold relative to it,
+    ``x_t = (v_t − θ)/θ``. Evaluated with reciprocals, ``x_t = ((U + ψ)·θ⁻¹)·r_t⁻¹ + (Δb −
+    θ)·θ⁻¹`` and ``σ'_t = max(w − |x_t|, 0)·(θ⁻¹/w²)``: the same function as the division
+    form, rounded differently in the last bits, and without a division in the loop (the
+    fused kernel, which must give these bits, is several times faster so).
+
+    Shapes: ``grad`` and ``cumulative`` (U) ``(B, C, …)``; ``shift`` (ψ), ``threshold`` (θ),
+    ``temporal_bias`` (Δb) broadcast against them (0-dim or per channel). The reference: a
+    loop over the T steps on tensors of the neuron's own shape.
+    :class:`parasnn.neurons.fused.FusedIFNeuron` runs the same arithmetic, inside the
+    neuron's whole backward pass, as one CPU kernel (bit-equal).
+    """
+    inverse, offset, peak = surrogate_constants(threshold, temporal_bias, width=width)
+    scaled = (cumulative + shift) * inverse  # (U + ψ)/θ
+    d_charge = torch.zeros_like(scaled)  # Σ_t σ'_t / r_t
+    d_bias = torch.zeros_like(scaled) if bias_gradient else None  # Σ_t σ'_t
+    for remaining in range(1, time_steps + 1):  # r_t = T − t + 1
+        reciprocal = 1.0 / remaining
+        slope = torch.clamp(width - (scaled * reciprocal + offset).abs(), min=0.0) * peak
+        d_charge += slope * reciprocal
+        if bias_gradient:
+            d_bias += slope
+    return grad * d_charge, (grad * d_bias if bias_gradient else None)
+
+
+def surrogate_constants(threshold: Tensor, temporal_bias: Tensor, *, width: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The per-channel constants of :func:`if_count_surrogate`: ``(θ⁻¹, (Δb − θ)·θ⁻¹,
+    θ⁻¹/w²)``, each shaped as ``threshold`` and ``temporal_bias`` broadcast together."""
+    if width <= 0:
+        raise ValueError(f"surrogate width must be > 0, got {width}")
+    inverse = 1.0 / threshold
+    return inverse, (temporal_bias - threshold) * inverse, inverse / (width * width)
+
+
+class _ParallelIFCount(torch.autograd.Function):
+    """Closed-form count forward; triangle-surrogate backward of ``Σ_t H(v_t − θ)``
+    (:func:`if_count_surrogate`).
+
+    ``v_t = (U + ψ)/(T − t + 1) + Δb``. The backward pass stores only ``U`` — never a
+    ``(T, ...)`` copy — so the memory of training through a parallel neuron stays that of
+    one activation. The surrogate acts on ``(v_t − θ)/θ``: the band is relative to the
+    threshold, so layers with different θ see the same sharpness (decision; [STDC] does not
+    say).
     """
 
     @staticmethod
@@ -297,20 +345,15 @@ class _ParallelIFCount(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         cumulative, shift, threshold, temporal_bias = ctx.saved_tensors
-        charge = cumulative + shift
-        d_charge = torch.zeros_like(charge)  # Σ_t g_t/(T−t+1)
-        d_bias = torch.zeros_like(charge)  # Σ_t g_t
-        for remaining in range(1, ctx.time_steps + 1):  # T − t + 1
-            slope = triangle((charge / remaining + temporal_bias - threshold) / threshold,
-                             width=ctx.width) / threshold
-            d_charge += slope / remaining
-            d_bias += slope
-        d_charge, d_bias = grad * d_charge, grad * d_bias
+        needs = ctx.needs_input_grad
+        d_charge, d_bias = if_count_surrogate(grad, cumulative, shift=shift, threshold=threshold,
+                                              temporal_bias=temporal_bias, time_steps=ctx.time_steps,
+                                              width=ctx.width, bias_gradient=needs[2] or needs[3])
         return (
-            _sum_to(d_charge, cumulative) if ctx.needs_input_grad[0] else None,
-            _sum_to(d_charge, shift) if ctx.needs_input_grad[1] else None,
-            _sum_to(-d_bias, threshold) if ctx.needs_input_grad[2] else None,
-            _sum_to(d_bias, temporal_bias) if ctx.needs_input_grad[3] else None,
+            _sum_to(d_charge, cumulative) if needs[0] else None,
+            _sum_to(d_charge, shift) if needs[1] else None,
+            _sum_to(-d_bias, threshold) if needs[2] else None,
+            _sum_to(d_bias, temporal_bias) if needs[3] else None,
             None,
             None,
         )
