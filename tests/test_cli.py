@@ -109,6 +109,34 @@ def test_small_data_sets_train_with_the_default_holdout(tmp_path):
     assert recorded["train"]["holdout"] == len(load_dataset("digits").train) // 10
 
 
+def test_qcfs_training_reads_its_thresholds_off_the_data_unless_a_threshold_is_given(tmp_path):
+    """docs/decisions.md (Training): the 99th percentile by default; --threshold keeps [QCFS]'s
+    fixed start; other activations have no percentile. What was used is in config.json."""
+    recorded = {}
+    for name, extra in (("default", []), ("fixed", ["--threshold", "8"]), ("relu", ["--activation", "relu"]),
+                        ("given", ["--threshold-percentile", "90"])):
+        out = tmp_path / name
+        assert main(["train", "--model", "vgg-small", "--dataset", "digits", "--epochs", "1", "--width", "4",
+                     "--max-batches", "1", "--out", str(out), *extra]) == 0
+        recorded[name] = json.loads((out / "config.json").read_text())["train"]
+    assert recorded["default"]["threshold_percentile"] == 99.0
+    assert "threshold_percentile" not in recorded["fixed"] and recorded["fixed"]["threshold"] == 8.0
+    assert "threshold_percentile" not in recorded["relu"]
+    assert recorded["given"]["threshold_percentile"] == 90.0
+    # A run recorded with a fixed θ (as before the default) resumes by the plain command.
+    assert main(["train", "--model", "vgg-small", "--dataset", "digits", "--epochs", "1", "--width", "4",
+                 "--max-batches", "1", "--out", str(tmp_path / "fixed")]) == 0
+    assert "threshold_percentile" not in json.loads((tmp_path / "fixed" / "config.json").read_text())["train"]
+    from parasnn.io.checkpoint import load_ann
+    thresholds = {}
+    for name in ("default", "fixed"):  # after one step of training, still near where they started
+        model, _, _ = load_ann(tmp_path / name / "model.pt")
+        thresholds[name] = [float(m.threshold.detach()) for m in model.modules()
+                            if hasattr(m, "levels") and hasattr(m, "threshold")]
+    assert thresholds["fixed"] and all(abs(t - 8.0) < 0.5 for t in thresholds["fixed"])
+    assert all(t < 6.0 for t in thresholds["default"])  # BN outputs are ~N(0, 1): their 99th percentile
+
+
 def test_evaluate_keeps_the_anns_levels_beyond_t_equal_l_unless_asked_for_t_levels(tmp_path):
     """docs/maths.md §3a: by default the SNN of a QCFS network at T = 2L is the ANN; --t-levels
     gives every neuron T levels (recorded in the report's arguments)."""

@@ -46,6 +46,12 @@ __all__ = ["main", "build_parser", "summary_parser", "COMMAND_MODULES", "COMMAND
 COMMAND_MODULES: tuple[str, ...] = ("parasnn.cli.calibrate", "parasnn.cli.bench", "parasnn.cli.pmsm",
                                      "parasnn.cli.export", "parasnn.cli.text", "parasnn.cli.demo")
 
+# parasnn train's initial QCFS thresholds (docs/decisions.md, Training): read off the data
+# as this percentile of each site's ReLU outputs unless a θ is given; the fixed θ is [QCFS]'s
+# (TrainConfig's default, and what the activations other than QCFS start from).
+DEFAULT_THRESHOLD_PERCENTILE = 99.0
+FIXED_THRESHOLD = 8.0
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 DEMO_CHECKPOINT = ASSETS / "fashion_mnist_vgg_small_qcfs.pt"
 DEMO_TEST_SLICE = ASSETS / "fashion_mnist_test_slice.npz"
@@ -124,10 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--levels", type=_levels, default=4,
                        help="L, the quantization levels per layer: of each QCFS activation; one integer, one per site (4,4,8,...), or auto "
                             "(PASCAL's adaptive layerwise activation: probe, choose L per layer, fine-tune)")
-    train.add_argument("--threshold", type=float, default=8.0, help="initial QCFS threshold (default 8)")
+    train.add_argument("--threshold", type=float,
+                       help="initial threshold θ, one value for every site (default for QCFS: read off the data, "
+                            "see --threshold-percentile; [QCFS]'s fixed 8 with --threshold 8; 8 for the other "
+                            "activations)")
     train.add_argument("--threshold-percentile", type=float,
                        help="QCFS: set every initial threshold to this percentile of the site's ReLU outputs on "
-                            "training images instead of --threshold (default: 99.9 with --init-from, else off)")
+                            f"training images (default {DEFAULT_THRESHOLD_PERCENTILE:g} unless --threshold is given; "
+                            "99.9 with --init-from)")
     train.add_argument("--init-from", type=Path,
                        help="QCFS: start from the weights of this ANN checkpoint (model.pt of a ReLU run of the same "
                             "--model and --width on the same data), thresholds from its activation ranges")
@@ -240,6 +250,17 @@ def default_holdout(dataset: str, *, data_dir: str | None = None) -> int:
     return 5000 if size >= 50_000 else max(1, size // 10)
 
 
+def _recorded_with_fixed_threshold(out: Path) -> bool:
+    """Whether ``out`` holds a recorded QCFS run that started from a fixed θ (its ``config.json``
+    names no ``threshold_percentile``); an unreadable record counts as no (the run says why)."""
+    import json
+    try:
+        recorded = json.loads((Path(out) / "config.json").read_text()).get("train") or {}
+    except (OSError, ValueError, AttributeError):
+        return False
+    return recorded.get("activation") == "qcfs" and "threshold_percentile" not in recorded
+
+
 def _command_train(args) -> int:
     from ..methods.adaptive_levels import PROBE_LEVELS
     from .levels import command_train
@@ -248,6 +269,14 @@ def _command_train(args) -> int:
     entry = architecture(args.model)
     args.activation = args.activation or entry.default_activation.value
     entry.check_activation(args.model, args.activation)  # before the data are read
+    if args.threshold is None:
+        # A QCFS network starts with θ read off the data unless a θ is given (docs/decisions.md,
+        # Training); the number goes into the run's recorded configuration. A run recorded
+        # before that default, resumed by the same command, keeps the fixed θ it started with.
+        if (args.activation == "qcfs" and args.threshold_percentile is None and args.init_from is None
+                and not (not args.no_resume and _recorded_with_fixed_threshold(args.out))):
+            args.threshold_percentile = DEFAULT_THRESHOLD_PERCENTILE
+        args.threshold = FIXED_THRESHOLD
     auto = args.levels == "auto"
     if auto and args.activation == "gelu":
         raise ValueError(f"--levels auto chooses QCFS levels; {args.model} has GELU activations (no levels): drop "
