@@ -425,3 +425,11 @@ def test_fused_polarity_and_network_on_cuda(time_steps):
     x = torch.randn(4, 3, 16, 16, device="cuda")
     with torch.no_grad():
         assert torch.equal(fast(x, time_steps=time_steps), network(x, time_steps=time_steps))
+
+
+def test_a_second_derivative_through_the_fused_gradient_is_an_error(kernels):
+    neuron = fused_neuron(IFNeuron(threshold=torch.tensor(1.0)))
+    current = torch.randn(2, 3, 4, 4).requires_grad_(True)
+    (first,) = torch.autograd.grad(neuron(current, time_steps=2).sum(), current, create_graph=True)
+    with pytest.raises(RuntimeError):
+        first.sum().backward()

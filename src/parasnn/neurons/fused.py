@@ -46,6 +46,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .fused_sources import CPU_FLAGS, CPU_SOURCE, CUDA_DECLARATIONS, CUDA_FLAGS, CUDA_SOURCE
 from .if_neuron import IFNeuron
@@ -294,6 +295,7 @@ class _FusedIFOutput(torch.autograd.Function):
         return kernel(current.contiguous(), pre_shift, shift, effective, scale, time_steps, False)
 
     @staticmethod
+    @once_differentiable  # a second derivative through the kernel is an error, not a silent zero
     def backward(ctx, grad):
         (current,) = ctx.saved_tensors
         pre_shift, shift, threshold, scale = ctx.constants
