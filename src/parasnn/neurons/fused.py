@@ -51,7 +51,8 @@ from torch.autograd.function import once_differentiable
 from .fused_sources import CPU_FLAGS, CPU_SOURCE, CUDA_DECLARATIONS, CUDA_FLAGS, CUDA_SOURCE
 from .if_neuron import IFNeuron
 from .base import per_channel
-from .integrate_fire import _sum_to, check_time_steps, effective_threshold, if_count_surrogate, surrogate_constants
+from .integrate_fire import (check_time_steps, effective_threshold, if_count_surrogate, reduce_to_shape,
+                             surrogate_constants)
 from .pmsm import PolarityMultiSpikeNeuron
 
 __all__ = ["BuiltKernels", "build_kernels", "cpu_kernels", "cuda_kernels",
@@ -305,7 +306,7 @@ class _FusedIFOutput(torch.autograd.Function):
                                               time_steps=ctx.time_steps, width=ctx.width,
                                               current_gradient=needs_current, bias_gradient=needs_bias)
         if d_bias is not None:  # as the graph reduces it: to the (C, 1, …) view, then to (C,)
-            d_bias = _sum_to(d_bias, ctx.view).reshape(ctx.bias_shape)
+            d_bias = reduce_to_shape(d_bias, ctx.view).reshape(ctx.bias_shape)
         return d_current, d_bias, None, None, None, None, None
 
 

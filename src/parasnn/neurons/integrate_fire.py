@@ -53,6 +53,7 @@ from ..runtime.checks import require_positive_int
 __all__ = [
     "check_time_steps",
     "if_count_surrogate",
+    "reduce_to_shape",
     "surrogate_constants",
     "effective_threshold",
     "spike_count",
@@ -350,16 +351,16 @@ class _ParallelIFCount(torch.autograd.Function):
                                               temporal_bias=temporal_bias, time_steps=ctx.time_steps,
                                               width=ctx.width, bias_gradient=needs[2] or needs[3])
         return (
-            _sum_to(d_charge, cumulative) if needs[0] else None,
-            _sum_to(d_charge, shift) if needs[1] else None,
-            _sum_to(-d_bias, threshold) if needs[2] else None,
-            _sum_to(d_bias, temporal_bias) if needs[3] else None,
+            reduce_to_shape(d_charge, cumulative) if needs[0] else None,
+            reduce_to_shape(d_charge, shift) if needs[1] else None,
+            reduce_to_shape(-d_bias, threshold) if needs[2] else None,
+            reduce_to_shape(d_bias, temporal_bias) if needs[3] else None,
             None,
             None,
         )
 
 
-def _sum_to(gradient: Tensor, like: Tensor) -> Tensor:
+def reduce_to_shape(gradient: Tensor, like: Tensor) -> Tensor:
     """Reduce a broadcast gradient back to the shape of ``like``."""
     if gradient.shape == like.shape:
         return gradient
