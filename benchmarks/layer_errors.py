@@ -29,12 +29,13 @@ from parasnn.datasets.data import load_dataset, make_loader
 from parasnn.datasets.splits import sample_subset
 from parasnn.evaluation.ablation import _ann_sites
 from parasnn.io.checkpoint import load_ann, load_snn
+from parasnn.neurons.base import per_channel
 from parasnn.simulation.forms import parallel_simulation, serial_simulation
 
 
 def _residual_inputs(network: SpikingNetwork) -> dict[str, bool]:
-    """``{neuron path: whether its input is computed by an add of two tensors}``, looking
-    through BatchNorm-free pass-through nodes (none in the zoo's residual blocks)."""
+    """``{neuron path: whether its input is computed by an add of two tensors}`` (the node
+    that feeds the neuron; in the zoo's residual blocks the sum feeds the neuron directly)."""
     adds = {"add", "iadd", "__add__"}
     answer = {}
     for node in network.graph_module.graph.nodes:
@@ -46,14 +47,12 @@ def _residual_inputs(network: SpikingNetwork) -> dict[str, bool]:
 
 
 def _neuron_values(result, network: SpikingNetwork, time_steps: int) -> dict[str, Tensor]:
-    """Time-averaged output of each neuron layer from its spike counts: ``count·θ_post/T'``
-    (``T' = min(T, L)`` for a neuron keeping its QCFS layer's L levels)."""
+    """Time-averaged output of each IF neuron layer (an FS-PC network) from its spike counts:
+    ``count·θ_post/T'`` (``T' = min(T, L)`` for a neuron keeping its QCFS layer's L levels)."""
     values = {}
     for path, neuron in network.neurons():
-        steps = neuron.levels_at(time_steps) if hasattr(neuron, "levels_at") else time_steps
-        amplitude = neuron.amplitude
-        shape = (-1,) + (1,) * (result.spike_counts[path].dim() - 2) if amplitude.dim() == 1 else ()
-        values[path] = result.spike_counts[path] * (amplitude.view(shape) if shape else amplitude) / steps
+        counts = result.spike_counts[path]
+        values[path] = counts * per_channel(neuron.amplitude, counts) / neuron.levels_at(time_steps)
     return values
 
 
@@ -62,7 +61,8 @@ def layer_errors(ann_path: str, snn_path: str, *, time_steps: int, images: int =
     torch.manual_seed(seed)
     model, _, checkpoint = load_ann(ann_path)
     network, _, _ = load_snn(snn_path)
-    model.eval(), network.eval()
+    model.eval()
+    network.eval()
     config = checkpoint.get("config") or {}
     splits = load_dataset(config.get("dataset", "fashion-mnist"), data_dir=config.get("data_dir"))
     test = sample_subset(splits.test, images, seed=seed)

@@ -274,7 +274,7 @@ def _command_train(args) -> int:
         # Training); the number goes into the run's recorded configuration. A run recorded
         # before that default, resumed by the same command, keeps the fixed θ it started with.
         if (args.activation == "qcfs" and args.threshold_percentile is None and args.init_from is None
-                and not (not args.no_resume and _recorded_with_fixed_threshold(args.out))):
+                and (args.no_resume or not _recorded_with_fixed_threshold(args.out))):
             args.threshold_percentile = DEFAULT_THRESHOLD_PERCENTILE
         args.threshold = FIXED_THRESHOLD
     auto = args.levels == "auto"

@@ -198,14 +198,11 @@ class FusedIFNeuron(IFNeuron):
     def _differentiable_forward(self, current, time_steps: int) -> Tensor | None:
         """The output through :class:`_FusedIFOutput`, or ``None`` where the parent's graph
         must be built: not a CPU float tensor, dtypes differ, a parameter other than Δb needs a
-        gradient, or the kernels cannot be built."""
-        if not (isinstance(current, Tensor) and torch.is_grad_enabled() and current.device.type == "cpu"
-                and current.dtype in _KERNEL_DTYPES):
-            return None
+        gradient, the current is not contiguous, or the kernels cannot be built."""
         threshold, shift, amplitude, pre_shift, temporal_bias = self._parameters_tuple()
         fixed = (threshold, shift, amplitude, pre_shift)
-        if any(t.requires_grad for t in fixed) or any(t.dtype != current.dtype or t.device != current.device
-                                                     for t in fixed + (temporal_bias,)):
+        if not (torch.is_grad_enabled() and _kernel_applies(current, fixed + (temporal_bias,))
+                and current.device.type == "cpu" and not any(t.requires_grad for t in fixed)):
             return None
         built = cpu_kernels()
         if built is None:
@@ -293,7 +290,7 @@ class _FusedIFOutput(torch.autograd.Function):
         ctx.view, ctx.constants, ctx.time_steps, ctx.width = view, constants, time_steps, width
         ctx.bias_shape = temporal_bias.shape
         effective = effective_threshold(threshold, view)
-        return kernel(current.contiguous(), pre_shift, shift, effective, scale, time_steps, False)
+        return kernel(current, pre_shift, shift, effective, scale, time_steps, False)
 
     @staticmethod
     @once_differentiable  # a second derivative through the kernel is an error, not a silent zero
@@ -301,7 +298,7 @@ class _FusedIFOutput(torch.autograd.Function):
         (current,) = ctx.saved_tensors
         pre_shift, shift, threshold, scale = ctx.constants
         needs_current, needs_bias = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        d_current, d_bias = fused_if_backward(grad, current.contiguous(), pre_shift=pre_shift, shift=shift,
+        d_current, d_bias = fused_if_backward(grad, current, pre_shift=pre_shift, shift=shift,
                                               threshold=threshold, temporal_bias=ctx.view, scale=scale,
                                               time_steps=ctx.time_steps, width=ctx.width,
                                               current_gradient=needs_current, bias_gradient=needs_bias)

@@ -118,13 +118,12 @@ std::vector<torch::Tensor> if_backward(const torch::Tensor& grad, const torch::T
   if (numel == 0 || !(current_gradient || bias_gradient)) return {dz, db};
   const int64_t batch = z.size(0);
   const int64_t inner = channels > 1 ? numel / (batch * channels) : numel;
-  const int64_t rows_batch = channels > 1 ? batch : 1;  // one row of numel elements when nothing is per channel
   const bool per_element = channels > 1 && inner == 1;
   torch::Tensor values[6];
-  int64_t stride[6];
+  int64_t stride[6];  // per row: 0 for one value, 1 for one per channel (unused per element)
   for (int k = 0; k < 6; ++k) {
     values[k] = per_element ? expanded(*parameters[k], channels) : parameters[k]->contiguous();
-    stride[k] = per_element ? 1 : (values[k].numel() > 1);
+    stride[k] = values[k].numel() > 1;
   }
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "parasnn_fused_if_backward", [&] {
     const scalar_t* p[6];
@@ -133,13 +132,12 @@ std::vector<torch::Tensor> if_backward(const torch::Tensor& grad, const torch::T
     scalar_t* dzp = current_gradient ? dz.data_ptr<scalar_t>() : nullptr;
     scalar_t* dbp = bias_gradient ? db.data_ptr<scalar_t>() : nullptr;
     const scalar_t w = static_cast<scalar_t>(width);  // as torch rounds the Python float operand
-    const int64_t c = channels > 1 ? channels : 1;
     if (current_gradient && bias_gradient)
-      if_backward_rows<scalar_t, true, true>(gp, zp, dzp, dbp, rows_batch, c, inner, p, stride, time_steps, w);
+      if_backward_rows<scalar_t, true, true>(gp, zp, dzp, dbp, batch, channels, inner, p, stride, time_steps, w);
     else if (current_gradient)
-      if_backward_rows<scalar_t, true, false>(gp, zp, dzp, dbp, rows_batch, c, inner, p, stride, time_steps, w);
+      if_backward_rows<scalar_t, true, false>(gp, zp, dzp, dbp, batch, channels, inner, p, stride, time_steps, w);
     else
-      if_backward_rows<scalar_t, false, true>(gp, zp, dzp, dbp, rows_batch, c, inner, p, stride, time_steps, w);
+      if_backward_rows<scalar_t, false, true>(gp, zp, dzp, dbp, batch, channels, inner, p, stride, time_steps, w);
   });
   return {dz, db};
 }
