@@ -171,8 +171,8 @@ class Row:
 
 ROWS: dict[str, Row] = {}
 # The rows the table shows unless --methods says otherwise (SpikingJelly rows are a check).
-DEFAULT_METHODS: list[str] = ["qcfs-serial", "fs-pc-parallel", "fs-pc-dagger", "full", "full-dagger",
-                               "full-distilled", "pascal",
+DEFAULT_METHODS: list[str] = ["qcfs-serial", "fs-pc-parallel", "fs-pc-channel", "fs-pc-dagger", "full",
+                               "full-dagger", "full-dagger-channel", "full-distilled", "pascal",
                                "pmsm-parallel", "pmsm-serial"]
 
 
@@ -229,12 +229,26 @@ def _calibrated_row(stages: str, **options):
     return function
 
 
+@row("fs-pc-channel", description="FS-PC parallel IF neurons with one threshold per channel (beyond the papers; "
+     "docs/decisions.md, Per-channel thresholds), no calibration", applies_to=(ActivationKind.RELU,))
+def fs_pc_channel(context: Context, time_steps: int) -> RowResult:
+    if "converted-channel" not in context.cache:
+        from parasnn.conversion.stages import ConversionConfig, ThresholdStatistic
+        config = ConversionConfig(threshold=ThresholdStatistic(scope="channel"))
+        context.cache["converted-channel"] = convert(context.model, calibration_data=context.calibration_batches,
+                                                     config=config).to(context.device)
+    return evaluate_network(context, context.cache["converted-channel"], time_steps=time_steps, form=Form.PARALLEL)
+
+
 row("fs-pc-dagger", description="FS-PC with DA-QCFS error calibration ([STDC]'s †, stage da)")(
     _calibrated_row("da"))
 row("full", description="main paper: BN recalibration + temporal bias correction (stages bn,bias), parallel")(
     _calibrated_row("bn,bias"))
 row("full-dagger", description="main paper with †: DA-QCFS + BN recalibration + temporal bias (stages da,bn,bias)")(
     _calibrated_row("da,bn,bias"))
+row("full-dagger-channel", description="main paper with † on per-channel thresholds (stages "
+                        "da,bn,bias; beyond the paper)", applies_to=(ActivationKind.RELU,))(
+    _calibrated_row("da,bn,bias", threshold_scope="channel"))
 row("full-labels", description="stages bn,bias on the paper's objective, the labels' cross-entropy")(
     _calibrated_row("bn,bias", objective="labels"))
 row("full-distilled", description="stages bn,bias learning from the ANN's logits (distillation, τ = 4; beyond the "

@@ -188,7 +188,7 @@ def _tiny_context(kind: str):
     return accuracy_table.Context("tiny", model, spec, batches, batches, torch.device("cpu"), reference=model)
 
 
-@pytest.mark.parametrize("kind", ["qcfs", "signed"])
+@pytest.mark.parametrize("kind", ["qcfs", "relu", "signed"])
 def test_accuracy_table_runs_every_registered_default_row(kind):
     context = _tiny_context(kind)
     table = accuracy_table.build_table(context, methods=accuracy_table.DEFAULT_METHODS, time_steps=[1, 4])
@@ -213,6 +213,9 @@ def test_accuracy_table_runs_every_registered_default_row(kind):
         assert rows[("pascal", 4)]["loss"] == 0 and "T_eff" in rows[("pascal", 4)]["note"]
         assert {m for m, _ in ran} == {"qcfs-serial", "fs-pc-parallel", "fs-pc-dagger", "full", "full-dagger",
                                        "full-distilled", "pascal"}
+    elif kind == "relu":  # the rows of per-channel thresholds too
+        assert {m for m, _ in ran} == {"qcfs-serial", "fs-pc-parallel", "fs-pc-channel", "fs-pc-dagger", "full",
+                                       "full-dagger", "full-dagger-channel", "full-distilled"}
     else:  # PMSM equals its quantized ANN at T = 1
         assert rows[("pmsm-parallel", 1)]["loss"] == 0 and rows[("pmsm-serial", 1)]["loss"] == 0
         assert {m for m, _ in ran} == {"pmsm-parallel", "pmsm-serial"}

@@ -144,7 +144,7 @@ def test_the_commands_run_unchanged_under_torchrun(tmp_path):
     # Percentile 100 (the maximum): a lower percentile is read per batch, and a shard's
     # percentile is not the global batch's (see distributed.threshold_reducer).
     calibrate = ["calibrate", checkpoint, "--time-steps", "2", "--batch-size", "64", "--bias-epochs", "2",
-                 "--validation-interval", "2", "--percentile", "100", "--device", "cpu"]
+                 "--validation-interval", "2", "--percentile", "100", "--threshold-scope", "channel", "--device", "cpu"]
     assert main([*calibrate, "--out", str(tmp_path / "single.pt")]) == 0
     _torchrun([*calibrate, "--out", str(tmp_path / "shared.pt")], cwd=tmp_path)
     single = torch.load(tmp_path / "single.pt", weights_only=True)["state_dict"]
@@ -153,6 +153,8 @@ def test_the_commands_run_unchanged_under_torchrun(tmp_path):
     for key, value in single.items():
         assert torch.allclose(value.double(), shared[key].double(), atol=1e-5, rtol=1e-4), key
     assert any(k.endswith("temporal_bias") and bool(v.abs().sum() > 0) for k, v in single.items())
+    # Per-channel thresholds (reduced over processes channel by channel): one θ per channel.
+    assert all(v.dim() == 1 and v.numel() > 1 for k, v in single.items() if k.endswith(".threshold"))
 
     evaluate = ["evaluate", checkpoint, "--snn", str(tmp_path / "single.pt"), "--time-steps", "1,2",
                 "--device", "cpu"]

@@ -14,6 +14,7 @@ from ..conversion.graph import check_convertible, trace
 from ..conversion.network import SpikingNetwork
 from ..conversion.editing import set_submodule
 from ..conversion.stages import convert, isolate_activations, quantize_relus
+from ..neurons.base import per_channel
 from ..neurons.if_neuron import IFNeuron
 from ..neurons.qcfs import QCFS, qcfs
 from ..runtime import distributed
@@ -33,11 +34,13 @@ class OriginalActivation:
     backbone's site, whose original activation is the clipped ReLU ``clamp(x, 0, θ)``.
     """
 
-    threshold: float
+    threshold: float | Tensor  # a (C,) tensor for a ReLU site with per-channel θ (ThresholdScope.CHANNEL)
     levels: int | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.levels is None:
+            if torch.is_tensor(self.threshold):
+                return torch.minimum(x.clamp(min=0.0), per_channel(self.threshold.to(x), x))
             return x.clamp(min=0.0, max=self.threshold)
         theta = torch.tensor(self.threshold, dtype=x.dtype, device=x.device)
         return qcfs(x, threshold=theta, levels=self.levels, shift=theta * 0.5)
@@ -127,8 +130,8 @@ def convert_for_calibration(model: nn.Module, calibration_data: Iterable | None,
                                    leaf_modules=leaf_modules, reduce=reducer)
     else:
         quantized = ann
-    originals = {path: OriginalActivation(threshold=float(module.effective_threshold().detach()),
-                                          levels=None if path in relu_sites else module.levels)
+    originals = {path: OriginalActivation(threshold=_site_threshold(module), levels=None if path in relu_sites
+                                          else module.levels)
                  for path, module in quantized.named_modules() if isinstance(module, QCFS)}
     network = convert(quantized, config=conversion, leaf_modules=leaf_modules)
     network.source = type(model).__name__
@@ -136,3 +139,9 @@ def convert_for_calibration(model: nn.Module, calibration_data: Iterable | None,
     if missing:  # other quantizer types have no original activation the DA stage could match
         raise CalibrationError(f"calibration supports ReLU and QCFS activation sites; {missing[:5]} are neither")
     return network, originals
+
+
+def _site_threshold(module: QCFS) -> float | Tensor:
+    """θ of a quantizer site as :class:`OriginalActivation` takes it: a float, or ``(C,)``."""
+    threshold = module.effective_threshold().detach()
+    return float(threshold) if threshold.dim() == 0 else threshold.clone()

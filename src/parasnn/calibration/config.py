@@ -23,7 +23,7 @@ import enum
 import warnings
 from typing import Any, Iterable, Mapping
 
-from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic
+from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdScope, ThresholdStatistic
 from ..runtime.checks import require_positive_int
 from .objective import Objective
 
@@ -231,6 +231,8 @@ class CalibrationConfig:
         temperature: τ of the distillation objective (ignored for the labels).
     ReLU backbones (docs/maths.md §4d):
         percentile: activation percentile recorded as θ (100: the maximum).
+        threshold_scope: ``ThresholdScope.LAYER`` (one θ per site, [STDC]) or ``CHANNEL``
+            (one θ per channel; beyond the paper, docs/decisions.md).
         levels: L of the QCFS proxy kept in the checkpoint (does not affect the SNN at T).
     Stages: ``da`` (:class:`DAConfig`), ``bn`` (:class:`BatchNormConfig`), ``bias``
         (:class:`BiasConfig`). Both training stages: ``warmup_fraction`` of the steps warm up
@@ -251,6 +253,7 @@ class CalibrationConfig:
     training_size: int | None = None
     statistics_size: int | None = 16384
     percentile: float = 99.9
+    threshold_scope: ThresholdScope = ThresholdScope.LAYER
     levels: int = 8
     warmup_fraction: float = 0.1
     revert_if_worse: bool = True
@@ -263,8 +266,8 @@ class CalibrationConfig:
     def __init__(self, *, stages: str | Iterable[str | Stage] = STAGE_ORDER, time_steps: int = 4,
                  batch_size: int = 64, seed: int = 0, validation_fraction: float = 0.2,
                  training_size: int | None = None, statistics_size: int | None = 16384,
-                 percentile: float = 99.9, levels: int = 8,
-                 warmup_fraction: float = 0.1, revert_if_worse: bool = True,
+                 percentile: float = 99.9, threshold_scope: ThresholdScope | str = ThresholdScope.LAYER,
+                 levels: int = 8, warmup_fraction: float = 0.1, revert_if_worse: bool = True,
                  objective: Objective | str = Objective.LABELS, temperature: float = 1.0, da: DAConfig | None = None,
                  bn: BatchNormConfig | None = None, bias: BiasConfig | None = None, **flat: Any):
         unknown = sorted(set(flat) - set(FLAT_NAMES))
@@ -277,7 +280,7 @@ class CalibrationConfig:
         stage_configs = _nest(flat, {"da": da, "bn": bn, "bias": bias})
         values = dict(stages=stages, time_steps=time_steps, batch_size=batch_size, seed=seed,
                       validation_fraction=validation_fraction, training_size=training_size,
-                      statistics_size=statistics_size, percentile=percentile,
+                      statistics_size=statistics_size, percentile=percentile, threshold_scope=threshold_scope,
                       levels=levels, warmup_fraction=warmup_fraction, revert_if_worse=revert_if_worse,
                       objective=objective, temperature=temperature, **stage_configs)
         for name, value in values.items():
@@ -298,7 +301,11 @@ class CalibrationConfig:
                                    f"got {self.validation_fraction!r}")
         if not 0 <= self.warmup_fraction < 1:
             raise CalibrationError(f"CalibrationConfig: warmup_fraction must be in [0, 1), got {self.warmup_fraction!r}")
-        ThresholdStatistic(self.percentile)  # validates the percentile
+        try:  # validates the percentile and the scope
+            statistic = ThresholdStatistic(self.percentile, self.threshold_scope)
+        except ValueError as error:
+            raise CalibrationError(f"CalibrationConfig: {error}") from None
+        object.__setattr__(self, "threshold_scope", statistic.scope)
         try:
             object.__setattr__(self, "objective", Objective(self.objective))
         except ValueError:
@@ -325,7 +332,8 @@ class CalibrationConfig:
 
     def conversion(self) -> ConversionConfig:
         """The conversion options: BN kept as layers (stage 1 needs them), θ per ``percentile``."""
-        return ConversionConfig(levels=self.levels, threshold=ThresholdStatistic(self.percentile),
+        return ConversionConfig(levels=self.levels,
+                                threshold=ThresholdStatistic(self.percentile, self.threshold_scope),
                                 batchnorm=BatchNormMode.KEEP)
 
     def to_dict(self) -> dict[str, Any]:
@@ -333,6 +341,7 @@ class CalibrationConfig:
         data["stages"] = [stage.value for stage in self.stages]
         data["bn"]["gradient"] = self.bn.gradient.value
         data["objective"] = self.objective.value
+        data["threshold_scope"] = self.threshold_scope.value
         return data
 
     @classmethod

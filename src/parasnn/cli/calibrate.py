@@ -71,6 +71,9 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     relu = parser.add_argument_group("ReLU backbones")
     relu.add_argument("--percentile", type=float, default=defaults.percentile,
                       help=f"activation percentile recorded as threshold, 100 = max (default {defaults.percentile})")
+    relu.add_argument("--threshold-scope", choices=["layer", "channel"], default=defaults.threshold_scope.value,
+                      help="one threshold per layer ([STDC], default) or per channel (beyond the paper; more "
+                           "accurate at T <= 4, see docs/decisions.md)")
     relu.add_argument("--levels", type=int, default=defaults.levels,
                       help=f"L, the quantization levels per layer: of the QCFS that replaces each ReLU (default {defaults.levels})")
     da = parser.add_argument_group("stage da (DA-QCFS error calibration, †)")
@@ -157,7 +160,7 @@ def _config(args, *, stages, time_steps: int):
         stages=stages, time_steps=time_steps, batch_size=args.batch_size, seed=args.seed,
         training_size=args.training_size if args.learn_on == "training" else None,
         statistics_size=args.statistics_size, validation_fraction=args.validation_fraction,
-        percentile=args.percentile, levels=args.levels,
+        percentile=args.percentile, threshold_scope=args.threshold_scope, levels=args.levels,
         warmup_fraction=args.warmup_fraction, revert_if_worse=not args.no_revert,
         objective=args.objective, temperature=args.temperature,
         da=DAConfig(momentum=args.momentum, epochs=args.da_epochs, debias=not args.no_da_debias),

@@ -43,11 +43,11 @@ def needs_calibration_data(spec) -> bool:
 
 
 def _convert_checkpoint(model, spec, checkpoint, splits, *, method, batchnorm, percentile, levels, calibration_size,
-                        function_time_steps=(2, 4, 8, 16), bases=4, keep_levels=True):
+                        function_time_steps=(2, 4, 8, 16), bases=4, keep_levels=True, threshold_scope="layer"):
     from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert
     from ..conversion.methods import neuron_factory
     from ..zoo.models import ActivationKind
-    config = ConversionConfig(levels=levels, threshold=ThresholdStatistic(percentile),
+    config = ConversionConfig(levels=levels, threshold=ThresholdStatistic(percentile, threshold_scope),
                               batchnorm=BatchNormMode(batchnorm), bases=bases,
                               function_time_steps=tuple(dict.fromkeys(function_time_steps)), keep_levels=keep_levels)
     from_relu = spec.activation.kind is ActivationKind.RELU
@@ -72,7 +72,7 @@ def command_convert(args) -> int:
     network, config, from_relu = _convert_checkpoint(
         model, spec, checkpoint, splits, method=method, batchnorm=args.batchnorm, percentile=args.percentile,
         levels=args.levels, calibration_size=args.calibration_size, function_time_steps=args.function_time_steps,
-        bases=args.bases, keep_levels=not args.t_levels)
+        bases=args.bases, keep_levels=not args.t_levels, threshold_scope=args.threshold_scope)
     resolved = {"command": "convert", "checkpoint": str(args.checkpoint), "method": method,
                 "conversion": config.to_dict(), "from_relu": from_relu, "calibration_size": args.calibration_size,
                 **arguments_record(args)}

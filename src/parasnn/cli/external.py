@@ -88,7 +88,7 @@ def convert_external(args) -> int:
     from ..conversion.methods import neuron_factory
     from ..conversion.stages import BatchNormMode, ConversionConfig, ThresholdStatistic, convert
     model, shape, splits = _model_and_data(args, need_data=False)
-    config = ConversionConfig(levels=args.levels, threshold=ThresholdStatistic(args.percentile),
+    config = ConversionConfig(levels=args.levels, threshold=ThresholdStatistic(args.percentile, args.threshold_scope),
                               batchnorm=BatchNormMode(args.batchnorm),
                               keep_levels=not getattr(args, "t_levels", False))
     data = None

@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep BN as frozen layers (bit-exact, default) or fold it into conv/linear")
     convert.add_argument("--percentile", type=float, default=99.9,
                          help="ReLU networks: activation percentile used as threshold (100 = max)")
+    convert.add_argument("--threshold-scope", choices=["layer", "channel"], default="layer",
+                         help="ReLU networks: one threshold per layer (FS-PC, default) or per channel (beyond the "
+                              "papers; far more accurate at T <= 4, see docs/decisions.md)")
     convert.add_argument("--levels", type=positive_int, default=8, help="L, the quantization levels per layer: of the QCFS that replaces each ReLU (default 8)")
     convert.add_argument("--t-levels", action="store_true",
                          help="QCFS networks at T > L: give every neuron T levels (a finer grid than the ANN's; "

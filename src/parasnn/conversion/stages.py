@@ -64,20 +64,36 @@ class BatchNormMode(str, enum.Enum):
     FOLD = "fold"
 
 
+class ThresholdScope(str, enum.Enum):
+    """Over what a ReLU's threshold is read: the whole layer (FS-PC, [STDC]: one θ per site)
+    or each channel (beyond the papers: one θ per channel of the site, axis 1; docs/decisions.md,
+    "Per-channel thresholds")."""
+
+    LAYER = "layer"
+    CHANNEL = "channel"
+
+
 @dataclasses.dataclass(frozen=True)
 class ThresholdStatistic:
     """How a ReLU's threshold θ is read off its activations on calibration data.
 
-    ``percentile`` of all activations of the layer (batch, channels, positions), computed per
-    batch and averaged over batches; ``100`` records the maximum over all batches instead.
-    99.9 follows the robust normalisation common in conversion work (Rueckauer et al. 2017).
+    ``percentile`` of the activations of the layer (``scope`` LAYER: batch, channels,
+    positions; CHANNEL: batch and positions, per channel), computed per batch and averaged
+    over batches; ``100`` records the maximum over all batches instead. 99.9 follows the
+    robust normalisation common in conversion work (Rueckauer et al. 2017).
     """
 
     percentile: float = 99.9
+    scope: ThresholdScope = ThresholdScope.LAYER
 
     def __post_init__(self):
         if not 0 < self.percentile <= 100:
             raise ValueError(f"ThresholdStatistic: percentile must be in (0, 100], got {self.percentile}")
+        try:
+            object.__setattr__(self, "scope", ThresholdScope(self.scope))
+        except ValueError:
+            raise ValueError(f"ThresholdStatistic: scope must be one of {[s.value for s in ThresholdScope]}, "
+                             f"got {self.scope!r}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,14 +125,16 @@ class ConversionConfig:
             raise ValueError(f"ConversionConfig: bases must be an integer >= 1, got {self.bases!r}")
 
     def to_dict(self) -> dict:
-        return {"levels": self.levels, "percentile": self.threshold.percentile, "batchnorm": self.batchnorm.value,
+        return {"levels": self.levels, "percentile": self.threshold.percentile,
+                "threshold_scope": self.threshold.scope.value, "batchnorm": self.batchnorm.value,
                 "bases": self.bases, "function_time_steps": list(self.function_time_steps),
                 "fit_scope": self.fit_scope.value, "keep_levels": self.keep_levels}
 
     @classmethod
     def from_dict(cls, data: dict) -> "ConversionConfig":
         defaults = cls()
-        return cls(levels=int(data["levels"]), threshold=ThresholdStatistic(float(data["percentile"])),
+        threshold = ThresholdStatistic(float(data["percentile"]), data.get("threshold_scope", ThresholdScope.LAYER))
+        return cls(levels=int(data["levels"]), threshold=threshold,
                    batchnorm=BatchNormMode(data["batchnorm"]), bases=int(data.get("bases", defaults.bases)),
                    function_time_steps=tuple(int(t) for t in data.get("function_time_steps",
                                                                        defaults.function_time_steps)),
@@ -164,25 +182,36 @@ def isolate_activations(gm: fx.GraphModule) -> fx.GraphModule:
 
 def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: Iterable,
                                  statistic: ThresholdStatistic, *, reduce: Callable[[dict], dict] | None = None
-                                 ) -> dict[str, float]:
+                                 ) -> dict[str, float | Tensor]:
     """Run ``batches`` (tensors, or ``(inputs, labels)`` pairs) through ``gm`` in eval mode and
-    return θ per activation module path, per ``statistic``. ``reduce`` (optional) combines
-    the per-process partial results ``{path: (sum_or_max, batches)}`` across processes."""
+    return θ per activation module path, per ``statistic``: a float (scope LAYER) or a
+    ``(C,)`` tensor (scope CHANNEL, C = the activation's axis 1). ``reduce`` (optional)
+    combines the per-process partial results ``{path: (sum_or_max, batches)}`` across processes."""
     sites = list(sites)
-    partial: dict[str, list[float]] = {site: [0.0, 0] for site in sites}
+    partial: dict[str, list] = {site: [0.0, 0] for site in sites}
     use_max = statistic.percentile >= 100
+    by_channel = statistic.scope is ThresholdScope.CHANNEL
 
     def make_hook(site):
         def hook(module, inputs, output):
-            values = output.detach().flatten().float()
+            values = output.detach().float()
             if not bool(torch.isfinite(values).all()):  # a NaN θ would poison every later layer
                 raise ConversionError(f"recording thresholds: activation {site} sees NaN or infinite values; the "
                                       "calibration data (or the weights before this layer) hold NaN/inf — clean it")
-            if use_max:
-                partial[site][0] = max(partial[site][0], float(values.max()))
+            if by_channel:
+                if values.dim() < 2:
+                    raise ConversionError(f"recording per-channel thresholds: activation {site} has output shape "
+                                          f"{tuple(values.shape)}, no channel axis; use the layer scope")
+                values = values.transpose(0, 1).reshape(values.shape[1], -1)  # (C, B·positions)
             else:
-                rank = max(1, min(values.numel(), int(round(values.numel() * statistic.percentile / 100))))
-                partial[site][0] += float(values.kthvalue(rank).values)
+                values = values.reshape(1, -1)  # (1, all activations)
+            if use_max:
+                statistic_now = values.amax(dim=1)
+                partial[site][0] = statistic_now if partial[site][1] == 0 else \
+                    torch.maximum(partial[site][0], statistic_now)
+            else:
+                rank = max(1, min(values.shape[1], int(round(values.shape[1] * statistic.percentile / 100))))
+                partial[site][0] = partial[site][0] + values.kthvalue(rank, dim=1).values.double()
             partial[site][1] += 1
         return hook
 
@@ -197,9 +226,10 @@ def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: I
             ". Pass a non-empty iterable of input batches as calibration_data.")
     thresholds = {}
     for site, (value, count) in partial.items():
-        theta = value if use_max else value / count
+        theta = torch.as_tensor(value if use_max else value / count, dtype=torch.float64)
         # A ReLU that never fires on the calibration data still needs a positive θ.
-        thresholds[site] = max(float(theta), 1e-3)
+        theta = theta.clamp(min=1e-3)
+        thresholds[site] = theta.float() if by_channel else float(theta.reshape(()))
     return thresholds
 
 
@@ -215,7 +245,8 @@ def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int 
         thresholds = record_activation_thresholds(gm, relu_sites, calibration_data, statistic, reduce=reduce)
         for site in relu_sites:
             if isinstance(gm.get_submodule(site), nn.ReLU6):  # QCFS clips at θ: θ ≤ 6 keeps ReLU6's ceiling
-                thresholds[site] = min(thresholds[site], 6.0)
+                thresholds[site] = torch.as_tensor(thresholds[site]).clamp(max=6.0) \
+                    if torch.is_tensor(thresholds[site]) else min(thresholds[site], 6.0)
             stand_in = QCFS(levels=levels, threshold=thresholds[site])
             stand_in.stand_in = True  # its L only shapes the proxy: the SNN has T levels at every T
             set_submodule(gm, site, stand_in)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .base import ActivationQuantizer
+from .base import ActivationQuantizer, per_channel
 from .integrate_fire import ParameterCache, spike_count
 
 __all__ = ["qcfs", "qcfs_level", "level_value", "QCFS", "MIN_THRESHOLD", "require_qcfs", "check_levels"]
@@ -77,13 +77,16 @@ class QCFS(ActivationQuantizer):
 
     stand_in = False
 
-    def __init__(self, *, levels: int = 8, threshold: float = 8.0):
+    def __init__(self, *, levels: int = 8, threshold: float | Tensor = 8.0):
         super().__init__()
         check_levels(levels)
-        if not threshold > 0:
-            raise ValueError(f"QCFS: threshold must be > 0, got {threshold!r}")
+        threshold = torch.as_tensor(threshold, dtype=torch.float32).detach().clone()
+        if threshold.dim() > 1 or not bool((threshold > 0).all()):
+            raise ValueError(f"QCFS: threshold must be > 0, a scalar or one value per channel (C,), got {threshold!r}")
         self.levels = levels
-        self.threshold = nn.Parameter(torch.tensor(float(threshold)))
+        # Scalar for a trained QCFS layer; (C,) for a ReLU's stand-in with per-channel θ
+        # (conversion's ThresholdScope.CHANNEL), broadcast over the channel axis 1.
+        self.threshold = nn.Parameter(threshold)
 
     def effective_threshold(self) -> Tensor:
         """θ as used in the forward pass (clamped at :data:`MIN_THRESHOLD`)."""
@@ -94,15 +97,19 @@ class QCFS(ActivationQuantizer):
         return self.effective_threshold() * 0.5
 
     def forward(self, x: Tensor) -> Tensor:
-        threshold = self._parameters.get("threshold")
-        if threshold is None:  # re-registered as a buffer (frozen): the general lookup
-            threshold = self.threshold
-        if (isinstance(x, Tensor) and x.dtype == threshold.dtype
-                and not (torch.is_grad_enabled() and (x.requires_grad or threshold.requires_grad))):
+        stored = self._parameters.get("threshold")  # the tensor itself, also under torch.fx tracing
+        if stored is None:  # re-registered as a buffer (frozen): the general lookup
+            stored = self.threshold
+        if (isinstance(x, Tensor) and x.dtype == stored.dtype
+                and not (torch.is_grad_enabled() and (x.requires_grad or stored.requires_grad))):
             # Inference: qcfs()'s operations, in its order, on one buffer updated in place.
             shift, threshold, scale = self._inference_constants()
+            if stored.dim():  # one θ per channel: broadcast over axis 1
+                shift, threshold, scale = (per_channel(value, x) for value in (shift, threshold, scale))
             return (x * self.levels).add_(shift).div_(threshold).floor_().clamp_(0, self.levels).mul_(scale)
         threshold = self.effective_threshold()
+        if stored.dim():
+            threshold = per_channel(threshold, x)
         return qcfs(x, threshold=threshold, levels=self.levels, shift=threshold * 0.5)
 
     def _inference_constants(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -131,7 +138,9 @@ class QCFS(ActivationQuantizer):
         self.levels = check_levels(levels, where="QCFS (saved state)")
 
     def extra_repr(self) -> str:
-        return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
+        if self.threshold.dim() == 0:
+            return f"levels={self.levels}, threshold={float(self.threshold):.4g}"
+        return f"levels={self.levels}, threshold=per channel {tuple(self.threshold.shape)}"
 
 
 def require_qcfs(activation: nn.Module, *, converter: str) -> QCFS:

@@ -201,10 +201,13 @@ def threshold_reducer(statistic) -> Callable[[dict], dict]:
         sites = sorted(partial)
         if not sites or not is_distributed():
             return partial
-        values = torch.tensor([float(partial[s][0]) for s in sites], dtype=torch.float64)
+        # One value per site (layer scope) or per channel (channel scope): one flat vector.
+        parts = [torch.as_tensor(partial[s][0], dtype=torch.float64).reshape(-1) for s in sites]
+        values = torch.cat(parts)
         counts = torch.tensor([float(partial[s][1]) for s in sites], dtype=torch.float64)
         values = all_reduce_max(values) if use_max else all_reduce_sum(values)
         counts = all_reduce_sum(counts)
-        return {site: [float(v), int(c)] for site, v, c in zip(sites, values.tolist(), counts.tolist())}
+        pieces = values.split([part.numel() for part in parts])
+        return {site: [piece, int(c)] for site, piece, c in zip(sites, pieces, counts.tolist())}
 
     return reduce
