@@ -130,3 +130,20 @@ def test_a_qcfs_layer_takes_one_threshold_per_channel_or_refuses_clearly():
     assert torch.equal(layer(x.requires_grad_()), expected)  # the differentiable path: the same values
     with pytest.raises(ValueError, match="threshold must be > 0"):
         QCFS(levels=4, threshold=torch.tensor([1.0, 0.0]))
+
+
+def test_the_command_line_converts_and_reloads_a_network_with_channel_thresholds(tmp_path):
+    from parasnn.cli import main
+    from parasnn.io.checkpoint import load_snn
+    assert main(["train", "--model", "vgg-small", "--dataset", "digits", "--width", "4", "--epochs", "1",
+                 "--activation", "relu", "--max-batches", "3", "--device", "cpu", "--out", str(tmp_path / "relu")]) == 0
+    out = tmp_path / "snn.pt"
+    assert main(["convert", str(tmp_path / "relu" / "model.pt"), "--threshold-scope", "channel", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    network, _, checkpoint = load_snn(out)
+    assert all(neuron.threshold.dim() == 1 and neuron.threshold.numel() > 1 for _, neuron in network.neurons())
+    assert checkpoint["config"]["conversion"]["threshold_scope"] == "channel"
+    assert main(["evaluate", str(tmp_path / "relu" / "model.pt"), "--snn", str(out), "-T", "2", "--no-activity",
+                 "--device", "cpu", "--json", str(tmp_path / "report.json")]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert {row["form"] for row in report["snn"]} == {"parallel", "serial"}
