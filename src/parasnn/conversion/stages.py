@@ -27,7 +27,7 @@ from typing import Callable, Iterable
 
 import torch
 import torch.fx as fx
-from torch import nn
+from torch import Tensor, nn
 
 from ..neurons.base import SpikingNeuron
 from ..neurons.if_neuron import IFNeuron
