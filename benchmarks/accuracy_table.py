@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling baseline
 
 from parasnn.cli.arguments import device as device_argument  # noqa: E402
 from parasnn.io.checkpoint import load_ann  # noqa: E402
-from parasnn.conversion.stages import convert  # noqa: E402
+from parasnn.conversion.stages import ConversionConfig, ThresholdScope, ThresholdStatistic, convert  # noqa: E402
 from parasnn.evaluation.energy import ActivityReport  # noqa: E402
 from parasnn.evaluation.accuracy import Form, ann_accuracy, snn_accuracy  # noqa: E402
 from parasnn.zoo.models import ActivationKind, ModelSpec  # noqa: E402
@@ -192,13 +192,16 @@ def evaluate_network(context: Context, network: SpikingNetwork, *, time_steps: i
     return RowResult(result.accuracy, result.samples, result.seconds, result.activity, note)
 
 
-def converted(context: Context) -> SpikingNetwork:
+def converted(context: Context, *, scope: ThresholdScope = ThresholdScope.LAYER) -> SpikingNetwork:
     """The backbone converted with parasnn's defaults (parallel IF neurons; ReLU backbones
-    get θ = the 99.9th percentile on the calibration slice, QCFS proxy L = 8)."""
-    if "converted" not in context.cache:
+    get θ = the 99.9th percentile on the calibration slice, per layer or per channel
+    (``scope``), QCFS proxy L = 8)."""
+    key = f"converted-{scope.value}"
+    if key not in context.cache:
         data = context.calibration_batches if context.from_relu else None
-        context.cache["converted"] = convert(context.model, calibration_data=data).to(context.device)
-    return context.cache["converted"]
+        config = ConversionConfig(threshold=ThresholdStatistic(scope=scope))
+        context.cache[key] = convert(context.model, calibration_data=data, config=config).to(context.device)
+    return context.cache[key]
 
 
 @row("qcfs-serial", description="IF neurons run serially (T steps, soft reset, v₀ = θ/2): the classic conversion")
@@ -232,12 +235,8 @@ def _calibrated_row(stages: str, **options):
 @row("fs-pc-channel", description="FS-PC parallel IF neurons with one threshold per channel (beyond the papers; "
      "docs/decisions.md, Per-channel thresholds), no calibration", applies_to=(ActivationKind.RELU,))
 def fs_pc_channel(context: Context, time_steps: int) -> RowResult:
-    if "converted-channel" not in context.cache:
-        from parasnn.conversion.stages import ConversionConfig, ThresholdStatistic
-        config = ConversionConfig(threshold=ThresholdStatistic(scope="channel"))
-        context.cache["converted-channel"] = convert(context.model, calibration_data=context.calibration_batches,
-                                                     config=config).to(context.device)
-    return evaluate_network(context, context.cache["converted-channel"], time_steps=time_steps, form=Form.PARALLEL)
+    return evaluate_network(context, converted(context, scope=ThresholdScope.CHANNEL), time_steps=time_steps,
+                            form=Form.PARALLEL)
 
 
 row("fs-pc-dagger", description="FS-PC with DA-QCFS error calibration ([STDC]'s †, stage da)")(

@@ -38,10 +38,8 @@ class OriginalActivation:
     levels: int | None = None
 
     def __call__(self, x: Tensor) -> Tensor:
-        if self.levels is None:
-            if torch.is_tensor(self.threshold):
-                return torch.minimum(x.clamp(min=0.0), per_channel(self.threshold.to(x), x))
-            return x.clamp(min=0.0, max=self.threshold)
+        if self.levels is None:  # min(x, θ) is exact: the same values as clamp(x, 0, θ) for a scalar θ
+            return torch.minimum(x.clamp(min=0.0), per_channel(torch.as_tensor(self.threshold).to(x), x))
         theta = torch.tensor(self.threshold, dtype=x.dtype, device=x.device)
         return qcfs(x, threshold=theta, levels=self.levels, shift=theta * 0.5)
 

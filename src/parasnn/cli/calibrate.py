@@ -44,6 +44,7 @@ def _stages(text: str):
 
 def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     from ..calibration.config import VALIDATIONS_PER_STAGE, CalibrationConfig, Objective, QuantizerGradient
+    from ..conversion.stages import ThresholdScope
     defaults = CalibrationConfig()
     data = parser.add_argument_group("data")
     data.add_argument("--learn-on", choices=("training", "held-apart"), default="training",
@@ -71,7 +72,8 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
     relu = parser.add_argument_group("ReLU backbones")
     relu.add_argument("--percentile", type=float, default=defaults.percentile,
                       help=f"activation percentile recorded as threshold, 100 = max (default {defaults.percentile})")
-    relu.add_argument("--threshold-scope", choices=["layer", "channel"], default=defaults.threshold_scope.value,
+    relu.add_argument("--threshold-scope", choices=[scope.value for scope in ThresholdScope],
+                      default=defaults.threshold_scope.value,
                       help="one threshold per layer ([STDC], default) or per channel (beyond the paper; more "
                            "accurate at T <= 4, see docs/decisions.md)")
     relu.add_argument("--levels", type=int, default=defaults.levels,

@@ -105,7 +105,7 @@ def summary_parser() -> argparse.ArgumentParser:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..conversion.stages import BatchNormMode
+    from ..conversion.stages import BatchNormMode, ThresholdScope
     from ..conversion.methods import Method
     from ..zoo.models import MODEL_NAMES, ActivationKind
     from ..training.train import Optimizer
@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="keep BN as frozen layers (bit-exact, default) or fold it into conv/linear")
     convert.add_argument("--percentile", type=float, default=99.9,
                          help="ReLU networks: activation percentile used as threshold (100 = max)")
-    convert.add_argument("--threshold-scope", choices=["layer", "channel"], default="layer",
+    convert.add_argument("--threshold-scope", choices=[scope.value for scope in ThresholdScope],
+                         default=ThresholdScope.LAYER.value,
                          help="ReLU networks: one threshold per layer (FS-PC, default) or per channel (beyond the "
                               "papers; far more accurate at T <= 4, see docs/decisions.md)")
     convert.add_argument("--levels", type=positive_int, default=8, help="L, the quantization levels per layer: of the QCFS that replaces each ReLU (default 8)")

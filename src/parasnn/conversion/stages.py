@@ -245,8 +245,8 @@ def quantize_relus(model: nn.Module, calibration_data: Iterable, *, levels: int 
         thresholds = record_activation_thresholds(gm, relu_sites, calibration_data, statistic, reduce=reduce)
         for site in relu_sites:
             if isinstance(gm.get_submodule(site), nn.ReLU6):  # QCFS clips at θ: θ ≤ 6 keeps ReLU6's ceiling
-                thresholds[site] = torch.as_tensor(thresholds[site]).clamp(max=6.0) \
-                    if torch.is_tensor(thresholds[site]) else min(thresholds[site], 6.0)
+                theta = thresholds[site]
+                thresholds[site] = theta.clamp(max=6.0) if torch.is_tensor(theta) else min(theta, 6.0)
             stand_in = QCFS(levels=levels, threshold=thresholds[site])
             stand_in.stand_in = True  # its L only shapes the proxy: the SNN has T levels at every T
             set_submodule(gm, site, stand_in)
