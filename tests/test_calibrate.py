@@ -10,8 +10,8 @@ from torch import nn
 from helpers import LargestTensor
 from parasnn.calibration.baseline import OriginalActivation, batchnorms, convert_for_calibration
 from parasnn.calibration.batches import split_batches
-from parasnn.calibration.batchnorm import (_StraightThroughNeuron, _SynchronisedBatchNorm, fit_batchnorm,
-                                           recalibrate_batchnorm)
+from parasnn.calibration.batchnorm import (_LocalBatchNorm, _StraightThroughNeuron, _SynchronisedBatchNorm,
+                                           fit_batchnorm, recalibrate_batchnorm)
 from parasnn.calibration.bias import correct_temporal_bias
 from parasnn.calibration.config import CalibrationConfig, CalibrationError, QuantizerGradient, Stage, parse_stages
 from parasnn.calibration.da import calibrate_distribution, layer_errors
@@ -277,21 +277,37 @@ def test_stage_bn_gradient_is_the_surrogate_by_default_and_straight_through_on_r
     assert torch.equal(default.graph_module.bn1.weight, results[QuantizerGradient.SURROGATE])
 
 
-def test_synchronised_batchnorm_in_one_process_is_batchnorm():
+@pytest.mark.parametrize("kind", [_SynchronisedBatchNorm, _LocalBatchNorm])
+@pytest.mark.parametrize("cumulative", [False, True])
+def test_both_train_mode_batchnorms_in_one_process_are_batchnorm(kind, cumulative):
+    # The synchronised layer (torchrun) and the local one (PyTorch's kernel) against
+    # nn.BatchNorm2d: outputs, gradients and running statistics over three batches.
     torch.manual_seed(0)
     reference = _randomise_batchnorm(nn.BatchNorm2d(3)).train()
+    if cumulative:
+        reference.momentum = None  # PyTorch's cumulative average: Eq. 10
     ours_bn = copy.deepcopy(reference)
-    ours = _SynchronisedBatchNorm(ours_bn, cumulative=False)
-    x = torch.randn(8, 3, 5, 5) * 2 + 1
-    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-    ya, yb = reference(a), ours(b)
-    assert torch.allclose(ya, yb, atol=1e-5)
-    (ya * torch.arange(ya.numel()).view_as(ya).sin()).sum().backward()
-    (yb * torch.arange(yb.numel()).view_as(yb).sin()).sum().backward()
-    assert torch.allclose(a.grad, b.grad, atol=1e-5)
-    assert torch.allclose(reference.weight.grad, ours_bn.weight.grad, atol=1e-4)
-    assert torch.allclose(reference.running_mean, ours_bn.running_mean, atol=1e-6)
-    assert torch.allclose(reference.running_var, ours_bn.running_var, atol=1e-5)
+    ours = kind(ours_bn, cumulative=cumulative)
+    for batch in range(3):
+        x = torch.randn(8, 3, 5, 5) * 2 + 1 + batch
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        ya, yb = reference(a), ours(b)
+        assert torch.allclose(ya, yb, atol=1e-5)
+        (ya * torch.arange(ya.numel()).view_as(ya).sin()).sum().backward()
+        (yb * torch.arange(yb.numel()).view_as(yb).sin()).sum().backward()
+        assert torch.allclose(a.grad, b.grad, atol=1e-5)
+        assert torch.allclose(reference.weight.grad, ours_bn.weight.grad, atol=1e-4)
+        assert torch.allclose(reference.running_mean, ours_bn.running_mean, atol=1e-6)
+        assert torch.allclose(reference.running_var, ours_bn.running_var, atol=1e-5)
+        assert int(reference.num_batches_tracked) == int(ours_bn.num_batches_tracked) == batch + 1
+    ours.eval()
+    x = torch.randn(4, 3, 5, 5)
+    assert torch.allclose(ours(x), reference.eval()(x), atol=1e-6)  # eval mode: the layer itself
+
+
+def test_one_process_recalibrates_with_pytorchs_batchnorm():
+    from parasnn.calibration.batchnorm import _train_mode_batchnorm
+    assert isinstance(_train_mode_batchnorm(nn.BatchNorm2d(2), cumulative=True), _LocalBatchNorm)
 
 
 # -- stage bias ------------------------------------------------------------------------------
@@ -354,11 +370,13 @@ def test_run_stages_measures_each_network_on_the_held_out_batches_once_stages_in
     monkeypatch.setattr(pipeline, "evaluate_loss", counting(seen))
     monkeypatch.setattr(bias, "evaluate_loss", counting(in_bias))
     calibrated, report = run_stages(network, training, config=config, originals=originals, validation=validation)
-    assert len(seen) == len({id(n) for n in seen}) == 3  # fs-pc, da's result, bn's result
-    # Stage bias measures the biases it tries, not the network it was handed (step 0) nor,
-    # again, the biases it returns: the pipeline's results are passed in and out.
+    assert len(seen) == len({id(n) for n in seen}) == 4  # fs-pc, da's, bn's and bias's results
+    # Stage bias judges the biases it tries (those it came with included, step 0) on its folded
+    # working copy; the network it returns is measured by the pipeline, unfolded.
     validations = report.stages[2].details["validations"]
-    assert len(in_bias) == len(validations) - 1 and validations[0]["loss"] == report.validation["bn"]["loss"]
+    assert len(in_bias) == len(validations) and all(type(n).__name__ == "FusedNetwork" for n in in_bias)
+    assert not batchnorms(in_bias[0]) and batchnorms(seen[-1])
+    assert validations[0]["loss"] == pytest.approx(report.validation["bn"]["loss"], rel=1e-4)
     assert [s.stage for s in report.stages] == ["da", "bn", "bias"] and report.stages[1].details["reverted"] is True
     for name, result in report.validation.items():
         assert set(result) == {"loss", "accuracy", "samples"}

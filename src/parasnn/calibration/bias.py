@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..conversion.network import SpikingNetwork, device_of, observe
 from ..runtime import distributed
 from ..runtime.progress import progress
-from .baseline import if_neurons, working_copy
+from .baseline import folded_working_copy, if_neurons
 from .batches import any_batches, as_sequence, batch_order, inputs_of, labelled, materialise
 from .config import CalibrationConfig, Stage
 from .guard import evaluate_loss
@@ -53,14 +53,15 @@ def _neuron_channels(network: SpikingNetwork, batch, *, time_steps: int) -> dict
 
 
 def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,
-                      validation: Iterable | None = None, teacher: TeacherLogits | None = None,
-                      measured: dict[str, float] | None = None) -> tuple[BiasTerms, StageReport]:
+                      validation: Iterable | None = None, teacher: TeacherLogits | None = None
+                      ) -> tuple[BiasTerms, StageReport]:
     """Stage 2 as data: one Δb per channel in every neuron (``temporal_bias``, ``(C,)``),
     trained at ``config.time_steps`` through the parallel rule
     ``s_t = H((U + ψ)/(T − t + 1) + Δb − θ)`` with the triangle surrogate, on
     ``config.objective`` of the time-averaged logits (the labels' cross-entropy, or the
     distillation loss to ``teacher``'s logits; :mod:`.objective`). Everything else is frozen, BN included (eval
-    mode); ``network`` is not modified.
+    mode, folded into the convolutions of the working copy: :func:`~.baseline.folded_working_copy`);
+    ``network`` is not modified.
 
     AdamW (no weight decay), linear warm-up + cosine, gradient-norm clipping at
     ``config.bias.clip_norm``; every ``config.bias.interval(steps)`` steps (about 20
@@ -70,10 +71,9 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
     beats the network as it came, the biases it came with are returned). Without
     validation batches it trains for ``config.bias.epochs`` and returns the last biases.
 
-    ``measured``: ``network``'s held-out result (:func:`~.guard.evaluate_loss` on
-    ``validation``) when the caller has it already — the pipeline has — which saves that
-    pass. The report's ``validation`` is the held-out result of the returned biases, so the
-    caller need not measure them again either.
+    The held-out losses that choose the biases are those of the folded working copy (the
+    biases it came with included); the report carries no ``validation``, so the pipeline
+    measures the network the biases go into itself.
 
     Memory: the neuron's backward pass loops over the T steps on tensors of its own shape,
     so training stores what the ANN's backward would, whatever T.
@@ -81,7 +81,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
     batches = materialise(batches, where="stage bias")
     require_teacher(config.objective, teacher, where="stage bias")
     validation = as_sequence(validation)  # a streamed folder's batches stay on disk
-    working = working_copy(network).eval()  # BN frozen with its running statistics; dropout off
+    working = folded_working_copy(network)  # BN frozen (folded) with its running statistics; dropout off
     neurons = if_neurons(working, where="stage bias")
     options, T = config.bias, config.time_steps
     device = device_of(working)
@@ -103,7 +103,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
     history: list[dict[str, float]] = []
     best_state, best, since_best = snapshot(), None, 0
     if has_validation:
-        best = measured if measured is not None else evaluate_loss(working, validation, time_steps=T)
+        best = evaluate_loss(working, validation, time_steps=T)
         history.append({"step": 0, "loss": best["loss"]})
     total = options.epochs * len(batches)
     interval = options.interval(total)
@@ -146,7 +146,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
                "last_loss": losses[-1] if losses else None,
                "mean_abs_bias": float(torch.cat([b.flatten() for b in learned.values()]).abs().mean()),
                "parameters": int(sum(b.numel() for b in learned.values()))}
-    return BiasTerms(learned), StageReport(Stage.BIAS.value, steps=steps, details=details, validation=best)
+    return BiasTerms(learned), StageReport(Stage.BIAS.value, steps=steps, details=details)
 
 
 def correct_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: CalibrationConfig,

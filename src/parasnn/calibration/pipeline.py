@@ -84,14 +84,12 @@ __all__ = [
 class StageContext:
     """What every stage may use: the options, the original activations (for da), and the
     held-out batches (for stage bias's early stopping), and the ANN's cached logits when the
-    objective is distillation (``None`` otherwise); ``measured``: the held-out result of the
-    network the stage starts from (``None`` without held-out batches)."""
+    objective is distillation (``None`` otherwise)."""
 
     config: CalibrationConfig
     originals: dict[str, OriginalActivation] | None
     validation: Sequence
     teacher: TeacherLogits | None = None
-    measured: dict[str, float] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +108,8 @@ STAGES: dict[Stage, StageRule] = {
         network, batches, config=context.config, teacher=context.teacher), guarded=True),
     # Stage bias selects its biases on the held-out batches itself (Δb = 0 included).
     Stage.BIAS: StageRule(lambda network, batches, context: fit_temporal_bias(
-        network, batches, config=context.config, validation=context.validation, teacher=context.teacher,
-        measured=context.measured), guarded=False),
+        network, batches, config=context.config, validation=context.validation, teacher=context.teacher),
+        guarded=False),
 }
 
 
@@ -148,16 +146,16 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
     def measure(candidate: SpikingNetwork) -> dict[str, float] | None:
         return evaluate_loss(candidate, validation, time_steps=config.time_steps) if has_validation else None
 
-    # `current` is the held-out result of `network`. Each network is measured once: the guard,
-    # the report and the stages share the result (a held-out pass costs ~20 training steps).
+    # `current` is the held-out result of `network`. Each network is measured once: the guard
+    # and the report share the result (a held-out pass costs ~20 training steps).
     current = measure(network)
     if current is not None:
         report.validation["fs-pc"] = current
     for stage in config.stages:
         rule = STAGES[stage]
-        terms, stage_report = rule.fit(network, batches, dataclasses.replace(context, measured=current))
+        terms, stage_report = rule.fit(network, batches, context)
         candidate = apply_terms(network, terms)
-        result = stage_report.validation if stage_report.validation is not None else measure(candidate)
+        result = measure(candidate)
         if rule.guarded and config.revert_if_worse and result is not None:
             candidate, stage_report = judge(network, candidate, stage_report, loss_before=current["loss"],
                                             loss_after=result["loss"])

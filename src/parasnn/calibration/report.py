@@ -11,15 +11,12 @@ __all__ = ["StageReport", "CalibrationReport"]
 
 @dataclasses.dataclass
 class StageReport:
-    """What one stage did: ``stage``, steps taken, and numbers worth printing.
-    ``validation``: the held-out result (:func:`~.guard.evaluate_loss`) of what the stage
-    returns, when the stage measured it itself (stage bias does, to stop early); not
-    repeated in :meth:`to_dict` — the pipeline's :attr:`CalibrationReport.validation` has it."""
+    """What one stage did: ``stage``, steps taken, and numbers worth printing (the held-out
+    result of what it returns is the pipeline's: :attr:`CalibrationReport.validation`)."""
 
     stage: str
     steps: int = 0
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
-    validation: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"stage": self.stage, "steps": self.steps, **self.details}

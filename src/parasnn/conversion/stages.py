@@ -40,6 +40,7 @@ from .graph import ConversionError, carrying_nodes, check_convertible, classify,
 from .network import SpikingNetwork, observe
 from .pooling import RateMaxPool
 from .rules import Role
+from ..runtime.order_statistics import kth_smallest
 
 __all__ = ["BatchNormMode", "ThresholdStatistic", "ConversionConfig", "convert", "quantize_relus",
            "isolate_activations", "fold_batchnorm", "RateMaxPool", "ConversionError",
@@ -211,7 +212,7 @@ def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: I
                     torch.maximum(partial[site][0], statistic_now)
             else:
                 rank = max(1, min(values.shape[1], int(round(values.shape[1] * statistic.percentile / 100))))
-                partial[site][0] = partial[site][0] + values.kthvalue(rank, dim=1).values.double()
+                partial[site][0] = partial[site][0] + kth_smallest(values, rank, dim=1).double()
             partial[site][1] += 1
         return hook
 

@@ -1,1 +1,2 @@
-"""Process-level helpers: torch.distributed (torchrun) and progress reporting."""
+"""Process-level helpers: torch.distributed (torchrun), progress reporting, option checks and
+the order statistics activation ranges are read from."""
