@@ -109,7 +109,21 @@ def calibration_cost(*, dataset: str = "fashion-mnist", model_name: str = "vgg-s
             # steps per stage (stage bias may stop early) and whether the guard reverted one
             "stages_run": [{key: value for key, value in stage.items() if not isinstance(value, (dict, list))}
                            for stage in report.to_dict()["stages"]],
-            "held_out": report.to_dict()["validation"]}
+            "held_out": report.to_dict()["validation"],
+            "bias_validations": next((stage["validations"] for stage in report.to_dict()["stages"]
+                                      if stage["stage"] == "bias"), None),
+            # where the time went, in epochs of CPU time: the pipeline's parts, with stage bn's
+            # statistics pass and stage bias's early-stopping passes taken out of their stage
+            "parts_in_epochs": _parts_in_epochs(report.to_dict(), epoch["cpu_seconds"])}
+
+
+def _parts_in_epochs(report: dict, epoch_cpu: float) -> dict[str, float]:
+    parts = {part: spent["cpu"] for part, spent in report["seconds"].items()}
+    for stage in report["stages"]:
+        for inner, spent in stage.get("seconds", {}).items():
+            parts[stage["stage"]] -= spent["cpu"]
+            parts[f"{stage['stage']} {inner}"] = spent["cpu"]
+    return {part: round(cpu / epoch_cpu, 3) for part, cpu in parts.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

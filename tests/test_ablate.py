@@ -127,6 +127,10 @@ def test_calibrate_command_writes_a_reloadable_snn_that_evaluate_reads(trained, 
                  "--device", "cpu"]) == 0
     resolved = json.loads((tmp_path / "snn.config.json").read_text())
     assert resolved["calibration"]["stages"] == ["da", "bias"] and resolved["calibration"]["time_steps"] == 2
+    # where the time went, printed and recorded: the conversion, each stage, each held-out pass
+    assert set(resolved["report"]["seconds"]) == {"convert", "held-out fs-pc", "da", "held-out da", "bias",
+                                                  "held-out bias"}
+    assert "time (wall): convert " in capsys.readouterr().out
     network, spec, checkpoint = load_snn(out)
     assert spec == SPEC and checkpoint["from_relu"]
     assert all(n.temporal_bias.dim() == 1 and n.pre_shift.dim() == 1 for _, n in network.neurons())

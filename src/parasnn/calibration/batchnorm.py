@@ -27,7 +27,7 @@ from .config import CalibrationConfig, CalibrationError, QuantizerGradient, Stag
 from .guard import keep_if_better
 from .objective import TeacherLogits, calibration_loss, require_teacher
 from .optim import stage_optimizer
-from .report import StageReport
+from .report import StageReport, timed
 from .terms import BatchNormTerms, apply_terms
 
 __all__ = ["fit_batchnorm", "recalibrate_batchnorm", "BN_TERMS"]
@@ -225,12 +225,15 @@ def fit_batchnorm(network: SpikingNetwork, batches: Iterable, *, config: Calibra
                     steps += 1
         for bn in norms.values():
             bn.eval()
-    _statistics_pass(working, norms, measured, time_steps=T, description=f"stage bn statistics T={T}")
+    seconds: dict[str, dict[str, float]] = {}
+    with timed(seconds, "statistics"):
+        _statistics_pass(working, norms, measured, time_steps=T, description=f"stage bn statistics T={T}")
     terms = BatchNormTerms({path: {name: getattr(bn, name).detach().clone() for name in BN_TERMS
                                    if getattr(bn, name, None) is not None}
                             for path, bn in norms.items()})
     details = {"layers": len(norms), "gradient": options.gradient.value, "objective": config.objective.value,
-               "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None}
+               "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
+               "seconds": seconds}
     return terms, StageReport(Stage.BN.value, steps=steps, details=details)
 
 

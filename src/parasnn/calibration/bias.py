@@ -20,7 +20,7 @@ from .config import CalibrationConfig, Stage
 from .guard import evaluate_loss
 from .objective import TeacherLogits, calibration_loss, require_teacher
 from .optim import stage_optimizer
-from .report import StageReport
+from .report import StageReport, timed
 from .terms import BiasTerms, apply_terms
 
 __all__ = ["fit_temporal_bias", "correct_temporal_bias"]
@@ -102,9 +102,11 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
     has_validation = any_batches(validation)
     history: list[dict[str, float]] = []
     best_state, best, since_best = snapshot(), None, 0
+    seconds: dict[str, dict[str, float]] = {}  # of the early-stopping passes, for the report
     if has_validation:
-        best = evaluate_loss(working, validation, time_steps=T)
-        history.append({"step": 0, "loss": best["loss"]})
+        with timed(seconds, "held-out"):
+            best = evaluate_loss(working, validation, time_steps=T)
+        history.append({"step": 0, "loss": best["loss"], "accuracy": best["accuracy"]})
     total = options.epochs * len(batches)
     interval = options.interval(total)
     optimizer, schedule = stage_optimizer(parameters, learning_rate=options.learning_rate,
@@ -128,8 +130,9 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
             steps += 1
             losses.append(float(loss.detach()))
             if has_validation and (steps % interval == 0 or steps == total):
-                current = evaluate_loss(working, validation, time_steps=T)
-                history.append({"step": steps, "loss": current["loss"]})
+                with timed(seconds, "held-out"):
+                    current = evaluate_loss(working, validation, time_steps=T)
+                history.append({"step": steps, "loss": current["loss"], "accuracy": current["accuracy"]})
                 if current["loss"] < best["loss"]:
                     best_state, best, since_best = snapshot(), current, 0
                 else:
@@ -145,7 +148,7 @@ def fit_temporal_bias(network: SpikingNetwork, batches: Iterable, *, config: Cal
                "validations": history, "first_loss": losses[0] if losses else None,
                "last_loss": losses[-1] if losses else None,
                "mean_abs_bias": float(torch.cat([b.flatten() for b in learned.values()]).abs().mean()),
-               "parameters": int(sum(b.numel() for b in learned.values()))}
+               "parameters": int(sum(b.numel() for b in learned.values())), "seconds": seconds}
     return BiasTerms(learned), StageReport(Stage.BIAS.value, steps=steps, details=details)
 
 

@@ -148,14 +148,17 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
 
     # `current` is the held-out result of `network`. Each network is measured once: the guard
     # and the report share the result (a held-out pass costs ~20 training steps).
-    current = measure(network)
+    with report.timed("held-out fs-pc"):
+        current = measure(network)
     if current is not None:
         report.validation["fs-pc"] = current
     for stage in config.stages:
         rule = STAGES[stage]
-        terms, stage_report = rule.fit(network, batches, context)
-        candidate = apply_terms(network, terms)
-        result = measure(candidate)
+        with report.timed(stage.value):
+            terms, stage_report = rule.fit(network, batches, context)
+            candidate = apply_terms(network, terms)
+        with report.timed(f"held-out {stage.value}"):
+            result = measure(candidate)
         if rule.guarded and config.revert_if_worse and result is not None:
             candidate, stage_report = judge(network, candidate, stage_report, loss_before=current["loss"],
                                             loss_after=result["loss"])
@@ -180,10 +183,15 @@ def calibrate_with_report(model: nn.Module, calibration_data: Iterable, *,
     else:
         training = on_device(materialise(training_data, where="calibrate (training data)"), device)
         validation = batches
-    network, originals = convert_for_calibration(model, training, config=config, leaf_modules=leaf_modules)
+    timing = CalibrationReport(config=config, from_relu=False)  # only its clock
+    with timing.timed("convert"):
+        network, originals = convert_for_calibration(model, training, config=config, leaf_modules=leaf_modules)
     from_relu = any(original.levels is None for original in originals.values())
-    return run_stages(network, training, config=config, originals=originals, validation=validation,
-                      from_relu=from_relu, teacher=model if config.objective is Objective.DISTILLATION else None)
+    network, report = run_stages(network, training, config=config, originals=originals, validation=validation,
+                                 from_relu=from_relu,
+                                 teacher=model if config.objective is Objective.DISTILLATION else None)
+    report.seconds = {**timing.seconds, **report.seconds}  # the conversion first
+    return network, report
 
 
 def calibrate(model: nn.Module, calibration_data: Iterable, *, config: CalibrationConfig = CalibrationConfig(),

@@ -290,6 +290,7 @@ def _calibrate(args) -> int:
         write_json(config_path(args.out), resolved)
         stages = ",".join(s.value for s in config.stages) or "none"
         print(f"calibrated {spec.name} for T={config.time_steps} (stages {stages}) in {seconds:.1f} s -> {args.out}")
+        print("  time (wall): " + ", ".join(f"{part} {spent['wall']:.1f} s" for part, spent in report.seconds.items()))
         for name, values in report.validation.items():
             print(f"  held-out after {name:6s}: accuracy {100 * values['accuracy']:.2f} %, "
                   f"loss {values['loss']:.4f} ({int(values['samples'])} images)")
