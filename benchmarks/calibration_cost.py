@@ -118,11 +118,11 @@ def calibration_cost(*, dataset: str = "fashion-mnist", model_name: str = "vgg-s
 
 
 def _parts_in_epochs(report: dict, epoch_cpu: float) -> dict[str, float]:
-    parts = {part: spent["cpu"] for part, spent in report["seconds"].items()}
-    for stage in report["stages"]:
-        for inner, spent in stage.get("seconds", {}).items():
-            parts[stage["stage"]] -= spent["cpu"]
-            parts[f"{stage['stage']} {inner}"] = spent["cpu"]
+    inner = {stage["stage"]: stage.get("seconds", {}) for stage in report["stages"]}
+    parts = {}
+    for part, spent in report["seconds"].items():
+        parts[part] = spent["cpu"] - sum(within["cpu"] for within in inner.get(part, {}).values())
+        parts.update({f"{part} {name}": within["cpu"] for name, within in inner.get(part, {}).items()})
     return {part: round(cpu / epoch_cpu, 3) for part, cpu in parts.items()}
 
 

@@ -10,7 +10,8 @@
     OUT/ablation-relu-dagger/, ...-qcfs-l4-dagger/   parasnn ablate with the † rows (seed 0)
     OUT/pmsm-init/    init-table.md, init-table.json        PMSM initialisations (parasnn pmsm --compare)
     OUT/calibration-cost.json   parasnn calibrate (all stages) against one training epoch
-                                                            (benchmarks/calibration_cost.py)
+                                (benchmarks/calibration_cost.py): the QCFS VGG, and the ReLU
+                                ResNet-20 when trained (calibration-cost-resnet20.json)
     OUT/transformer-speed/      speed.md, speed.json: MiniLM and the ViT, parallel / ANN and serial /
                                 parallel (benchmarks/transformer_speed.py)
     OUT/stream-memory.md        peak memory of the streamed image folder, 10 000 vs 100 000
@@ -115,13 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         trained = accuracy_table.BACKBONES["vgg-small-qcfs-l4"].checkpoint
         checkpoint = trained if trained.is_file() else Path(__file__).resolve().parents[1] / "src" / "parasnn" / \
             "assets" / "fashion_mnist_vgg_small_qcfs.pt"
-        cost = ["--checkpoint", str(checkpoint)] + (["--train-limit", "20", "--calibration-size", "1000"]
-                                                    if args.quick else [])
-        buffer = io.StringIO()
-        with contextlib.redirect_stdout(buffer):
-            calibration_cost.main(cost)
+        quick = ["--train-limit", "20", "--calibration-size", "1000"] if args.quick else ["--train-limit", "60"]
+        costs = [("calibration-cost.json", ["--checkpoint", str(checkpoint)])]
+        residual = accuracy_table.BACKBONES["resnet20-relu"].checkpoint
+        if residual.is_file():  # the residual network costs more per image than the VGG
+            costs.append(("calibration-cost-resnet20.json", ["--model", "resnet20", "--checkpoint", str(residual)]))
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "calibration-cost.json").write_text(buffer.getvalue())
+        for name, cost in costs:
+            buffer = io.StringIO()
+            with contextlib.redirect_stdout(buffer):
+                calibration_cost.main(cost + quick)
+            (args.out / name).write_text(buffer.getvalue())
     if not args.skip_transformers:
         import transformer_speed
         out = args.out / "transformer-speed"

@@ -284,3 +284,22 @@ def test_ablation_summary_reports_mean_spread_and_the_promised_order():
     assert row["loss_ordered_on_mean"] is True and "| 2 | 1.0000 | 0.5000 | 0.6000 | 0.4000 | yes |" in text
     section = update_readme.results_section(accuracy=None, speed=None, includes=[text])
     assert "### t" in section
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").exists(),
+                    reason="/usr/share/datasets/fashion-mnist is absent (sudo apt-get install dataset-fashion-mnist)")
+def test_calibration_cost_parts_add_up_to_the_whole():
+    import calibration_cost
+    from parasnn.calibration.config import BiasConfig, CalibrationConfig
+
+    config = CalibrationConfig(time_steps=2, statistics_size=128, bias=BiasConfig(validation_interval=2))
+    result = calibration_cost.calibration_cost(time_steps=2, calibration_size=64, train_limit=2, training_size=192,
+                                               config=config)
+    parts = result["parts_in_epochs"]
+    assert list(parts) == ["convert", "held-out fs-pc", "da", "held-out da", "bn", "bn statistics", "held-out bn",
+                           "bias", "bias held-out", "held-out bias"]
+    assert all(value >= 0 for value in parts.values())
+    # the parts are the calibration, less only what lies between them (list building, dict updates)
+    assert sum(parts.values()) == pytest.approx(result["ratio_cpu"], rel=0.1)
+    history = result["bias_validations"]
+    assert [entry["step"] for entry in history] == [0, 2, 3] and all("accuracy" in entry for entry in history)
