@@ -464,18 +464,19 @@ def test_the_stages_run_fused_neurons_and_get_the_references_bits(make, monkeypa
     assert without_clock(fused_report.to_dict()) == without_clock(reference_report.to_dict())
 
 
-def test_stage_bias_validates_twenty_times_per_stage_unless_an_interval_is_given():
+def test_stage_bias_validates_ten_times_per_stage_unless_an_interval_is_given():
     from parasnn.calibration.config import VALIDATIONS_PER_STAGE, BiasConfig
     model = _relu_net()
     data = _data(count=10, batch=8)
     training, validation = data[:8], data[8:]
     network, _ = convert_for_calibration(model, training, config=_config())
-    # 8 batches x 5 epochs = 40 steps: every ceil(40 / 20) = 2 steps, whatever the data size
+    # 8 batches x 5 epochs = 40 steps: every ceil(40 / 10) = 4 steps, whatever the data size
     config = CalibrationConfig(time_steps=2, validation_fraction=0.0, bias=BiasConfig(epochs=5, patience=1000))
     _, report = correct_temporal_bias(network, training, config=config, validation=validation)
     steps = [entry["step"] for entry in report.details["validations"]]
-    assert report.details["validation_interval"] == 2 == -(-40 // VALIDATIONS_PER_STAGE)
-    assert steps == list(range(0, 41, 2))  # step 0 (the biases it came with), then 20 validations
+    assert report.details["validation_interval"] == 4 == -(-40 // VALIDATIONS_PER_STAGE)
+    assert steps == list(range(0, 41, 4))  # step 0 (the biases it came with), then 10 validations
+    assert BiasConfig().patience == 5 == VALIDATIONS_PER_STAGE // 2  # patience covers half the stage
     given = config.replace(bias=BiasConfig(epochs=5, patience=1000, validation_interval=7))
     _, report = correct_temporal_bias(network, training, config=given, validation=validation)
     assert [entry["step"] for entry in report.details["validations"]] == [0, 7, 14, 21, 28, 35, 40]

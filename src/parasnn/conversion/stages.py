@@ -37,7 +37,7 @@ from .editing import call_site_name, fresh_name, replace_with_module, set_submod
 from .expand import expand_operations
 from .fitting import FitScope, fit_sites
 from .graph import ConversionError, carrying_nodes, check_convertible, classify, describe, trace
-from .network import SpikingNetwork, observe
+from .network import SpikingNetwork, all_finite, observe
 from .pooling import RateMaxPool
 from .rules import Role
 from ..runtime.order_statistics import kth_smallest
@@ -196,7 +196,7 @@ def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: I
     def make_hook(site):
         def hook(module, inputs, output):
             values = output.detach().float()
-            if not bool(torch.isfinite(values).all()):  # a NaN θ would poison every later layer
+            if not all_finite(values):  # a NaN θ would poison every later layer
                 raise ConversionError(f"recording thresholds: activation {site} sees NaN or infinite values; the "
                                       "calibration data (or the weights before this layer) hold NaN/inf — clean it")
             if by_channel:
