@@ -123,7 +123,7 @@ def _parts_in_epochs(report: dict, epoch_cpu: float) -> dict[str, float]:
     for part, spent in report["seconds"].items():
         parts[part] = spent["cpu"] - sum(within["cpu"] for within in inner.get(part, {}).values())
         parts.update({f"{part} {name}": within["cpu"] for name, within in inner.get(part, {}).items()})
-    return {part: round(cpu / epoch_cpu, 3) for part, cpu in parts.items()}
+    return {part: float(f"{cpu / epoch_cpu:.4g}") for part, cpu in parts.items()}  # 4 significant digits
 
 
 def main(argv: list[str] | None = None) -> int:

