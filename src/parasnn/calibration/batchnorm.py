@@ -35,26 +35,35 @@ __all__ = ["fit_batchnorm", "recalibrate_batchnorm", "BN_TERMS"]
 BN_TERMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-class _SynchronisedBatchNorm(nn.Module):
-    """A BatchNorm layer whose train-mode statistics are those of the *global* batch, for
-    more than one process (:func:`_train_mode_batchnorm` picks it under torchrun).
-
-    Shares the wrapped layer's parameters and buffers. Mean and variance per channel are
-    summed over processes with a differentiable all-reduce (``torch.nn.SyncBatchNorm`` runs
-    on GPUs only), so each process normalises exactly as one process would on the union of
-    the shards, gradients included. ``cumulative`` averages the running statistics over all
-    batches seen (``momentum=None``, Eq. 10 of [STDC]) instead of the layer's exponential
-    average.
-    """
+class _TrainModeBatchNorm(nn.Module):
+    """A BatchNorm layer ``bn`` (its parameters and buffers shared) that normalises with the
+    statistics of the batch in train mode and with its running ones in eval mode.
+    ``cumulative`` averages the running statistics over all batches seen (``momentum=None``,
+    Eq. 10 of [STDC]) instead of the layer's exponential average. Subclasses say how the
+    batch's statistics are taken (:meth:`normalise`)."""
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm, *, cumulative: bool):
         super().__init__()
         self.bn, self.cumulative = bn, cumulative
 
     def forward(self, x: Tensor) -> Tensor:
+        return self.normalise(x) if self.bn.training else self.bn(x)
+
+    def normalise(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+class _SynchronisedBatchNorm(_TrainModeBatchNorm):
+    """Train-mode statistics of the *global* batch, for more than one process
+    (:func:`_train_mode_batchnorm` picks it under torchrun).
+
+    Mean and variance per channel are summed over processes with a differentiable all-reduce
+    (``torch.nn.SyncBatchNorm`` runs on GPUs only), so each process normalises exactly as one
+    process would on the union of the shards, gradients included.
+    """
+
+    def normalise(self, x: Tensor) -> Tensor:
         bn = self.bn
-        if not bn.training:
-            return bn(x)
         shape = (1, -1) + (1,) * (x.dim() - 2)
         dims = [0] + list(range(2, x.dim()))
         count = distributed.all_reduce_sum(torch.tensor([float(x.numel() // x.shape[1])]))[0].item()
@@ -72,20 +81,14 @@ class _SynchronisedBatchNorm(nn.Module):
         return y
 
 
-class _LocalBatchNorm(nn.Module):
-    """The same layer for one process: PyTorch's own batch norm (one fused kernel forward
-    and backward, where :class:`_SynchronisedBatchNorm` takes about ten operations; on the
+class _LocalBatchNorm(_TrainModeBatchNorm):
+    """The same for one process: PyTorch's own batch norm (one fused kernel forward and
+    backward, where :class:`_SynchronisedBatchNorm` takes about ten operations; on the
     ResNet-20 a stage-bn step costs 11 % less), with the same running-statistics rule.
     The two agree to rounding (tested)."""
 
-    def __init__(self, bn: nn.modules.batchnorm._BatchNorm, *, cumulative: bool):
-        super().__init__()
-        self.bn, self.cumulative = bn, cumulative
-
-    def forward(self, x: Tensor) -> Tensor:
+    def normalise(self, x: Tensor) -> Tensor:
         bn = self.bn
-        if not bn.training:
-            return bn(x)
         with torch.no_grad():
             factor = _running_factor(bn, cumulative=self.cumulative)
         return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, training=True, momentum=factor,

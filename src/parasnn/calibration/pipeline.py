@@ -67,7 +67,7 @@ from .da import calibrate_distribution, fit_distribution, layer_errors
 from .batchnorm import recalibrate_batchnorm
 from .guard import evaluate_loss, judge, keep_if_better
 from .objective import Objective, TeacherLogits
-from .report import CalibrationReport, StageReport
+from .report import CalibrationReport, StageReport, timed
 from .terms import Terms, apply_terms
 
 __all__ = [
@@ -183,14 +183,14 @@ def calibrate_with_report(model: nn.Module, calibration_data: Iterable, *,
     else:
         training = on_device(materialise(training_data, where="calibrate (training data)"), device)
         validation = batches
-    timing = CalibrationReport(config=config, from_relu=False)  # only its clock
-    with timing.timed("convert"):
+    seconds: dict[str, dict[str, float]] = {}
+    with timed(seconds, "convert"):
         network, originals = convert_for_calibration(model, training, config=config, leaf_modules=leaf_modules)
     from_relu = any(original.levels is None for original in originals.values())
     network, report = run_stages(network, training, config=config, originals=originals, validation=validation,
                                  from_relu=from_relu,
                                  teacher=model if config.objective is Objective.DISTILLATION else None)
-    report.seconds = {**timing.seconds, **report.seconds}  # the conversion first
+    report.seconds = {**seconds, **report.seconds}  # the conversion first
     return network, report
 
 
