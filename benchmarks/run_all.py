@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         trained = accuracy_table.BACKBONES["vgg-small-qcfs-l4"].checkpoint
         checkpoint = trained if trained.is_file() else Path(__file__).resolve().parents[1] / "src" / "parasnn" / \
             "assets" / "fashion_mnist_vgg_small_qcfs.pt"
-        quick = ["--train-limit", "20", "--calibration-size", "1000"] if args.quick else ["--train-limit", "60"]
+        quick = (["--train-limit", "20", "--calibration-size", "1000", "--training-size", "4096"] if args.quick
+                 else ["--train-limit", "60"])
         costs = [("calibration-cost.json", ["--checkpoint", str(checkpoint)])]
         residual = accuracy_table.BACKBONES["resnet20-relu"].checkpoint
         if residual.is_file():  # the residual network costs more per image than the VGG
