@@ -3,7 +3,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
-from parasnn.runtime.order_statistics import kth_smallest
+from parasnn.runtime.order_statistics import kth_smallest, percentile_value
 
 
 @settings(max_examples=200, deadline=None)
@@ -32,3 +32,11 @@ def test_kth_smallest_at_a_high_percentile_of_many_activations():
 def test_a_rank_outside_the_axis_is_refused_with_its_range(rank):
     with pytest.raises(ValueError, match=r"rank must lie in 1\.\.5"):
         kth_smallest(torch.arange(5.0), rank)
+
+
+@settings(max_examples=100, deadline=None)
+@given(size=st.integers(1, 3000), percentile=st.floats(0.0, 100.0), seed=st.integers(0, 2**31 - 1))
+def test_percentile_value_is_the_sorted_element_at_the_rounded_rank(size, percentile, seed):
+    values = torch.randn(2, size, generator=torch.Generator().manual_seed(seed))
+    rank = max(1, min(size, int(round(size * percentile / 100))))  # at least the first, at most the last
+    assert torch.equal(percentile_value(values, percentile, dim=1), values.sort(dim=1).values[:, rank - 1])

@@ -148,16 +148,16 @@ def run_stages(network: SpikingNetwork, batches: Iterable, *, config: Calibratio
 
     # `current` is the held-out result of `network`. Each network is measured once: the guard
     # and the report share the result (a held-out pass costs ~20 training steps).
-    with report.timed("held-out fs-pc"):
+    with timed(report.seconds, "held-out fs-pc"):
         current = measure(network)
     if current is not None:
         report.validation["fs-pc"] = current
     for stage in config.stages:
         rule = STAGES[stage]
-        with report.timed(stage.value):
+        with timed(report.seconds, stage.value):
             terms, stage_report = rule.fit(network, batches, context)
             candidate = apply_terms(network, terms)
-        with report.timed(f"held-out {stage.value}"):
+        with timed(report.seconds, f"held-out {stage.value}"):
             result = measure(candidate)
         if rule.guarded and config.revert_if_worse and result is not None:
             candidate, stage_report = judge(network, candidate, stage_report, loss_before=current["loss"],

@@ -51,10 +51,6 @@ class CalibrationReport:
     validation: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
     seconds: dict[str, dict[str, float]] = dataclasses.field(default_factory=dict)
 
-    def timed(self, part: str) -> contextlib.AbstractContextManager[None]:
-        """Adds the wall and CPU time of the ``with`` body to ``seconds[part]``."""
-        return timed(self.seconds, part)
-
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "from_relu": self.from_relu,
                 "stages": [s.to_dict() for s in self.stages], "validation": self.validation,

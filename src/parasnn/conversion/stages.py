@@ -40,7 +40,7 @@ from .graph import ConversionError, carrying_nodes, check_convertible, classify,
 from .network import SpikingNetwork, all_finite, observe
 from .pooling import RateMaxPool
 from .rules import Role
-from ..runtime.order_statistics import kth_smallest
+from ..runtime.order_statistics import percentile_value
 
 __all__ = ["BatchNormMode", "ThresholdStatistic", "ConversionConfig", "convert", "quantize_relus",
            "isolate_activations", "fold_batchnorm", "RateMaxPool", "ConversionError",
@@ -211,8 +211,7 @@ def record_activation_thresholds(gm: nn.Module, sites: Iterable[str], batches: I
                 partial[site][0] = statistic_now if partial[site][1] == 0 else \
                     torch.maximum(partial[site][0], statistic_now)
             else:
-                rank = max(1, min(values.shape[1], int(round(values.shape[1] * statistic.percentile / 100))))
-                partial[site][0] = partial[site][0] + kth_smallest(values, rank, dim=1).double()
+                partial[site][0] = partial[site][0] + percentile_value(values, statistic.percentile, dim=1).double()
             partial[site][1] += 1
         return hook
 

@@ -10,6 +10,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from ..runtime.order_statistics import percentile_value
+
 __all__ = ["level_probabilities", "level_entropy", "LevelChoice", "entropy_initialisation",
            "percentile_initialisation"]
 
@@ -163,10 +165,9 @@ def percentile_initialisation(values: Tensor, *, levels: int, percentile: float 
         raise ValueError(f"percentile_initialisation: levels must be an integer >= 1, got {levels!r}")
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile_initialisation: percentile must be in (0, 100], got {percentile}")
-    magnitudes = values.detach().flatten().to(torch.float64).abs().sort().values
+    magnitudes = values.detach().flatten().to(torch.float64).abs()
     if magnitudes.numel() == 0 or not bool(torch.isfinite(magnitudes).all()):
         raise ValueError("percentile_initialisation: the sample must be non-empty and finite")
-    rank = max(1, min(magnitudes.numel(), int(round(magnitudes.numel() * percentile / 100))))
-    threshold = max(float(magnitudes[rank - 1]), 1e-6) / levels
+    threshold = max(float(percentile_value(magnitudes, percentile)), 1e-6) / levels
     entropy = float(level_entropy(values, threshold=threshold, negative_levels=levels, positive_levels=levels))
     return LevelChoice(threshold, levels, levels, entropy)

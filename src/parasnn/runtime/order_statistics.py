@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["kth_smallest"]
+__all__ = ["kth_smallest", "percentile_value"]
 
 
 def kth_smallest(values: Tensor, rank: int, *, dim: int = -1) -> Tensor:
@@ -27,3 +27,11 @@ def kth_smallest(values: Tensor, rank: int, *, dim: int = -1) -> Tensor:
     if from_top <= rank:
         return values.topk(from_top, dim=dim, largest=True, sorted=False).values.amin(dim=dim)
     return values.topk(rank, dim=dim, largest=False, sorted=False).values.amax(dim=dim)
+
+
+def percentile_value(values: Tensor, percentile: float, *, dim: int = -1) -> Tensor:
+    """The ``percentile``-th percentile along ``dim`` as parasnn reads activation ranges: the
+    element at rank ``round(n · percentile / 100)`` of the n values (at least the first, at
+    most the last), with ``dim`` removed — an element of the input, not an interpolation."""
+    size = values.shape[dim]
+    return kth_smallest(values, max(1, min(size, int(round(size * percentile / 100)))), dim=dim)

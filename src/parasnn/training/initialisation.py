@@ -23,7 +23,7 @@ from ..datasets.batches import inputs_of
 from ..io.checkpoint import CheckpointError, load_ann
 from ..neurons.qcfs import MIN_THRESHOLD, QCFS
 from ..zoo.models import ModelSpec
-from ..runtime.order_statistics import kth_smallest
+from ..runtime.order_statistics import percentile_value
 
 __all__ = ["record_input_ranges", "initialise_thresholds", "load_relu_weights", "SHAPE_FIELDS"]
 
@@ -49,8 +49,7 @@ def record_input_ranges(model: nn.Module, batches: Iterable, *, percentile: floa
     def hook_for(path):
         def hook(module, inputs):
             values = inputs[0].detach().flatten().float().clamp(min=0)
-            rank = max(1, min(values.numel(), int(round(values.numel() * percentile / 100))))
-            sums[path] += float(kth_smallest(values, rank))
+            sums[path] += float(percentile_value(values, percentile))
             counts[path] += 1
         return hook
 
