@@ -48,7 +48,7 @@ from parasnn.zoo.models import ActivationKind, ModelSpec  # noqa: E402
 from parasnn.conversion.network import SpikingNetwork  # noqa: E402
 
 __all__ = ["Backbone", "BACKBONES", "Context", "RowResult", "Row", "ROWS", "DEFAULT_METHODS", "row",
-           "evaluate_network", "build_table", "markdown_table", "main"]
+           "evaluate_network", "build_table", "markdown_table", "merge_tables", "main"]
 
 
 # --------------------------------------------------------------------------- backbones
@@ -455,6 +455,30 @@ def _load_context(backbone: Backbone, path: Path, *, device: torch.device, limit
                    batches(held_apart, calibration_batch), device, reference=reference,
                    training_batches=batches(training_sample(splits.train, config=config, size=training_size),
                                             calibration_batch))
+
+
+def merge_tables(tables: Sequence[dict]) -> list[dict]:
+    """One table per backbone from tables of separate runs (e.g. one process per T on a
+    machine with few cores). Rows are keyed by (method, T); a later table's row replaces an
+    earlier one's. Tables of one backbone must agree on the ANN's accuracy and sample count,
+    or they measured different networks or test sets and cannot share a table.
+    Rows come out in registry order (:data:`ROWS`), then by T."""
+    merged: dict[str, dict] = {}
+    for table in tables:
+        name = table["backbone"]
+        if name not in merged:
+            merged[name] = {**table, "rows": []}
+        elif merged[name]["ann"] != table["ann"]:
+            raise ValueError(f"backbone {name!r}: the tables disagree on the ANN ({merged[name]['ann']} against "
+                             f"{table['ann']}); merge only runs of the same checkpoint on the same test images")
+        merged[name]["rows"] = [r for r in merged[name]["rows"]
+                                if (r["method"], r["time_steps"]) not in {(t["method"], t["time_steps"])
+                                                                          for t in table["rows"]}] + table["rows"]
+    order = list(ROWS)
+    for table in merged.values():
+        table["rows"].sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
+                                          r["time_steps"]))
+    return list(merged.values())
 
 
 def main(argv: list[str] | None = None) -> int:

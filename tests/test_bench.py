@@ -22,6 +22,7 @@ sys.path.insert(0, str(BENCHMARKS))
 import ablation_seeds  # noqa: E402
 import accuracy_table  # noqa: E402
 import baselines  # noqa: E402
+import merge_accuracy  # noqa: E402
 import speed  # noqa: E402
 import update_readme  # noqa: E402
 
@@ -224,6 +225,32 @@ def test_accuracy_table_runs_every_registered_default_row(kind):
     assert all(f"| {m} |" in markdown for m, _ in ran)
     section = update_readme.results_section(accuracy={"tables": [table], "machine": {}, "command": "x"}, speed=None)
     assert "## Measured results" in section and next(iter(ran))[0] in section
+
+
+def test_tables_of_separate_runs_merge_into_the_table_of_one_run(tmp_path):
+    context = _tiny_context("relu")
+    methods = ["fs-pc-parallel", "qcfs-serial", "fs-pc-channel"]
+    whole = accuracy_table.build_table(context, methods=methods, time_steps=[1, 4])
+    paths = []
+    for steps in ([4], [1]):  # the later T first: the merge orders rows itself
+        table = accuracy_table.build_table(context, methods=methods, time_steps=steps)
+        paths.append(tmp_path / f"T{steps[0]}.json")
+        paths[-1].write_text(json.dumps({"machine": {}, "command": f"run {steps}", "tables": [table], "missing": []}))
+    assert merge_accuracy.main([*map(str, paths), "--out", str(tmp_path / "merged")]) == 0
+    merged = json.loads((tmp_path / "merged" / "accuracy.json").read_text())
+    (table,) = merged["tables"]
+    order = list(accuracy_table.ROWS)
+    key = lambda r: (order.index(r["method"]), r["time_steps"])  # noqa: E731
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731  (timings differ per run)
+    assert [strip(r) for r in table["rows"]] == [strip(r) for r in sorted(whole["rows"], key=key)]
+    assert merged["commands"] == ["run [4]", "run [1]"]
+    assert (tmp_path / "merged" / "accuracy.md").read_text() == accuracy_table.markdown_table(table)
+    # Runs of different networks (another ANN accuracy) are refused by name.
+    other = json.loads(paths[0].read_text())
+    other["tables"][0]["ann"] = {**other["tables"][0]["ann"], "accuracy": 0.5}
+    paths[0].write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="tiny.*disagree on the ANN"):
+        merge_accuracy.main([*map(str, paths), "--out", str(tmp_path / "refused")])
 
 
 @pytest.mark.parametrize("kind", ["qcfs", "signed"])  # a signed network is converted with PMSM neurons
