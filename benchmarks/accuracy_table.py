@@ -464,20 +464,19 @@ def merge_tables(tables: Sequence[dict]) -> list[dict]:
     or they measured different networks or test sets and cannot share a table.
     Rows come out in registry order (:data:`ROWS`), then by T."""
     merged: dict[str, dict] = {}
+    rows: dict[str, dict[tuple[str, int], dict]] = {}
     for table in tables:
         name = table["backbone"]
         if name not in merged:
-            merged[name] = {**table, "rows": []}
+            merged[name], rows[name] = dict(table), {}
         elif merged[name]["ann"] != table["ann"]:
             raise ValueError(f"backbone {name!r}: the tables disagree on the ANN ({merged[name]['ann']} against "
                              f"{table['ann']}); merge only runs of the same checkpoint on the same test images")
-        merged[name]["rows"] = [r for r in merged[name]["rows"]
-                                if (r["method"], r["time_steps"]) not in {(t["method"], t["time_steps"])
-                                                                          for t in table["rows"]}] + table["rows"]
+        rows[name].update({(r["method"], r["time_steps"]): r for r in table["rows"]})
     order = list(ROWS)
-    for table in merged.values():
-        table["rows"].sort(key=lambda r: (order.index(r["method"]) if r["method"] in order else len(order),
-                                          r["time_steps"]))
+    for name, table in merged.items():
+        table["rows"] = sorted(rows[name].values(), key=lambda r: (
+            order.index(r["method"]) if r["method"] in order else len(order), r["time_steps"]))
     return list(merged.values())
 
 
