@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling baseline
 
 from parasnn.cli.arguments import device as device_argument  # noqa: E402
 from parasnn.io.checkpoint import load_ann  # noqa: E402
+from parasnn.io.files import write_json, write_text  # noqa: E402
 from parasnn.conversion.stages import ConversionConfig, ThresholdScope, ThresholdStatistic, convert  # noqa: E402
 from parasnn.evaluation.energy import ActivityReport  # noqa: E402
 from parasnn.evaluation.accuracy import Form, ann_accuracy, snn_accuracy  # noqa: E402
@@ -48,7 +49,8 @@ from parasnn.zoo.models import ActivationKind, ModelSpec  # noqa: E402
 from parasnn.conversion.network import SpikingNetwork  # noqa: E402
 
 __all__ = ["Backbone", "BACKBONES", "Context", "RowResult", "Row", "ROWS", "DEFAULT_METHODS", "row",
-           "evaluate_network", "build_table", "markdown_table", "merge_tables", "main"]
+           "evaluate_network", "build_table", "markdown_table", "write_report", "merge_tables",
+           "main"]
 
 
 # --------------------------------------------------------------------------- backbones
@@ -457,6 +459,19 @@ def _load_context(backbone: Backbone, path: Path, *, device: torch.device, limit
                                             calibration_batch))
 
 
+def write_report(out: Path, payload: dict, *, title: str = "") -> str:
+    """Write ``payload`` (``{"machine", "tables", "missing", …}``) as ``out/accuracy.json`` and
+    its Markdown (title, one table per backbone, then the missing backbones) as
+    ``out/accuracy.md``; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "accuracy.json", payload)
+    text = (f"{title}\n\n" if title else "") + "\n".join(
+        markdown_table(t, description=t.get("description", "")) for t in payload["tables"])
+    text += "".join(f"\n{m['backbone']}: {m['reason']} ({m['checkpoint']})\n" for m in payload["missing"])
+    write_text(out / "accuracy.md", text)
+    return text
+
+
 def merge_tables(tables: Sequence[dict]) -> list[dict]:
     """One table per backbone from tables of separate runs (e.g. one process per T on a
     machine with few cores). Rows are keyed by (method, T); a later table's row replaces an
@@ -503,7 +518,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--title", help="a line of Markdown put before the tables in accuracy.md")
     args = parser.parse_args(argv)
     from parasnn.bench import measure as bench
-    from parasnn.io.files import write_json, write_text
     device = args.device
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in ROWS]
@@ -536,13 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python " + shlex.join([f"benchmarks/{Path(__file__).name}", *(sys.argv[1:] if argv is None else argv)])
     payload = {"machine": bench.machine_info(device, torch.get_num_threads()), "command": command,
                "tables": tables, "missing": missing}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "accuracy.json", payload)
-    text = (f"{args.title}\n\n" if args.title else "") + "\n".join(
-        markdown_table(t, description=t["description"]) for t in tables)
-    text += "".join(f"\n{m['backbone']}: {m['reason']} ({m['checkpoint']})\n" for m in missing)
-    write_text(args.out / "accuracy.md", text)
-    print(text)
+    print(write_report(args.out, payload, title=args.title))
     return 0
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import accuracy_table  # noqa: E402
-from parasnn.io.files import write_json, write_text  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,12 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(error))
     payload = {"machine": payloads[0].get("machine"), "commands": [p.get("command") for p in payloads],
                "tables": tables, "missing": [m for p in payloads for m in p.get("missing", [])]}
-    args.out.mkdir(parents=True, exist_ok=True)
-    write_json(args.out / "accuracy.json", payload)
-    text = (f"{args.title}\n\n" if args.title else "") + "\n".join(
-        accuracy_table.markdown_table(t, description=t.get("description", "")) for t in tables)
-    write_text(args.out / "accuracy.md", text)
-    print(text)
+    print(accuracy_table.write_report(args.out, payload, title=args.title))
     return 0
 
 
